@@ -1,0 +1,300 @@
+"""Model wrappers: init, loss_fn, score, and the DecodeModel protocol.
+
+Batches use T5X's feature names:
+  encoder_input_tokens  [B, Le]  (encoder-decoder only; 0 = padding)
+  decoder_input_tokens  [B, L]   (targets shifted right, starting with 0 = BOS)
+  decoder_target_tokens [B, L]
+  decoder_loss_weights  [B, L]   (1 for tokens in the loss, 0 for prompt/padding)
+
+DecodeModel protocol (what the samplers need):
+  init_cache(params, batch_size, max_length, encoder_inputs=None) -> cache
+  decode(params, cache, tokens[B, K], positions[B]) -> (logits[B, K, V] f32, cache)
+`decode` feeds K tokens per row starting at that row's own absolute position,
+writes their keys/values into the cache there, and returns the next-token logits
+after each. Rolling back is only moving a row's position back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distillspec_jax import networks
+
+Array = jax.Array
+Params = Any  # Unboxed parameter pytree.
+Batch = Mapping[str, Array]
+Cache = networks.Cache
+
+
+class DecodeModel(Protocol):
+    """Anything the samplers can decode from."""
+
+    vocab_size: int
+
+    def init_cache(
+        self, params: Params, batch_size: int, max_length: int, encoder_inputs: Array | None = None
+    ) -> Cache: ...
+
+    def decode(
+        self, params: Params, cache: Cache, tokens: Array, positions: Array
+    ) -> tuple[Array, Cache]: ...
+
+
+def cache_length(cache: Cache) -> int:
+    """Length M of a cache built by `init_cache` (its self-attention buffers)."""
+    return int(cache["layers_0"]["key"].shape[1])
+
+
+def check_decode_args(tokens: Array, positions: Array, max_length: int) -> None:
+    """Raises ValueError for decode inputs that would fall outside the cache.
+
+    Shapes are always checked; values only when `positions` is concrete (inside
+    a jitted sampler the sampler validates its lengths before tracing instead).
+    """
+    if tokens.ndim != 2 or positions.shape != tokens.shape[:1]:
+        raise ValueError(
+            f"decode expects tokens [B, K] and positions [B]; got "
+            f"{tokens.shape} and {positions.shape}"
+        )
+    num_new = tokens.shape[1]
+    if num_new > max_length:
+        raise ValueError(f"Cannot feed {num_new} tokens into a cache of length {max_length}")
+    if not isinstance(positions, jax.core.Tracer):
+        pos = np.asarray(positions)
+        if (pos < 0).any() or (pos + num_new > max_length).any():
+            raise ValueError(
+                f"decode positions + K exceed the cache: positions {pos.tolist()} with "
+                f"K={num_new} need length > {int(pos.max()) + num_new - 1}, cache has "
+                f"{max_length}"
+            )
+
+
+def cross_entropy_with_z_loss(logits: Array, targets: Array, z_loss: float) -> tuple[Array, Array]:
+    """Token cross-entropy plus T5X's z-loss, z_loss * logsumexp(logits)^2.
+
+    Args:
+      logits: [B, L, V] float32.
+      targets: [B, L] int.
+      z_loss: coefficient of the log-partition penalty.
+
+    Returns:
+      (total loss [B, L], z-loss part [B, L]).
+    """
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    z_term = z_loss * jnp.square(log_z)
+    return log_z - target_logit + z_term, z_term
+
+
+class BaseModel:
+    """Shared init / loss / score logic over a flax module's teacher-forced logits."""
+
+    module: nn.Module
+    config: Any
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    # Subclasses define these two.
+    def _dummy_inputs(self, batch_size: int, length: int) -> dict[str, Array]: ...
+
+    def _apply_logits(
+        self, params: Params, batch: Batch, deterministic: bool, rngs: dict | None
+    ) -> Array: ...
+
+    def init_boxed(self, rng: Array, batch_size: int = 1, length: int = 8) -> Params:
+        """Parameters with their logical-axis metadata (nn.Partitioned leaves)."""
+        return self.module.init(rng, **self._dummy_inputs(batch_size, length))["params"]
+
+    def init(self, rng: Array, batch_size: int = 1, length: int = 8) -> Params:
+        """Plain float32 parameter pytree."""
+        return nn.meta.unbox(self.init_boxed(rng, batch_size, length))
+
+    def logical_axes(self) -> Params:
+        """Pytree of logical axis-name tuples (PartitionSpec) matching the params."""
+        boxed = jax.eval_shape(self.init_boxed, jax.random.PRNGKey(0))
+        return nn.get_partition_spec(boxed)
+
+    def logits(
+        self,
+        params: Params,
+        batch: Batch,
+        *,
+        deterministic: bool = True,
+        dropout_rng: Array | None = None,
+    ) -> Array:
+        """Teacher-forced next-token logits [B, L, V] in float32."""
+        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+        return self._apply_logits(params, batch, deterministic, rngs)
+
+    def loss_fn(
+        self, params: Params, batch: Batch, dropout_rng: Array | None = None, z_loss: float = 0.0
+    ) -> tuple[Array, dict[str, Array]]:
+        """Masked token cross-entropy (mean over weighted tokens) and metrics."""
+        logits = self.logits(
+            params, batch, deterministic=dropout_rng is None, dropout_rng=dropout_rng
+        )
+        targets = batch["decoder_target_tokens"]
+        weights = batch["decoder_loss_weights"].astype(jnp.float32)
+        token_loss, z_term = cross_entropy_with_z_loss(logits, targets, z_loss)
+        num_tokens = jnp.maximum(weights.sum(), 1.0)
+        loss = (token_loss * weights).sum() / num_tokens
+        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+        metrics = {
+            "loss": loss,
+            "z_loss": (z_term * weights).sum() / num_tokens,
+            "accuracy": (correct * weights).sum() / num_tokens,
+            "num_tokens": weights.sum(),
+        }
+        return loss, metrics
+
+    def score(self, params: Params, batch: Batch) -> Array:
+        """Per-token log p(target | prefix) [B, L] under teacher forcing (0 where unweighted)."""
+        logits = self.logits(params, batch)
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        token_lp = jnp.take_along_axis(
+            log_probs, batch["decoder_target_tokens"][..., None], axis=-1
+        )[..., 0]
+        return token_lp * (batch["decoder_loss_weights"] > 0)
+
+
+class EncoderDecoderModel(BaseModel):
+    """T5 v1.1 encoder-decoder implementing the DecodeModel protocol."""
+
+    def __init__(self, config: networks.T5Config):
+        self.config = config
+        self.module = networks.T5Transformer(config)
+
+    def _dummy_inputs(self, batch_size: int, length: int) -> dict[str, Array]:
+        tokens = jnp.ones((batch_size, length), jnp.int32)
+        return {"encoder_input_tokens": tokens, "decoder_input_tokens": tokens}
+
+    def _apply_logits(self, params, batch, deterministic, rngs):
+        return self.module.apply(
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            deterministic,
+            rngs=rngs,
+        )
+
+    def init_cache(
+        self, params: Params, batch_size: int, max_length: int, encoder_inputs: Array | None = None
+    ) -> Cache:
+        """Runs the encoder once on `encoder_inputs` [B, Le] and allocates the cache."""
+        if encoder_inputs is None:
+            raise ValueError(
+                "The encoder-decoder model needs encoder_inputs [B, Le] to "
+                "build its decoding cache (the encoder runs once here)."
+            )
+        if encoder_inputs.shape[0] != batch_size:
+            raise ValueError(
+                f"encoder_inputs has batch {encoder_inputs.shape[0]}, expected {batch_size}"
+            )
+        return self.module.apply(
+            {"params": params}, encoder_inputs, max_length, method=networks.T5Transformer.init_cache
+        )
+
+    def decode(
+        self, params: Params, cache: Cache, tokens: Array, positions: Array
+    ) -> tuple[Array, Cache]:
+        check_decode_args(tokens, positions, cache_length(cache))
+        return self.module.apply(
+            {"params": params}, tokens, positions, cache, method=networks.T5Transformer.decode
+        )
+
+
+class DecoderOnlyModel(BaseModel):
+    """Llama-style decoder-only LM implementing the DecodeModel protocol."""
+
+    def __init__(self, config: networks.DecoderOnlyConfig):
+        self.config = config
+        self.module = networks.DecoderOnlyTransformer(config)
+
+    def _dummy_inputs(self, batch_size: int, length: int) -> dict[str, Array]:
+        return {"decoder_input_tokens": jnp.ones((batch_size, length), jnp.int32)}
+
+    def _apply_logits(self, params, batch, deterministic, rngs):
+        return self.module.apply(
+            {"params": params}, batch["decoder_input_tokens"], deterministic, rngs=rngs
+        )
+
+    def init_cache(
+        self, params: Params, batch_size: int, max_length: int, encoder_inputs: Array | None = None
+    ) -> Cache:
+        if encoder_inputs is not None:
+            raise ValueError(
+                "The decoder-only model takes no encoder_inputs; put the "
+                "prompt in the decoder prefix."
+            )
+        return self.module.apply(
+            {"params": params},
+            batch_size,
+            max_length,
+            method=networks.DecoderOnlyTransformer.init_cache,
+        )
+
+    def decode(
+        self, params: Params, cache: Cache, tokens: Array, positions: Array
+    ) -> tuple[Array, Cache]:
+        check_decode_args(tokens, positions, cache_length(cache))
+        return self.module.apply(
+            {"params": params},
+            tokens,
+            positions,
+            cache,
+            method=networks.DecoderOnlyTransformer.decode,
+        )
+
+
+def is_encoder_decoder(model: Any) -> bool:
+    return isinstance(model, EncoderDecoderModel)
+
+
+def build_model(family: str, preset: str, **overrides: Any) -> BaseModel:
+    """Model from a family ('t5' / 'encoder_decoder' or 'decoder_only') and preset name."""
+    if family in ("t5", "encoder_decoder"):
+        return EncoderDecoderModel(networks.t5_config(preset, **overrides))
+    if family == "decoder_only":
+        return DecoderOnlyModel(networks.decoder_only_config(preset, **overrides))
+    raise ValueError(
+        f"Unknown model family {family!r}; valid: 't5', 'encoder_decoder', 'decoder_only'"
+    )
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def model_from_gin(gin_file: str, bindings: Sequence[str] = (), **overrides: Any) -> BaseModel:
+    """Builds the model a gin file binds (`models.build_model` arguments).
+
+    Gin holds the architecture; `overrides` (say, the vocabulary size of the
+    run's SentencePiece model) come from the run config. Each call parses its
+    file in a clean gin state, so a target and a draft can be built in turn.
+    """
+    import gin  # Lazy: only configs use gin.
+
+    path = gin_file if os.path.isabs(gin_file) else os.path.join(REPO_ROOT, gin_file)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Gin file not found: {gin_file} (looked in {path})")
+    gin.clear_config()
+    gin.add_config_file_search_path(REPO_ROOT)
+    gin.parse_config_files_and_bindings([path], list(bindings))
+    kwargs = dict(gin.get_bindings(build_model))
+    gin.clear_config()
+    if "family" not in kwargs or "preset" not in kwargs:
+        raise ValueError(f"{gin_file} must bind models.build_model.family and .preset")
+    kwargs.update(overrides)
+    return build_model(**kwargs)
+
+
+def count_params(params: Params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,847 @@
+"""Transformer networks in flax.linen: T5 v1.1 encoder-decoder and a Llama-style LM.
+
+Both networks take an explicit key/value cache (a pytree of arrays) instead of a
+mutable Flax collection, so the DecodeModel protocol of `models.py` is a pure
+function of (params, cache, tokens, positions). Every parameter is created with
+logical axis names and every main activation is constrained to logical axes;
+`partitioning.py` maps those names to mesh axes.
+
+Parameter names follow T5X's `t5_1_1` tree for the encoder-decoder (attention
+kernels are stored flattened as [embed, heads * head_dim] like T5X checkpoints)
+and the Hugging Face Llama names for the decoder-only LM, so checkpoints of either
+format load without renaming.
+
+Shapes: B batch, L length, K tokens fed per decode call, M cache length,
+H heads, D head dim, E embed dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+DType = Any
+Initializer = Callable[..., Array]
+# Per-layer cache: {"layers_0": {"key": [B, M, H, D], "value": ...}, ...}.
+Cache = dict[str, Any]
+
+NEG_INF = -1e10
+
+
+# --------------------------------------------------------------------------
+# Configs and presets.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """T5 v1.1 encoder-decoder hyper-parameters (T5X `t5_1_1` names)."""
+
+    vocab_size: int = 32128
+    emb_dim: int = 512
+    num_heads: int = 6
+    num_encoder_layers: int = 8
+    num_decoder_layers: int = 8
+    head_dim: int = 64
+    mlp_dim: int = 1024
+    # Gated-GELU: wi_0 through gelu, times wi_1.
+    mlp_activations: tuple[str, ...] = ("gelu", "linear")
+    dropout_rate: float = 0.0
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    # Activation / cache dtype ("float32" or "bfloat16"); params stay float32.
+    dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOnlyConfig:
+    """Llama-style decoder-only LM hyper-parameters (Hugging Face Llama names)."""
+
+    vocab_size: int = 32000
+    emb_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 8
+    num_layers: int = 8
+    head_dim: int = 64
+    mlp_dim: int = 1408
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    dropout_rate: float = 0.0
+    dtype: str = "float32"
+
+
+# Public T5 v1.1 dimensions (Raffel et al. 2020; google/t5-v1_1-* configs).
+T5_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        vocab_size=128,
+        emb_dim=32,
+        num_heads=4,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        head_dim=8,
+        mlp_dim=64,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+    ),
+    "small": dict(
+        emb_dim=512,
+        num_heads=6,
+        num_encoder_layers=8,
+        num_decoder_layers=8,
+        head_dim=64,
+        mlp_dim=1024,
+    ),
+    "base": dict(
+        emb_dim=768,
+        num_heads=12,
+        num_encoder_layers=12,
+        num_decoder_layers=12,
+        head_dim=64,
+        mlp_dim=2048,
+    ),
+    "large": dict(
+        emb_dim=1024,
+        num_heads=16,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
+        head_dim=64,
+        mlp_dim=2816,
+    ),
+    "xl": dict(
+        emb_dim=2048,
+        num_heads=32,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
+        head_dim=64,
+        mlp_dim=5120,
+    ),
+    "xxl": dict(
+        emb_dim=4096,
+        num_heads=64,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
+        head_dim=64,
+        mlp_dim=10240,
+    ),
+}
+
+# Sizes near the paper's GPT-like pair: ~33M draft and ~234M target (32k vocab).
+DECODER_ONLY_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        vocab_size=128,
+        emb_dim=32,
+        num_heads=4,
+        num_kv_heads=2,
+        num_layers=2,
+        head_dim=8,
+        mlp_dim=64,
+    ),
+    "gpt_draft_33m": dict(
+        emb_dim=384, num_heads=6, num_kv_heads=6, num_layers=5, head_dim=64, mlp_dim=1024
+    ),
+    "gpt_target_234m": dict(
+        emb_dim=1024, num_heads=16, num_kv_heads=16, num_layers=12, head_dim=64, mlp_dim=3072
+    ),
+}
+
+
+def _preset(presets: dict[str, dict[str, Any]], cls: type, name: str, **overrides: Any):
+    if name not in presets:
+        raise ValueError(
+            f"Unknown {cls.__name__} preset {name!r}; valid presets: {sorted(presets)}"
+        )
+    return cls(**{**presets[name], **overrides})
+
+
+def t5_config(name: str, **overrides: Any) -> T5Config:
+    """Returns the T5 v1.1 preset `name` ('tiny', 'small', ..., 'xxl')."""
+    return _preset(T5_PRESETS, T5Config, name, **overrides)
+
+
+def decoder_only_config(name: str, **overrides: Any) -> DecoderOnlyConfig:
+    """Returns the decoder-only preset `name`."""
+    return _preset(DECODER_ONLY_PRESETS, DecoderOnlyConfig, name, **overrides)
+
+
+# --------------------------------------------------------------------------
+# Building blocks.
+# --------------------------------------------------------------------------
+
+
+def _constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
+    return nn.with_logical_constraint(x, axes)
+
+
+def _kernel_init(scale: float = 1.0, mode: str = "fan_in") -> Initializer:
+    return nn.initializers.variance_scaling(scale, mode, "truncated_normal")
+
+
+class RMSNorm(nn.Module):
+    """RMS layer norm with a learned scale and no bias or mean subtraction."""
+
+    epsilon: float = 1e-6
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            (x.shape[-1],),
+            jnp.float32,
+        )
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        return (y * scale).astype(self.dtype)
+
+
+class Dense(nn.Module):
+    """Bias-free dense layer over the last axis; kernel [in, out] in float32."""
+
+    features: int
+    kernel_axes: tuple[str, str]
+    kernel_init: Initializer = _kernel_init()
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+            (x.shape[-1], self.features),
+            jnp.float32,
+        )
+        return jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class Embed(nn.Module):
+    """Token embedding table [vocab, embed]; `attend` gives tied output logits."""
+
+    num_embeddings: int
+    features: int
+    dtype: DType = jnp.float32
+    embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(self.embedding_init, ("vocab", "embed")),
+            (self.num_embeddings, self.features),
+            jnp.float32,
+        )
+
+    def __call__(self, tokens: Array) -> Array:
+        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+    def attend(self, x: Array) -> Array:
+        return jnp.einsum("...e,ve->...v", x, self.embedding.astype(self.dtype))
+
+
+def _write_rows(buffer: Array, update: Array, positions: Array) -> Array:
+    """Writes update[b] into buffer[b] starting at positions[b] along axis 1.
+
+    Args:
+      buffer: [B, M, ...].
+      update: [B, K, ...].
+      positions: [B] int, first index written in each row.
+
+    Returns:
+      The updated buffer [B, M, ...].
+    """
+
+    def write_one(buf, upd, pos):
+        start = (pos,) + (0,) * (buf.ndim - 1)
+        return jax.lax.dynamic_update_slice(buf, upd.astype(buf.dtype), start)
+
+    return jax.vmap(write_one)(buffer, update, positions)
+
+
+def dot_product_attention(
+    query: Array, key: Array, value: Array, bias: Array | None, mask: Array, scale: float
+) -> Array:
+    """Softmax attention with float32 logits.
+
+    Args:
+      query: [B, Q, H, D].
+      key: [B, M, Hkv, D]; Hkv divides H (grouped-query attention).
+      value: [B, M, Hkv, D].
+      bias: [B or 1, H, Q, M] added to the logits, or None.
+      mask: [B, 1 or H, Q, M] bool, True where a query may attend.
+      scale: multiplier of query . key.
+
+    Returns:
+      [B, Q, H, D] in the dtype of `value`.
+    """
+    num_heads, num_kv_heads = query.shape[2], key.shape[2]
+    if num_heads != num_kv_heads:
+        repeats = num_heads // num_kv_heads
+        key = jnp.repeat(key, repeats, axis=2)
+        value = jnp.repeat(value, repeats, axis=2)
+    logits = (
+        jnp.einsum("bqhd,bmhd->bhqm", query.astype(jnp.float32), key.astype(jnp.float32)) * scale
+    )
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    logits = jnp.where(mask, logits, NEG_INF)
+    weights = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bhqm,bmhd->bqhd", weights, value.astype(jnp.float32))
+    return out.astype(value.dtype)
+
+
+def _causal_mask(q_positions: Array, k_positions: Array) -> Array:
+    """[B, Q] and [B or 1, M] positions -> [B, 1, Q, M], True where key <= query."""
+    return (k_positions[:, None, :] <= q_positions[:, :, None])[:, None]
+
+
+class Attention(nn.Module):
+    """Multi-head (grouped-query) attention with named projections.
+
+    `names` are the query/key/value/output projection names: T5X's
+    ("query", "key", "value", "out") or Llama's ("q_proj", "k_proj", "v_proj",
+    "o_proj"). Kernels are [embed, heads * head_dim] (T5X's flattened layout).
+    """
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    out_features: int
+    names: tuple[str, str, str, str]
+    # T5 folds 1/sqrt(head_dim) into the query init; Llama scales at runtime.
+    scale_query_init: bool = False
+    rope_theta: float | None = None
+    dtype: DType = jnp.float32
+
+    def setup(self):
+        q_name, k_name, v_name, o_name = self.names
+        q_init = _kernel_init(1.0 / self.head_dim if self.scale_query_init else 1.0)
+        self.projections = {
+            "q": Dense(
+                self.num_heads * self.head_dim,
+                ("embed", "joined_kv"),
+                q_init,
+                self.dtype,
+                name=q_name,
+            ),
+            "k": Dense(
+                self.num_kv_heads * self.head_dim,
+                ("embed", "joined_kv"),
+                dtype=self.dtype,
+                name=k_name,
+            ),
+            "v": Dense(
+                self.num_kv_heads * self.head_dim,
+                ("embed", "joined_kv"),
+                dtype=self.dtype,
+                name=v_name,
+            ),
+            "o": Dense(self.out_features, ("joined_kv", "embed"), dtype=self.dtype, name=o_name),
+        }
+
+    def _heads(self, name: str, x: Array, num_heads: int, positions: Array | None) -> Array:
+        y = self.projections[name](x)
+        y = y.reshape(y.shape[:-1] + (num_heads, self.head_dim))
+        if self.rope_theta is not None and positions is not None:
+            y = apply_rotary(y, positions, self.rope_theta)
+        return _constrain(y, ("batch", "length", "heads", "kv"))
+
+    def kv(self, x: Array, positions: Array | None = None) -> tuple[Array, Array]:
+        """Keys and values [B, L, Hkv, D] of `x` [B, L, E] (rotated at `positions`)."""
+        return (
+            self._heads("k", x, self.num_kv_heads, positions),
+            self._heads("v", x, self.num_kv_heads, None),
+        )
+
+    def __call__(
+        self,
+        x: Array,
+        kv: tuple[Array, Array],
+        *,
+        q_positions: Array,
+        mask: Array,
+        bias: Array | None = None,
+    ) -> Array:
+        """Attends the queries of `x` [B, Q, E] to `kv` = (keys, values) [B, M, Hkv, D]."""
+        query = self._heads("q", x, self.num_heads, q_positions)
+        scale = 1.0 if self.scale_query_init else self.head_dim**-0.5
+        out = dot_product_attention(query, kv[0], kv[1], bias, mask, scale)
+        out = out.reshape(out.shape[:2] + (self.num_heads * self.head_dim,))
+        return _constrain(self.projections["o"](out), ("batch", "length", "embed"))
+
+    def self_attend(
+        self,
+        x: Array,
+        positions: Array,
+        cache: Cache | None,
+        bias_fn: Callable[[Array, Array], Array | None] = lambda q, k: None,
+    ) -> tuple[Array, Cache | None]:
+        """Causal self-attention, teacher-forced or through a cache.
+
+        Args:
+          x: [B, K, E] inputs.
+          positions: [B, K] absolute positions; with a cache they run
+            consecutively from each row's write position.
+          cache: None, or {"key", "value": [B, M, Hkv, D]}.
+          bias_fn: (q_positions [B, K], k_positions [B or 1, M]) -> bias or None.
+
+        Returns:
+          Output [B, K, E] and the updated cache (None without one).
+        """
+        key, value = self.kv(x, positions)
+        if cache is None:
+            k_positions, new_cache = positions, None
+        else:
+            key = _constrain(
+                _write_rows(cache["key"], key, positions[:, 0]), ("batch", "length", "heads", "kv")
+            )
+            value = _constrain(
+                _write_rows(cache["value"], value, positions[:, 0]),
+                ("batch", "length", "heads", "kv"),
+            )
+            k_positions = jnp.arange(key.shape[1])[None, :]
+            new_cache = {"key": key, "value": value}
+        out = self(
+            x,
+            (key, value),
+            q_positions=positions,
+            mask=_causal_mask(positions, k_positions),
+            bias=bias_fn(positions, k_positions),
+        )
+        return out, new_cache
+
+
+def apply_rotary(x: Array, positions: Array, theta: float) -> Array:
+    """Rotary embedding in the Hugging Face Llama layout (rotate halves).
+
+    Args:
+      x: [B, L, H, D].
+      positions: [B, L] absolute positions.
+      theta: base of the inverse frequencies.
+    """
+    half = x.shape[-1] // 2
+    inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, D/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class GatedMLP(nn.Module):
+    """act(x W_gate) * (x W_up) W_down, bias-free; names set the param names."""
+
+    mlp_dim: int
+    out_features: int
+    activation: str
+    names: tuple[str, str, str]
+    dropout_rate: float = 0.0
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        gate_name, up_name, down_name = self.names
+        act = {"gelu": functools.partial(nn.gelu, approximate=True), "silu": nn.silu}
+        gate = Dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name=gate_name)(x)
+        up = Dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name=up_name)(x)
+        hidden = _constrain(act[self.activation](gate) * up, ("batch", "length", "mlp"))
+        hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic)
+        out = Dense(self.out_features, ("mlp", "embed"), dtype=self.dtype, name=down_name)(hidden)
+        return _constrain(out, ("batch", "length", "embed"))
+
+
+# --------------------------------------------------------------------------
+# T5 v1.1.
+# --------------------------------------------------------------------------
+
+
+def relative_position_bucket(
+    relative_position: Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Array:
+    """T5's bucketing of (key position - query position) into `num_buckets` ids."""
+    ret = jnp.zeros_like(relative_position)
+    n = -relative_position
+    if bidirectional:
+        num_buckets //= 2
+        ret = ret + (n < 0).astype(jnp.int32) * num_buckets
+        n = jnp.abs(n)
+    else:
+        n = jnp.maximum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    val_if_large = max_exact + (
+        jnp.log(n.astype(jnp.float32) / max_exact + np.finfo(np.float32).eps)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).astype(jnp.int32)
+    val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
+    return ret + jnp.where(is_small, n, val_if_large)
+
+
+class RelativePositionBiases(nn.Module):
+    """Learned per-head bias indexed by the bucketed relative position."""
+
+    num_buckets: int
+    max_distance: int
+    num_heads: int
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, q_positions: Array, k_positions: Array) -> Array:
+        """q_positions [B, Q], k_positions [B or 1, M] -> bias [B, H, Q, M]."""
+        rel_embedding = self.param(
+            "rel_embedding",
+            nn.with_logical_partitioning(
+                nn.initializers.normal(stddev=1.0), ("heads", "relpos_buckets")
+            ),
+            (self.num_heads, self.num_buckets),
+            jnp.float32,
+        )
+        relative = k_positions[:, None, :] - q_positions[:, :, None]
+        buckets = relative_position_bucket(
+            relative, self.bidirectional, self.num_buckets, self.max_distance
+        )
+        bias = jnp.take(rel_embedding, buckets, axis=1)  # [H, B, Q, M]
+        return jnp.transpose(bias, (1, 0, 2, 3))
+
+
+def _t5_attention(config: T5Config, dtype: DType, name: str) -> Attention:
+    return Attention(
+        config.num_heads,
+        config.num_heads,
+        config.head_dim,
+        config.emb_dim,
+        ("query", "key", "value", "out"),
+        scale_query_init=True,
+        dtype=dtype,
+        name=name,
+    )
+
+
+def _t5_mlp(config: T5Config, dtype: DType) -> GatedMLP:
+    return GatedMLP(
+        config.mlp_dim,
+        config.emb_dim,
+        config.mlp_activations[0],
+        ("wi_0", "wi_1", "wo"),
+        config.dropout_rate,
+        dtype,
+        name="mlp",
+    )
+
+
+class T5EncoderLayer(nn.Module):
+    config: T5Config
+
+    def setup(self):
+        dtype = jnp.dtype(self.config.dtype)
+        self.pre_attention_layer_norm = RMSNorm(dtype=dtype)
+        self.attention = _t5_attention(self.config, dtype, "attention")
+        self.pre_mlp_layer_norm = RMSNorm(dtype=dtype)
+        self.mlp = _t5_mlp(self.config, dtype)
+        self.dropout = nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))
+
+    def __call__(self, x: Array, bias: Array, mask: Array, deterministic: bool) -> Array:
+        h = self.pre_attention_layer_norm(x)
+        h = self.attention(h, self.attention.kv(h), q_positions=None, mask=mask, bias=bias)
+        x = x + self.dropout(h, deterministic)
+        h = self.mlp(self.pre_mlp_layer_norm(x), deterministic)
+        return x + self.dropout(h, deterministic)
+
+
+class T5DecoderLayer(nn.Module):
+    config: T5Config
+
+    def setup(self):
+        dtype = jnp.dtype(self.config.dtype)
+        self.pre_self_attention_layer_norm = RMSNorm(dtype=dtype)
+        self.self_attention = _t5_attention(self.config, dtype, "self_attention")
+        self.pre_cross_attention_layer_norm = RMSNorm(dtype=dtype)
+        self.encoder_decoder_attention = _t5_attention(
+            self.config, dtype, "encoder_decoder_attention"
+        )
+        self.pre_mlp_layer_norm = RMSNorm(dtype=dtype)
+        self.mlp = _t5_mlp(self.config, dtype)
+        self.dropout = nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))
+
+    def cross_kv(self, encoded: Array) -> tuple[Array, Array]:
+        return self.encoder_decoder_attention.kv(encoded)
+
+    def __call__(
+        self,
+        x: Array,
+        positions: Array,
+        cross_kv: tuple[Array, Array],
+        cross_mask: Array,
+        bias_fn: Callable,
+        cache: Cache | None,
+        deterministic: bool,
+    ) -> tuple[Array, Cache | None]:
+        h, new_cache = self.self_attention.self_attend(
+            self.pre_self_attention_layer_norm(x), positions, cache, bias_fn
+        )
+        x = x + self.dropout(h, deterministic)
+        h = self.encoder_decoder_attention(
+            self.pre_cross_attention_layer_norm(x), cross_kv, q_positions=None, mask=cross_mask
+        )
+        x = x + self.dropout(h, deterministic)
+        h = self.mlp(self.pre_mlp_layer_norm(x), deterministic)
+        return x + self.dropout(h, deterministic), new_cache
+
+
+class T5Encoder(nn.Module):
+    config: T5Config
+    shared_embedding: Embed
+
+    def setup(self):
+        cfg = self.config
+        self.relpos_bias = RelativePositionBiases(
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+            cfg.num_heads,
+            bidirectional=True,
+        )
+        self.layers = [T5EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers)]
+        self.encoder_norm = RMSNorm(dtype=jnp.dtype(cfg.dtype))
+        self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+
+    def __call__(self, tokens: Array, deterministic: bool) -> Array:
+        """tokens [B, Le] (0 = padding) -> encoded [B, Le, E]."""
+        x = _constrain(self.shared_embedding(tokens), ("batch", "length", "embed"))
+        x = self.dropout(x, deterministic)
+        positions = jnp.arange(tokens.shape[1])[None, :]
+        bias = self.relpos_bias(positions, positions)
+        valid = tokens > 0
+        mask = valid[:, None, :, None] & valid[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, bias, mask, deterministic)
+        return self.dropout(self.encoder_norm(x), deterministic)
+
+
+class T5Decoder(nn.Module):
+    config: T5Config
+    shared_embedding: Embed
+
+    def setup(self):
+        cfg = self.config
+        self.relpos_bias = RelativePositionBiases(
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+            cfg.num_heads,
+            bidirectional=False,
+        )
+        self.layers = [T5DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
+        self.decoder_norm = RMSNorm(dtype=jnp.dtype(cfg.dtype))
+        self.logits_dense = Dense(cfg.vocab_size, ("embed", "vocab"), dtype=jnp.dtype(cfg.dtype))
+        self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+
+    def cross_kv(self, encoded: Array) -> list[tuple[Array, Array]]:
+        return [layer.cross_kv(encoded) for layer in self.layers]
+
+    def __call__(
+        self,
+        tokens: Array,
+        positions: Array,
+        cross_kv: list[tuple[Array, Array]],
+        encoder_mask: Array,
+        cache: Cache | None,
+        deterministic: bool,
+    ) -> tuple[Array, Cache | None]:
+        """Decoder tokens [B, K] at positions [B, K] -> float32 logits [B, K, V]."""
+        x = _constrain(self.shared_embedding(tokens), ("batch", "length", "embed"))
+        x = self.dropout(x, deterministic)
+        cross_mask = encoder_mask[:, None, None, :]
+        new_cache = {}
+        for i, layer in enumerate(self.layers):
+            x, layer_cache = layer(
+                x,
+                positions,
+                cross_kv[i],
+                cross_mask,
+                self.relpos_bias,
+                None if cache is None else cache[f"layers_{i}"],
+                deterministic,
+            )
+            new_cache[f"layers_{i}"] = layer_cache
+        x = self.dropout(self.decoder_norm(x), deterministic)
+        logits = self.logits_dense(x).astype(jnp.float32)
+        logits = _constrain(logits, ("batch", "length", "vocab"))
+        return logits, (None if cache is None else new_cache)
+
+
+class T5Transformer(nn.Module):
+    """T5 v1.1 encoder-decoder (T5X `t5_1_1` parameter names)."""
+
+    config: T5Config
+
+    def setup(self):
+        cfg = self.config
+        self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=jnp.dtype(cfg.dtype))
+        self.encoder = T5Encoder(cfg, self.token_embedder)
+        self.decoder = T5Decoder(cfg, self.token_embedder)
+
+    def encode(self, encoder_input_tokens: Array, deterministic: bool = True) -> Array:
+        return self.encoder(encoder_input_tokens, deterministic)
+
+    def __call__(
+        self, encoder_input_tokens: Array, decoder_input_tokens: Array, deterministic: bool = True
+    ) -> Array:
+        """Teacher-forced logits [B, L, V] (float32)."""
+        encoded = self.encode(encoder_input_tokens, deterministic)
+        positions = jnp.broadcast_to(
+            jnp.arange(decoder_input_tokens.shape[1]), decoder_input_tokens.shape
+        )
+        logits, _ = self.decoder(
+            decoder_input_tokens,
+            positions,
+            self.decoder.cross_kv(encoded),
+            encoder_input_tokens > 0,
+            None,
+            deterministic,
+        )
+        return logits
+
+    def init_cache(self, encoder_input_tokens: Array, max_length: int) -> Cache:
+        """Runs the encoder once; returns cross keys/values and empty self caches."""
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        batch = encoder_input_tokens.shape[0]
+        encoded = self.encode(encoder_input_tokens)
+        shape = (batch, max_length, cfg.num_heads, cfg.head_dim)
+        cache = {"encoder_mask": encoder_input_tokens > 0}
+        for i, (key, value) in enumerate(self.decoder.cross_kv(encoded)):
+            cache[f"layers_{i}"] = {
+                "key": jnp.zeros(shape, dtype),
+                "value": jnp.zeros(shape, dtype),
+                "cross_key": key.astype(dtype),
+                "cross_value": value.astype(dtype),
+            }
+        return cache
+
+    def decode(self, tokens: Array, positions: Array, cache: Cache) -> tuple[Array, Cache]:
+        """Feeds tokens [B, K] from each row's position [B]; see models.DecodeModel."""
+        num_layers = self.config.num_decoder_layers
+        cross_kv = [
+            (cache[f"layers_{i}"]["cross_key"], cache[f"layers_{i}"]["cross_value"])
+            for i in range(num_layers)
+        ]
+        self_cache = {
+            f"layers_{i}": {
+                "key": cache[f"layers_{i}"]["key"],
+                "value": cache[f"layers_{i}"]["value"],
+            }
+            for i in range(num_layers)
+        }
+        q_positions = positions[:, None] + jnp.arange(tokens.shape[1])[None, :]
+        logits, new_self = self.decoder(
+            tokens, q_positions, cross_kv, cache["encoder_mask"], self_cache, deterministic=True
+        )
+        new_cache = {"encoder_mask": cache["encoder_mask"]}
+        for i in range(num_layers):
+            new_cache[f"layers_{i}"] = {**cache[f"layers_{i}"], **new_self[f"layers_{i}"]}
+        return logits, new_cache
+
+
+# --------------------------------------------------------------------------
+# Llama-style decoder-only LM.
+# --------------------------------------------------------------------------
+
+
+class LlamaLayer(nn.Module):
+    config: DecoderOnlyConfig
+
+    def setup(self):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        self.input_layernorm = RMSNorm(cfg.rms_norm_eps, dtype)
+        self.self_attn = Attention(
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.emb_dim,
+            ("q_proj", "k_proj", "v_proj", "o_proj"),
+            rope_theta=cfg.rope_theta,
+            dtype=dtype,
+        )
+        self.post_attention_layernorm = RMSNorm(cfg.rms_norm_eps, dtype)
+        self.mlp = GatedMLP(
+            cfg.mlp_dim,
+            cfg.emb_dim,
+            "silu",
+            ("gate_proj", "up_proj", "down_proj"),
+            cfg.dropout_rate,
+            dtype,
+        )
+        self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+
+    def __call__(
+        self, x: Array, positions: Array, cache: Cache | None, deterministic: bool
+    ) -> tuple[Array, Cache | None]:
+        h, new_cache = self.self_attn.self_attend(self.input_layernorm(x), positions, cache)
+        x = x + self.dropout(h, deterministic)
+        h = self.mlp(self.post_attention_layernorm(x), deterministic)
+        return x + self.dropout(h, deterministic), new_cache
+
+
+class DecoderOnlyTransformer(nn.Module):
+    """Llama-style LM: RMSNorm, rotary positions, SwiGLU, no biases (HF names)."""
+
+    config: DecoderOnlyConfig
+
+    def setup(self):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        self.embed_tokens = Embed(
+            cfg.vocab_size,
+            cfg.emb_dim,
+            dtype=dtype,
+            embedding_init=nn.initializers.normal(stddev=0.02),
+        )
+        self.layers = [LlamaLayer(cfg) for _ in range(cfg.num_layers)]
+        self.norm = RMSNorm(cfg.rms_norm_eps, dtype)
+        if not cfg.tie_embeddings:
+            self.lm_head = Dense(cfg.vocab_size, ("embed", "vocab"), dtype=dtype)
+
+    def _forward(
+        self, tokens: Array, positions: Array, cache: Cache | None, deterministic: bool
+    ) -> tuple[Array, Cache | None]:
+        x = _constrain(self.embed_tokens(tokens), ("batch", "length", "embed"))
+        new_cache = {}
+        for i, layer in enumerate(self.layers):
+            x, new_cache[f"layers_{i}"] = layer(
+                x, positions, None if cache is None else cache[f"layers_{i}"], deterministic
+            )
+        x = self.norm(x)
+        logits = (
+            self.embed_tokens.attend(x) if self.config.tie_embeddings else self.lm_head(x)
+        ).astype(jnp.float32)
+        return _constrain(logits, ("batch", "length", "vocab")), (
+            None if cache is None else new_cache
+        )
+
+    def __call__(self, decoder_input_tokens: Array, deterministic: bool = True) -> Array:
+        """Teacher-forced logits [B, L, V] (float32)."""
+        positions = jnp.broadcast_to(
+            jnp.arange(decoder_input_tokens.shape[1]), decoder_input_tokens.shape
+        )
+        return self._forward(decoder_input_tokens, positions, None, deterministic)[0]
+
+    def init_cache(self, batch_size: int, max_length: int) -> Cache:
+        cfg = self.config
+        shape = (batch_size, max_length, cfg.num_kv_heads, cfg.head_dim)
+        zeros = functools.partial(jnp.zeros, shape, jnp.dtype(cfg.dtype))
+        return {f"layers_{i}": {"key": zeros(), "value": zeros()} for i in range(cfg.num_layers)}
+
+    def decode(self, tokens: Array, positions: Array, cache: Cache) -> tuple[Array, Cache]:
+        """Feeds tokens [B, K] from each row's position [B]; see models.DecodeModel."""
+        q_positions = positions[:, None] + jnp.arange(tokens.shape[1])[None, :]
+        return self._forward(tokens, q_positions, cache, deterministic=True)
