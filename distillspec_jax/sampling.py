@@ -1,0 +1,608 @@
+"""Autoregressive and speculative sampling: pure, jitted, one lax.while_loop each.
+
+Both samplers work on any `models.DecodeModel`. A batch of prompts [B, P] with
+per-row lengths is decoded into a fixed buffer [B, M] (M = cache length); rows
+advance independently and stop at EOS or after `max_new_tokens`.
+
+Cache invariant shared by both loops: when an iteration starts, each model's
+cache holds correct keys/values for positions 0 .. n-2 of its row (n = the
+row's committed length) and the last committed token x[n-1] has not been fed
+yet. Rolling back after a rejection is only keeping n small: stale entries past
+it are masked by the causal mask and overwritten before they are ever read.
+
+Speculative decoding (Leviathan et al. 2023; DistillSpec, Zhou et al. 2024):
+the draft proposes `gamma` tokens, the target scores all of them in one call
+of gamma+1 tokens, token i is accepted when u_i * q(d_i) < f(p(d_i)) (lossless:
+f(p) = p; lenient: f_lin = p/eps, f_sq = p/eps^2, f_exp = p^eps), and the first
+rejection is replaced by a sample from norm(max(0, p - q)) (p where that is all
+zero); if every draft is accepted a bonus token comes from p. At temperature 0
+a draft is accepted iff it equals the target argmax, so the output equals
+greedy target decoding exactly.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distillspec_jax import models
+
+Array = jax.Array
+DecodeModel = models.DecodeModel
+
+LENIENCE_KINDS = ("none", "lin", "sq", "exp")
+
+# Number of times each sampler was traced (tests check that shapes re-use traces).
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+@flax.struct.dataclass
+class SampleOutput:
+    """What a sampler returns. Counters are per row; `evaluation.py` reduces them."""
+
+    sequences: Array  # [batch, max_len] prompt + generated tokens, 0 after `lengths`.
+    lengths: Array  # [batch] prompt length + generated tokens.
+    num_generated: Array  # [batch] new tokens written (<= max_new_tokens).
+    num_target_calls: Array  # [batch] target decode calls while the row was active.
+    num_draft_calls: Array  # [batch] draft decode calls while the row was active.
+    num_drafted: Array  # [batch] tokens proposed by the draft.
+    num_accepted: Array  # [batch] drafted tokens accepted.
+    accepts_per_position: Array  # [batch, gamma] accepts at draft positions 1..gamma.
+
+
+@flax.struct.dataclass
+class _ARState:
+    step: Array  # [] loop iteration.
+    sequences: Array  # [batch, max_len]
+    lengths: Array  # [batch] committed tokens per row.
+    done: Array  # [batch] bool.
+    cache: Any  # the model's cache pytree.
+    num_calls: Array  # [batch] decode calls while active.
+    rng: Array  # PRNG key.
+
+
+@flax.struct.dataclass
+class _SDState:
+    step: Array  # [] loop iteration.
+    sequences: Array  # [batch, max_len]
+    lengths: Array  # [batch] committed tokens per row.
+    done: Array  # [batch] bool.
+    target_cache: Any
+    draft_cache: Any
+    num_target_calls: Array  # [batch]
+    num_draft_calls: Array  # [batch]
+    num_drafted: Array  # [batch]
+    num_accepted: Array  # [batch]
+    accepts_per_position: Array  # [batch, gamma]
+    rng: Array  # PRNG key.
+
+
+# --------------------------------------------------------------------------
+# Small pure helpers.
+# --------------------------------------------------------------------------
+
+
+def sample_logits(rng: Array, logits: Array, temperature: float) -> Array:
+    """Argmax at temperature 0, else a sample from softmax(logits / T). [..., V] -> [...]."""
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, logits / temperature, axis=-1).astype(jnp.int32)
+
+
+def lenient_target_prob(p: Array, kind: str, eps: float) -> Array:
+    """f(p, eps) of lossy speculative decoding; kind 'none' (or eps = 1) is p itself."""
+    if kind == "none":
+        return p
+    if kind == "lin":
+        return p / eps
+    if kind == "sq":
+        return p / eps**2
+    if kind == "exp":
+        return p**eps
+    raise ValueError(f"Unknown lenience {kind!r}; valid: {LENIENCE_KINDS}")
+
+
+def residual_distribution(p: Array, q: Array) -> Array:
+    """Unnormalised max(0, p - q) [..., V]; p itself where that is all zero.
+
+    The residual is all zero when q >= p everywhere: draft == target, lenient
+    acceptance, or round-off. Sampling from p there never divides by zero.
+    """
+    residual = jnp.maximum(p - q, 0.0)
+    usable = residual.sum(axis=-1, keepdims=True) > 1e-12
+    return jnp.where(usable, residual, p)
+
+
+def _gather_rows(x: Array, index: Array) -> Array:
+    """x [B, N, ...], index [B] -> x[b, index[b]] [B, ...]."""
+    return jnp.take_along_axis(x, index.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
+
+
+def _slice_rows(x: Array, start: Array, size: int) -> Array:
+    """x [B, M], start [B] -> x[b, start[b]:start[b]+size] [B, size]."""
+    return jax.vmap(lambda row, s: jax.lax.dynamic_slice(row, (s,), (size,)))(x, start)
+
+
+def _write_rows(x: Array, update: Array, start: Array) -> Array:
+    return jax.vmap(lambda row, u, s: jax.lax.dynamic_update_slice(row, u, (s,)))(
+        x, update.astype(x.dtype), start
+    )
+
+
+def _truncate(
+    window: Array, num_new: Array, generated: Array, max_new_tokens: int, eos_id: int | None
+) -> tuple[Array, Array]:
+    """Caps each row's new tokens at the budget and at its first EOS.
+
+    Args:
+      window: [B, W] candidate new tokens (first `num_new` are real).
+      num_new: [B] candidate count.
+      generated: [B] tokens generated before this step.
+      max_new_tokens: budget per row.
+      eos_id: end-of-sequence id, or None.
+
+    Returns:
+      (kept count [B], finished [B] bool).
+    """
+    num_new = jnp.minimum(num_new, max_new_tokens - generated)
+    finished = generated + num_new >= max_new_tokens
+    if eos_id is not None:
+        idx = jnp.arange(window.shape[1])[None, :]
+        is_eos = (window == eos_id) & (idx < num_new[:, None])
+        has_eos = is_eos.any(axis=1)
+        first_eos = jnp.argmax(is_eos, axis=1)
+        num_new = jnp.where(has_eos, first_eos + 1, num_new)
+        finished = finished | has_eos
+    return num_new, finished
+
+
+def _pad_after_lengths(sequences: Array, lengths: Array) -> Array:
+    idx = jnp.arange(sequences.shape[1])[None, :]
+    return jnp.where(idx < lengths[:, None], sequences, 0)
+
+
+# --------------------------------------------------------------------------
+# Validation (before tracing).
+# --------------------------------------------------------------------------
+
+
+def _validate(
+    prompts: Array,
+    prompt_lengths: Array,
+    max_new_tokens: int,
+    temperature: float,
+    cache_length: int,
+    needed: int,
+) -> None:
+    if prompts.ndim != 2 or prompt_lengths.shape != prompts.shape[:1]:
+        raise ValueError(
+            f"prompts must be [B, P] with prompt_lengths [B]; got {prompts.shape} "
+            f"and {prompt_lengths.shape}"
+        )
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not isinstance(prompt_lengths, jax.core.Tracer):
+        lengths = np.asarray(prompt_lengths)
+        if (lengths < 1).any() or (lengths > prompts.shape[1]).any():
+            raise ValueError(
+                f"prompt_lengths must lie in [1, {prompts.shape[1]}] (every row needs at "
+                f"least one token, e.g. BOS); got {lengths.tolist()}"
+            )
+    if needed > cache_length:
+        raise ValueError(
+            f"The cache is too short: prompt ({prompts.shape[1]}) + max_new_tokens "
+            f"({max_new_tokens}) and the speculative block need {needed} positions, "
+            f"cache_length is {cache_length}"
+        )
+
+
+def _init_caches(model, params, batch, length, encoder_inputs):
+    return model.init_cache(params, batch, length, encoder_inputs)
+
+
+# --------------------------------------------------------------------------
+# Autoregressive baseline.
+# --------------------------------------------------------------------------
+
+
+def autoregressive_sample(
+    model: DecodeModel,
+    params: Any,
+    prompts: Array,
+    prompt_lengths: Array,
+    rng: Array,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    eos_id: int | None = 1,
+    encoder_inputs: Array | None = None,
+    cache_length: int | None = None,
+) -> SampleOutput:
+    """Samples up to `max_new_tokens` per row, one decode call per token.
+
+    Args:
+      model: a DecodeModel.
+      params: its parameters.
+      prompts: [B, P] int tokens; row b's prompt is prompts[b, :prompt_lengths[b]]
+        (for an encoder-decoder model, the decoder prefix: usually just BOS = 0).
+      prompt_lengths: [B] int, each in [1, P].
+      rng: PRNG key (unused at temperature 0).
+      max_new_tokens: new tokens per row at most.
+      temperature: 0 for greedy, else softmax(logits / T).
+      eos_id: a row stops after writing this token (None: never).
+      encoder_inputs: [B, Le] for encoder-decoder models.
+      cache_length: buffer/cache length M, default P + max_new_tokens.
+
+    Returns:
+      SampleOutput (the speculative counters hold zeros; num_target_calls counts
+      this model's decode calls).
+    """
+    cache_length = cache_length or prompts.shape[1] + max_new_tokens
+    _validate(
+        prompts,
+        prompt_lengths,
+        max_new_tokens,
+        temperature,
+        cache_length,
+        prompts.shape[1] + max_new_tokens,
+    )
+    return _autoregressive_jit(
+        model,
+        params,
+        prompts,
+        prompt_lengths,
+        rng,
+        encoder_inputs,
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        eos_id=eos_id,
+        cache_length=cache_length,
+    )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnums=(0,),
+    static_argnames=("max_new_tokens", "temperature", "eos_id", "cache_length"),
+)
+def _autoregressive_jit(
+    model,
+    params,
+    prompts,
+    prompt_lengths,
+    rng,
+    encoder_inputs,
+    *,
+    max_new_tokens,
+    temperature,
+    eos_id,
+    cache_length,
+):
+    TRACE_COUNTS["autoregressive"] += 1
+    batch, prompt_len = prompts.shape
+    lengths = prompt_lengths.astype(jnp.int32)
+    sequences = jnp.zeros((batch, cache_length), jnp.int32).at[:, :prompt_len].set(prompts)
+    sequences = _pad_after_lengths(sequences, lengths)
+    cache = _init_caches(model, params, batch, cache_length, encoder_inputs)
+    # Prefill the whole padded prompt; entries past each row's length are stale.
+    _, cache = model.decode(params, cache, sequences[:, :prompt_len], jnp.zeros_like(lengths))
+
+    def cond_fn(state: _ARState) -> Array:
+        return (~state.done.all()) & (state.step < max_new_tokens)
+
+    def body_fn(state: _ARState) -> _ARState:
+        rng, key = jax.random.split(state.rng)
+        last = _gather_rows(state.sequences, state.lengths - 1)
+        logits, cache = model.decode(params, state.cache, last[:, None], state.lengths - 1)
+        token = sample_logits(key, logits[:, 0], temperature)
+        generated = state.lengths - lengths
+        num_new, finished = _truncate(
+            token[:, None], jnp.ones_like(generated), generated, max_new_tokens, eos_id
+        )
+        active = ~state.done
+        num_new = jnp.where(active, num_new, 0)
+        old = _gather_rows(state.sequences, state.lengths)
+        written = jnp.where(num_new > 0, token, old)
+        sequences = _write_rows(state.sequences, written[:, None], state.lengths)
+        return _ARState(
+            step=state.step + 1,
+            sequences=sequences,
+            lengths=state.lengths + num_new,
+            done=state.done | (active & finished),
+            cache=cache,
+            num_calls=state.num_calls + active.astype(jnp.int32),
+            rng=rng,
+        )
+
+    zeros = jnp.zeros((batch,), jnp.int32)
+    state = _ARState(
+        step=jnp.array(0, jnp.int32),
+        sequences=sequences,
+        lengths=lengths,
+        done=jnp.zeros((batch,), bool),
+        cache=cache,
+        num_calls=zeros,
+        rng=rng,
+    )
+    state = jax.lax.while_loop(cond_fn, body_fn, state)
+    return SampleOutput(
+        sequences=_pad_after_lengths(state.sequences, state.lengths),
+        lengths=state.lengths,
+        num_generated=state.lengths - lengths,
+        num_target_calls=state.num_calls,
+        num_draft_calls=zeros,
+        num_drafted=zeros,
+        num_accepted=zeros,
+        accepts_per_position=jnp.zeros((batch, 0), jnp.int32),
+    )
+
+
+# --------------------------------------------------------------------------
+# Speculative sampling.
+# --------------------------------------------------------------------------
+
+
+def speculative_sample(
+    target_model: DecodeModel,
+    target_params: Any,
+    draft_model: DecodeModel,
+    draft_params: Any,
+    prompts: Array,
+    prompt_lengths: Array,
+    rng: Array,
+    *,
+    gamma: int,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    lenience: str = "none",
+    eps: float = 1.0,
+    eos_id: int | None = 1,
+    encoder_inputs: Array | None = None,
+    cache_length: int | None = None,
+) -> SampleOutput:
+    """Speculative decoding with blockwise, per-row acceptance.
+
+    Args:
+      target_model, target_params: the model whose distribution is kept.
+      draft_model, draft_params: the cheap proposer (same vocabulary).
+      prompts: [B, P] int; row b's prompt is prompts[b, :prompt_lengths[b]].
+      prompt_lengths: [B] int, each in [1, P].
+      rng: PRNG key.
+      gamma: drafted tokens per block (>= 1).
+      max_new_tokens: new tokens per row at most.
+      temperature: 0 for greedy; else both models sample softmax(logits / T).
+      lenience: 'none' (lossless), or 'lin', 'sq', 'exp' (lossy, with `eps`).
+      eps: lenience parameter in (0, 1]; 1 is lossless.
+      eos_id: a row stops after writing this token (None: never).
+      encoder_inputs: [B, Le] for encoder-decoder models (both encoders run once).
+      cache_length: buffer/cache length M, default P + max_new_tokens + gamma + 1.
+
+    Returns:
+      SampleOutput with the speculative counters.
+
+    Raises:
+      ValueError: on any invalid argument, before anything is traced.
+    """
+    if draft_model.vocab_size != target_model.vocab_size:
+        raise ValueError(
+            f"Draft and target vocabularies differ: {draft_model.vocab_size} vs "
+            f"{target_model.vocab_size}"
+        )
+    if int(gamma) != gamma or gamma < 1:
+        raise ValueError(f"gamma must be an integer >= 1, got {gamma}")
+    if lenience not in LENIENCE_KINDS:
+        raise ValueError(f"Unknown lenience {lenience!r}; valid: {LENIENCE_KINDS}")
+    if not 0.0 < eps <= 1.0:
+        raise ValueError(f"eps must lie in (0, 1], got {eps}")
+    needed = prompts.shape[1] + max_new_tokens + gamma + 1
+    cache_length = cache_length or needed
+    _validate(prompts, prompt_lengths, max_new_tokens, temperature, cache_length, needed)
+    return _speculative_jit(
+        target_model,
+        draft_model,
+        target_params,
+        draft_params,
+        prompts,
+        prompt_lengths,
+        rng,
+        encoder_inputs,
+        gamma=int(gamma),
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        lenience=lenience,
+        eps=float(eps),
+        eos_id=eos_id,
+        cache_length=cache_length,
+    )
+
+
+def _accept(
+    key: Array,
+    drafted: Array,
+    q_logits: Array,
+    p_logits: Array,
+    temperature: float,
+    lenience: str,
+    eps: float,
+) -> tuple[Array, Array]:
+    """The acceptance rule of one block.
+
+    Args:
+      key: PRNG key.
+      drafted: [B, gamma] draft tokens.
+      q_logits: [B, gamma, V] draft logits that produced them.
+      p_logits: [B, gamma+1, V] target logits at the same positions (+ bonus).
+      temperature, lenience, eps: see speculative_sample.
+
+    Returns:
+      (accepted prefix mask [B, gamma] bool, next token [B]: the correction at
+      the first rejection, or the bonus token when all are accepted).
+    """
+    gamma = drafted.shape[1]
+    if temperature == 0.0:
+        target_choice = jnp.argmax(p_logits, axis=-1).astype(jnp.int32)  # [B, gamma+1]
+        accepted = jnp.cumprod(drafted == target_choice[:, :gamma], axis=1).astype(bool)
+        num_accepted = accepted.sum(axis=1)
+        return accepted, _gather_rows(target_choice, num_accepted)
+    key_accept, key_next = jax.random.split(key)
+    p = jax.nn.softmax(p_logits / temperature, axis=-1)
+    q = jax.nn.softmax(q_logits / temperature, axis=-1)
+    p_drafted = jnp.take_along_axis(p[:, :gamma], drafted[..., None], axis=-1)[..., 0]
+    q_drafted = jnp.take_along_axis(q, drafted[..., None], axis=-1)[..., 0]
+    u = jax.random.uniform(key_accept, drafted.shape)
+    accept = u * q_drafted < lenient_target_prob(p_drafted, lenience, eps)
+    accepted = jnp.cumprod(accept, axis=1).astype(bool)
+    num_accepted = accepted.sum(axis=1)
+    q_padded = jnp.concatenate([q, jnp.zeros_like(q[:, :1])], axis=1)  # bonus: q = 0
+    next_probs = residual_distribution(
+        _gather_rows(p, num_accepted), _gather_rows(q_padded, num_accepted)
+    )
+    next_token = jax.random.categorical(key_next, jnp.log(next_probs), axis=-1)
+    return accepted, next_token.astype(jnp.int32)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnums=(0, 1),
+    static_argnames=(
+        "gamma",
+        "max_new_tokens",
+        "temperature",
+        "lenience",
+        "eps",
+        "eos_id",
+        "cache_length",
+    ),
+)
+def _speculative_jit(
+    target_model,
+    draft_model,
+    target_params,
+    draft_params,
+    prompts,
+    prompt_lengths,
+    rng,
+    encoder_inputs,
+    *,
+    gamma,
+    max_new_tokens,
+    temperature,
+    lenience,
+    eps,
+    eos_id,
+    cache_length,
+):
+    TRACE_COUNTS["speculative"] += 1
+    batch, prompt_len = prompts.shape
+    lengths = prompt_lengths.astype(jnp.int32)
+    sequences = jnp.zeros((batch, cache_length), jnp.int32).at[:, :prompt_len].set(prompts)
+    sequences = _pad_after_lengths(sequences, lengths)
+    zero_pos = jnp.zeros_like(lengths)
+    target_cache = _init_caches(target_model, target_params, batch, cache_length, encoder_inputs)
+    draft_cache = _init_caches(draft_model, draft_params, batch, cache_length, encoder_inputs)
+    prompt_tokens = sequences[:, :prompt_len]
+    _, target_cache = target_model.decode(target_params, target_cache, prompt_tokens, zero_pos)
+    _, draft_cache = draft_model.decode(draft_params, draft_cache, prompt_tokens, zero_pos)
+
+    def draft_block(state: _SDState, key: Array) -> tuple[Array, Array, Any]:
+        """gamma draft calls: tokens [B, gamma], their logits [B, gamma, V], cache."""
+        keys = jax.random.split(key, gamma)
+        n = state.lengths
+        # First call feeds x[n-2], x[n-1]: re-feeding x[n-2] is harmless and puts
+        # the previous block's last draft-unseen token into the draft cache.
+        start = jnp.maximum(n - 2, 0)
+        logits, cache = draft_model.decode(
+            draft_params, state.draft_cache, _slice_rows(state.sequences, start, 2), start
+        )
+        first_logits = _gather_rows(logits, n - 1 - start)
+        first = sample_logits(keys[0], first_logits, temperature)
+
+        def step(carry, step_key):
+            cache, token, position = carry
+            logits, cache = draft_model.decode(draft_params, cache, token[:, None], position)
+            nxt = sample_logits(step_key, logits[:, 0], temperature)
+            return (cache, nxt, position + 1), (nxt, logits[:, 0])
+
+        (cache, _, _), (rest, rest_logits) = jax.lax.scan(step, (cache, first, n), keys[1:])
+        drafted = jnp.concatenate([first[:, None], rest.T], axis=1)
+        q_logits = jnp.concatenate([first_logits[:, None], rest_logits.swapaxes(0, 1)], axis=1)
+        return drafted, q_logits, cache
+
+    def cond_fn(state: _SDState) -> Array:
+        return (~state.done.all()) & (state.step < max_new_tokens)
+
+    def body_fn(state: _SDState) -> _SDState:
+        rng, key_draft, key_accept = jax.random.split(state.rng, 3)
+        n = state.lengths
+        drafted, q_logits, draft_cache = draft_block(state, key_draft)
+        # One target call scores x[n-1] and all drafts: logits for n .. n+gamma.
+        last = _gather_rows(state.sequences, n - 1)
+        target_tokens = jnp.concatenate([last[:, None], drafted], axis=1)
+        p_logits, target_cache = target_model.decode(
+            target_params, state.target_cache, target_tokens, n - 1
+        )
+        accepted, next_token = _accept(
+            key_accept, drafted, q_logits, p_logits, temperature, lenience, eps
+        )
+        num_accepted = accepted.sum(axis=1).astype(jnp.int32)
+        # Candidate block: accepted drafts, then the correction / bonus token.
+        idx = jnp.arange(gamma + 1)[None, :]
+        drafted_padded = jnp.concatenate([drafted, jnp.zeros_like(drafted[:, :1])], axis=1)
+        window = jnp.where(idx == num_accepted[:, None], next_token[:, None], drafted_padded)
+        generated = n - lengths
+        num_new, finished = _truncate(window, num_accepted + 1, generated, max_new_tokens, eos_id)
+        active = ~state.done
+        num_new = jnp.where(active, num_new, 0)
+        old = _slice_rows(state.sequences, n, gamma + 1)
+        sequences = _write_rows(state.sequences, jnp.where(idx < num_new[:, None], window, old), n)
+        active_i = active.astype(jnp.int32)
+        return _SDState(
+            step=state.step + 1,
+            sequences=sequences,
+            lengths=n + num_new,
+            done=state.done | (active & finished),
+            target_cache=target_cache,
+            draft_cache=draft_cache,
+            num_target_calls=state.num_target_calls + active_i,
+            num_draft_calls=state.num_draft_calls + gamma * active_i,
+            num_drafted=state.num_drafted + gamma * active_i,
+            num_accepted=state.num_accepted + num_accepted * active_i,
+            accepts_per_position=state.accepts_per_position
+            + accepted.astype(jnp.int32) * active_i[:, None],
+            rng=rng,
+        )
+
+    zeros = jnp.zeros((batch,), jnp.int32)
+    state = _SDState(
+        step=jnp.array(0, jnp.int32),
+        sequences=sequences,
+        lengths=lengths,
+        done=jnp.zeros((batch,), bool),
+        target_cache=target_cache,
+        draft_cache=draft_cache,
+        num_target_calls=zeros,
+        num_draft_calls=zeros,
+        num_drafted=zeros,
+        num_accepted=zeros,
+        accepts_per_position=jnp.zeros((batch, gamma), jnp.int32),
+        rng=rng,
+    )
+    state = jax.lax.while_loop(cond_fn, body_fn, state)
+    return SampleOutput(
+        sequences=_pad_after_lengths(state.sequences, state.lengths),
+        lengths=state.lengths,
+        num_generated=state.lengths - lengths,
+        num_target_calls=state.num_target_calls,
+        num_draft_calls=state.num_draft_calls,
+        num_drafted=state.num_drafted,
+        num_accepted=state.num_accepted,
+        accepts_per_position=state.accepts_per_position,
+    )
