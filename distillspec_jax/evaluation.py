@@ -104,13 +104,18 @@ def decode_step_time(
     num_steps: int = 64,
     encoder_inputs: jax.Array | None = None,
     repeats: int = 3,
+    tokens_per_call: int = 1,
 ) -> float:
-    """Seconds per one-token cached decode step, inside one jitted fori_loop."""
+    """Seconds per cached decode call of `tokens_per_call` tokens, in a jitted fori_loop.
+
+    Call i feeds its tokens at position i, so the cache fill grows as in decoding.
+    """
 
     @jax.jit
     def run(params, encoder_inputs):
-        cache = model.init_cache(params, batch_size, num_steps + 1, encoder_inputs)
-        tokens = jnp.zeros((batch_size, 1), jnp.int32)
+        length = num_steps + tokens_per_call
+        cache = model.init_cache(params, batch_size, length, encoder_inputs)
+        tokens = jnp.zeros((batch_size, tokens_per_call), jnp.int32)
 
         def body(i, carry):
             cache, tokens = carry
@@ -122,7 +127,7 @@ def decode_step_time(
     # Subtract the cost of building the cache (and running the encoder) once.
     @jax.jit
     def setup_only(params, encoder_inputs):
-        cache = model.init_cache(params, batch_size, num_steps + 1, encoder_inputs)
+        cache = model.init_cache(params, batch_size, num_steps + tokens_per_call, encoder_inputs)
         return jax.tree_util.tree_leaves(cache)[0].sum()
 
     _, loop_time = time_call(lambda: run(params, encoder_inputs), repeats)
@@ -143,3 +148,104 @@ def cost_ratio(
     draft = decode_step_time(draft_model, draft_params, batch_size, num_steps, encoder_inputs)
     target = decode_step_time(target_model, target_params, batch_size, num_steps, encoder_inputs)
     return {"draft_step_s": draft, "target_step_s": target, "cost_ratio": draft / target}
+
+
+def cost_model_speedup(
+    tau: float,
+    gamma: int,
+    target_step_s: float,
+    draft_step_s: float,
+    draft_two_token_s: float,
+    target_verify_s: float,
+) -> float:
+    """Speedup predicted from measured call times of the sampler's actual calls.
+
+    One block costs a 2-token draft call, gamma - 1 one-token draft calls and a
+    (gamma+1)-token target call, and yields tau tokens; AR costs one target step
+    per token. Equals tau / (c*gamma + 1) when multi-token calls cost as much as
+    one-token calls (accelerators at small batch); on a CPU they cost more.
+    """
+    block = draft_two_token_s + (gamma - 1) * draft_step_s + target_verify_s
+    return tau * target_step_s / block
+
+
+def compare_with_autoregressive(
+    target_model: Any,
+    target_params: Any,
+    draft_model: Any,
+    draft_params: Any,
+    prompts: jax.Array,
+    prompt_lengths: jax.Array,
+    *,
+    gamma: int,
+    temperature: float,
+    max_new_tokens: int,
+    cost: float,
+    eos_id: int | None = None,
+    encoder_inputs: jax.Array | None = None,
+    rng: jax.Array | None = None,
+    repeats: int = 3,
+    autoregressive_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Times speculative decoding against autoregressive target decoding.
+
+    Both decode the same prompts for the same number of new tokens; each is
+    compiled (first call) before `repeats` timed calls with block_until_ready.
+
+    Args:
+      cost: the measured cost ratio c (see `cost_ratio`).
+      autoregressive_seconds: a run time of the AR baseline measured before on
+        the same inputs, to avoid timing it again for every gamma.
+
+    Returns:
+      The `summarize` dict plus times, tokens/s and speedups.
+    """
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    common = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        eos_id=eos_id,
+        encoder_inputs=encoder_inputs,
+    )
+
+    def speculative():
+        return sampling.speculative_sample(
+            target_model,
+            target_params,
+            draft_model,
+            draft_params,
+            prompts,
+            prompt_lengths,
+            rng,
+            gamma=gamma,
+            **common,
+        )
+
+    def autoregressive():
+        return sampling.autoregressive_sample(
+            target_model, target_params, prompts, prompt_lengths, rng, **common
+        )
+
+    sd_first, sd_seconds = time_call(speculative, repeats)
+    out = speculative()
+    ar_first = None
+    if autoregressive_seconds is None:
+        ar_first, autoregressive_seconds = time_call(autoregressive, repeats)
+    summary = summarize(out, gamma)
+    tokens = summary["generated_tokens"]
+    theory = theoretical_speedup(summary["block_efficiency"], cost, gamma)
+    measured = autoregressive_seconds / sd_seconds
+    summary.update(
+        temperature=temperature,
+        cost_ratio=cost,
+        sd_compile_s=sd_first - sd_seconds,
+        sd_run_s=sd_seconds,
+        ar_compile_s=None if ar_first is None else ar_first - autoregressive_seconds,
+        ar_run_s=autoregressive_seconds,
+        sd_tokens_per_s=tokens / sd_seconds,
+        ar_tokens_per_s=tokens / autoregressive_seconds,
+        theoretical_speedup=theory,
+        measured_speedup=measured,
+        measured_over_theoretical=measured / theory,
+    )
+    return summary
