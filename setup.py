@@ -33,6 +33,8 @@ setuptools.setup(
         "tqdm",
         "matplotlib",
         "reasoning-gym",
+        "rouge-score",
+        "sacrebleu",
         "numpy>=2.0,<2.5",
     ],
     extras_require={

@@ -26,24 +26,53 @@ import numpy as np
 
 from distillspec_jax import evaluation, models
 
-TARGET = dict(
-    vocab_size=2048,
-    emb_dim=256,
-    num_heads=4,
-    num_kv_heads=4,
-    num_layers=4,
-    head_dim=64,
-    mlp_dim=704,
-)
-DRAFT = dict(
-    vocab_size=2048,
-    emb_dim=128,
-    num_heads=2,
-    num_kv_heads=2,
-    num_layers=2,
-    head_dim=64,
-    mlp_dim=352,
-)
+# Decoder-only pairs (random weights). "cpu": sized for a 2-core machine;
+# "gpu": a ~1.1B target with the ~33M draft preset, sized for one accelerator.
+PAIRS = {
+    "cpu": (
+        dict(
+            vocab_size=2048,
+            emb_dim=256,
+            num_heads=4,
+            num_kv_heads=4,
+            num_layers=4,
+            head_dim=64,
+            mlp_dim=704,
+        ),
+        dict(
+            vocab_size=2048,
+            emb_dim=128,
+            num_heads=2,
+            num_kv_heads=2,
+            num_layers=2,
+            head_dim=64,
+            mlp_dim=352,
+        ),
+    ),
+    "gpu": (
+        dict(
+            vocab_size=32000,
+            emb_dim=2048,
+            num_heads=16,
+            num_kv_heads=16,
+            num_layers=16,
+            head_dim=128,
+            mlp_dim=5632,
+            dtype="bfloat16",
+        ),
+        dict(
+            vocab_size=32000,
+            emb_dim=384,
+            num_heads=6,
+            num_kv_heads=6,
+            num_layers=5,
+            head_dim=64,
+            mlp_dim=1024,
+            dtype="bfloat16",
+        ),
+    ),
+}
+TARGET, DRAFT = PAIRS["cpu"]
 
 
 def build_pair(target_dims=TARGET, draft_dims=DRAFT, seed=0):
@@ -71,8 +100,18 @@ def print_table(rows, columns):
         print(" ".join(_fmt(row.get(c)) for c in columns))
 
 
-def run(gammas, temperatures, batches, max_new_tokens, prompt_len, repeats):
-    target, target_params, draft, draft_params = build_pair()
+def run(
+    gammas,
+    temperatures,
+    batches,
+    max_new_tokens,
+    prompt_len,
+    repeats,
+    pair="cpu",
+    on_row=lambda results: None,
+):
+    """Runs the grid; `on_row(results)` is called after each measured row."""
+    target, target_params, draft, draft_params = build_pair(*PAIRS[pair])
     results = {
         "target_params": models.count_params(target_params),
         "draft_params": models.count_params(draft_params),
@@ -86,7 +125,7 @@ def run(gammas, temperatures, batches, max_new_tokens, prompt_len, repeats):
             g: evaluation.decode_step_time(target, target_params, batch, tokens_per_call=g + 1)
             for g in gammas
         }
-        prompts, lengths = _prompts(batch, prompt_len, TARGET["vocab_size"])
+        prompts, lengths = _prompts(batch, prompt_len, target.vocab_size)
         common = dict(max_new_tokens=max_new_tokens, eos_id=None, repeats=repeats)
         for temperature in temperatures:
             ar_seconds = None
@@ -139,6 +178,7 @@ def run(gammas, temperatures, batches, max_new_tokens, prompt_len, repeats):
                 )
                 row.pop("accept_prob_by_position")
                 results["rows"].append(row)
+                on_row(results)
             # Pure loop overhead: draft == target at gamma = 1 (theory: speedup 1).
             same = evaluation.compare_with_autoregressive(
                 target,
@@ -168,69 +208,70 @@ def run(gammas, temperatures, batches, max_new_tokens, prompt_len, repeats):
     return results
 
 
+ROW_COLUMNS = [
+    "batch", "temperature", "gamma", "cost_ratio", "block_efficiency", "acceptance_rate",
+    "theoretical_block_efficiency", "ar_tokens_per_s", "draft_ar_tokens_per_s",
+    "sd_tokens_per_s", "theoretical_speedup", "measured_speedup", "measured_over_theoretical",
+    "cost_model_speedup", "measured_over_cost_model", "sd_compile_s",
+]  # fmt: skip
+OVERHEAD_COLUMNS = [
+    "batch", "temperature", "block_efficiency", "sd_over_ar_time", "measured_speedup",
+    "cost_model_speedup",
+]  # fmt: skip
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="gamma {1, 3}, batch 1 only")
+    parser.add_argument("--gammas", default="1,2,3,5,7")
+    parser.add_argument("--batches", default="1,8")
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--prompt_len", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pair", choices=sorted(PAIRS), default="cpu")
     parser.add_argument("--out", default="benchmarks/results/speculative.json")
     args = parser.parse_args(argv)
-    gammas, batches = ((1, 3), (1,)) if args.quick else ((1, 2, 3, 5, 7), (1, 8))
+    gammas = tuple(int(g) for g in args.gammas.split(","))
+    batches = tuple(int(b) for b in args.batches.split(","))
+    if args.quick:
+        gammas, batches = (1, 3), (1,)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     start = time.time()
-    results = run(gammas, (0.0, 1.0), batches, args.max_new_tokens, args.prompt_len, args.repeats)
-    results.update(
-        machine={
+    header = {
+        "pair": {"name": args.pair, "target": PAIRS[args.pair][0], "draft": PAIRS[args.pair][1]},
+        "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
             "cpu_count": os.cpu_count(),
             "jax_backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()],
         },
-        max_new_tokens=args.max_new_tokens,
-        prompt_len=args.prompt_len,
-        wall_seconds=time.time() - start,
+        "max_new_tokens": args.max_new_tokens,
+        "prompt_len": args.prompt_len,
+    }
+
+    def dump(results):  # Written after every row, so a cut-short run keeps its rows.
+        with open(args.out, "w") as f:
+            json.dump({**header, **results, "wall_seconds": time.time() - start}, f, indent=2)
+
+    results = run(
+        gammas,
+        (0.0, 1.0),
+        batches,
+        args.max_new_tokens,
+        args.prompt_len,
+        args.repeats,
+        args.pair,
+        on_row=dump,
     )
+    dump(results)
     print(
         f"target {results['target_params']:,} params, draft {results['draft_params']:,} "
         f"params, backend {jax.default_backend()}"
     )
-    print_table(
-        results["rows"],
-        [
-            "batch",
-            "temperature",
-            "gamma",
-            "cost_ratio",
-            "block_efficiency",
-            "acceptance_rate",
-            "theoretical_block_efficiency",
-            "ar_tokens_per_s",
-            "draft_ar_tokens_per_s",
-            "sd_tokens_per_s",
-            "theoretical_speedup",
-            "measured_speedup",
-            "measured_over_theoretical",
-            "cost_model_speedup",
-            "measured_over_cost_model",
-            "sd_compile_s",
-        ],
-    )
+    print_table(results["rows"], ROW_COLUMNS)
     print("loop overhead (draft == target, gamma = 1; theoretical speedup 1.0):")
-    print_table(
-        results["loop_overhead"],
-        [
-            "batch",
-            "temperature",
-            "block_efficiency",
-            "sd_over_ar_time",
-            "measured_speedup",
-            "cost_model_speedup",
-        ],
-    )
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    print_table(results["loop_overhead"], OVERHEAD_COLUMNS)
     print(f"wrote {args.out}")
 
 
