@@ -131,7 +131,9 @@ def restore_params(directory: str, abstract_params: Any, what: str = "target") -
     if not os.path.isdir(directory):
         raise CheckpointError(f"The {what} checkpoint directory does not exist: {directory}")
     manager = ocp.CheckpointManager(
-        os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True)
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={PARAMS: ocp.StandardCheckpointHandler()},
     )
     try:
         steps = sorted(manager.all_steps(), reverse=True)

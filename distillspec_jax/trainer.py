@@ -229,7 +229,7 @@ class Trainer:
         grads, metrics = self._grads(state.params, batch, rng, extra)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def _eval(self, params: Any, batch: dict[str, Array], extra: Any):

@@ -1,0 +1,460 @@
+r"""Training entry point (supervised or DistillSpec), T5X style.
+
+  python -m distillspec_jax.train --config configs/tiny.py --workdir /tmp/run \
+      [--config.num_train_steps=100 ...] [--multihost]
+
+The workdir resumes from its newest readable checkpoint with the same data
+order and randomness; SIGTERM (TPU preemption) saves and exits cleanly.
+Metrics go to `metrics.jsonl` and TensorBoard event files in the workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from distillspec_jax import (
+    checkpoints,
+    distill,
+    evaluation,
+    models,
+    partitioning,
+    sampling,
+    trainer,
+)
+
+HostBatch = dict[str, np.ndarray]
+
+
+# --------------------------------------------------------------------------
+# Process setup, logging, preemption.
+# --------------------------------------------------------------------------
+
+
+def initialize_multihost() -> None:
+    """jax.distributed.initialize(), explicit on CPU (gloo), automatic on TPU.
+
+    DISTILLSPEC_COORDINATOR (host:port), DISTILLSPEC_NUM_PROCESSES and
+    DISTILLSPEC_PROCESS_ID give the coordinates explicitly; without them the
+    cluster (a TPU VM slice) is detected automatically.
+    """
+    coordinator = os.environ.get("DISTILLSPEC_COORDINATOR")
+    if jax.config.jax_platforms == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator:
+        jax.distributed.initialize(
+            coordinator,
+            num_processes=int(os.environ["DISTILLSPEC_NUM_PROCESSES"]),
+            process_id=int(os.environ["DISTILLSPEC_PROCESS_ID"]),
+        )
+    else:
+        jax.distributed.initialize()
+
+
+class MetricsWriter:
+    """metrics.jsonl plus TensorBoard scalars, written by process 0 only."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            import tensorflow as tf  # Lazy: TensorBoard event files.
+
+            self._tf = tf
+            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, float], prefix: str) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": prefix, **{k: float(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        with self._tb.as_default():
+            for key, value in metrics.items():
+                self._tf.summary.scalar(f"{prefix}/{key}", float(value), step=int(step))
+        self._tb.flush()
+
+
+class PreemptionGuard:
+    """Turns SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+        self.requested = True
+
+    def should_stop(self) -> bool:
+        flag = self.requested
+        if jax.process_count() > 1:  # Every process stops at the same step.
+            from jax.experimental import multihost_utils
+
+            flag = bool(np.asarray(multihost_utils.process_allgather(np.array(flag))).any())
+        return flag
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+# --------------------------------------------------------------------------
+# Models, data, evaluation.
+# --------------------------------------------------------------------------
+
+
+def family_of(model: Any) -> str:
+    return "t5" if models.is_encoder_decoder(model) else "decoder_only"
+
+
+def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The configured SentencePiece model, else one trained on the task (cached)."""
+    from distillspec_jax import tasks
+
+    data = config.data
+    if data.vocab_path:
+        return data.vocab_path
+    if config.mode == "distill" and config.target_checkpoint:
+        shared = os.path.join(config.target_checkpoint, "vocab", "spm.model")
+        if os.path.exists(shared):  # Use exactly the target's vocabulary.
+            return shared
+    path = os.path.join(workdir, "vocab", "spm.model")
+    if jax.process_index() == 0 or not os.path.exists(path):
+        tasks.train_sentencepiece(
+            tasks.gsm_symbolic_texts(data.train_size, data.seed), path, data.vocab_size
+        )
+    return path
+
+
+def build_data(config: ml_collections.ConfigDict, workdir: str, family: str):
+    """(vocabulary, train batches from a step, fixed eval batches) of this process."""
+    from distillspec_jax import tasks
+
+    data = config.data
+    if data.pack:
+        raise ValueError(
+            "config.data.pack=True is not supported: the models have no segment-aware attention yet"
+        )
+    vocab = tasks.get_vocabulary(vocabulary_path(config, workdir))
+    if data.task == "gsm_symbolic":
+        tasks.register_gsm_symbolic(
+            vocab, data.train_size, data.validation_size, data.test_size, data.seed
+        )
+    lengths = {"inputs": data.max_input_length, "targets": data.max_target_length}
+    common = dict(process_index=jax.process_index(), num_processes=jax.process_count())
+
+    def train_batches(start_step: int) -> Iterator[HostBatch]:
+        ds = tasks.get_dataset(
+            data.task,
+            "train",
+            family,
+            lengths,
+            config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            num_epochs=None,
+            **common,
+        )
+        return tasks.numpy_batches(ds, skip_batches=start_step)
+
+    eval_ds = tasks.get_dataset(
+        data.task,
+        "validation",
+        family,
+        lengths,
+        config.batch_size,
+        shuffle=False,
+        num_epochs=1,
+        **common,
+    )
+    eval_batches = list(tasks.numpy_batches(eval_ds.take(config.eval_batches)))
+    return vocab, train_batches, eval_batches
+
+
+def prompts_from_batch(model: Any, batch: dict[str, Any], num: int):
+    """(prompts, prompt_lengths, encoder_inputs) for sampling from a data batch."""
+    if models.is_encoder_decoder(model):
+        enc = jnp.asarray(batch["encoder_input_tokens"][:num])
+        return jnp.zeros((enc.shape[0], 1), jnp.int32), jnp.ones((enc.shape[0],), jnp.int32), enc
+    sub = {k: jnp.asarray(v[:num]) for k, v in batch.items()}
+    lengths = distill.decoder_only_prompt_lengths(sub)
+    width = int(lengths.max())
+    return sub["decoder_input_tokens"][:, :width], lengths, None
+
+
+def speculative_metrics(
+    target_model,
+    target_params,
+    draft_model,
+    draft_params,
+    batch,
+    cfg: ml_collections.ConfigDict,
+    rng: jax.Array,
+) -> dict[str, float]:
+    """tau and alpha of the draft against the target on validation prompts."""
+    prompts, lengths, enc = prompts_from_batch(draft_model, batch, cfg.num_prompts)
+    out = sampling.speculative_sample(
+        target_model,
+        target_params,
+        draft_model,
+        draft_params,
+        prompts,
+        lengths,
+        rng,
+        gamma=cfg.gamma,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        encoder_inputs=enc,
+    )
+    summary = evaluation.summarize(out, cfg.gamma)
+    return {
+        "block_efficiency": summary["block_efficiency"],
+        "acceptance_rate": summary["acceptance_rate"],
+    }
+
+
+def _mean_metrics(metric_list: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: float(np.mean([float(m[k]) for m in metric_list])) for k in metric_list[0]}
+
+
+# --------------------------------------------------------------------------
+# The training loop.
+# --------------------------------------------------------------------------
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    train_batches: Callable[[int], Iterator[HostBatch]] | None = None,
+    eval_batches: list[HostBatch] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains as configured; returns the last train/eval metrics and final state.
+
+    Args:
+      config: a training config (see configs/tiny.py).
+      workdir: checkpoints, metrics and the vocabulary go here.
+      train_batches: optional override of the data: start_step -> iterator of
+        this process's share of each global batch (the default reads the
+        configured seqio task).
+      eval_batches: optional fixed validation batches.
+      progress: show a tqdm bar (process 0).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    if config.mode not in ("supervised", "distill"):
+        raise ValueError(f"config.mode must be 'supervised' or 'distill', got {config.mode!r}")
+
+    # -- Data and models ------------------------------------------------------
+    probe = models.model_from_gin(config.model_gin_file, config.gin_bindings)
+    family = family_of(probe)
+    vocab_size = probe.vocab_size
+    if train_batches is None:
+        vocab, train_batches, default_eval = build_data(config, workdir, family)
+        vocab_size = vocab.vocab_size
+        eval_batches = default_eval if eval_batches is None else eval_batches
+    model = models.model_from_gin(config.model_gin_file, config.gin_bindings, vocab_size=vocab_size)
+    mesh = partitioning.create_mesh(config.mesh_shape)
+    opt_cfg = config.optimizer
+    trainer.check_batch_size(config.batch_size, mesh, opt_cfg.microbatches)
+
+    target_model = target_params = target_shardings = None
+    if config.mode == "distill":
+        target_model = models.model_from_gin(
+            config.target_gin_file, config.gin_bindings, vocab_size=vocab_size
+        )
+        target_shardings = partitioning.param_shardings(target_model, mesh)
+        abstract_target = _abstract_params(target_model, target_shardings)
+        target_params = checkpoints.restore_params(
+            config.target_checkpoint, abstract_target, "target"
+        )
+        dcfg = dict(config.distill)
+        recipe = dcfg.pop("recipe")
+        distiller = distill.Distiller(target_model, model, distill.make_config(recipe, **dcfg))
+        loss_fn = trainer.distill_loss_fn(distiller)
+    else:
+        loss_fn = trainer.supervised_loss_fn(model, z_loss=config.z_loss)
+
+    train = trainer.Trainer(
+        model,
+        trainer.make_optimizer(opt_cfg),
+        mesh,
+        loss_fn,
+        extra_shardings=target_shardings,
+        microbatches=opt_cfg.microbatches,
+        seed=config.seed,
+    )
+
+    # -- State: resume, warm start, or fresh ----------------------------------
+    ckpt = checkpoints.Checkpointer(
+        checkpoints.checkpoint_dir(workdir), config.checkpoint_every, config.keep_checkpoints
+    )
+    abstract = train.abstract_state()
+    restored = ckpt.restore_latest(abstract.params, abstract.opt_state)
+    if restored is not None:
+        params, opt_state, meta = restored
+        state = trainer.TrainState(
+            step=jax.device_put(jnp.array(meta["step"], jnp.int32), train.state_shardings.step),
+            params=params,
+            opt_state=opt_state,
+        )
+        logging.info("Resumed %s at step %d", workdir, meta["step"])
+    elif config.init_checkpoint:
+        init = checkpoints.restore_params(
+            config.init_checkpoint, _abstract_params(model, train.state_shardings.params), "init"
+        )
+        state = train.init_state(init)
+    else:
+        state = train.init_state()
+    start_step = int(state.step)
+
+    # -- Loop -----------------------------------------------------------------
+    writer = MetricsWriter(workdir)
+    guard = PreemptionGuard()
+    eval_rng = jax.random.PRNGKey(config.seed + 1)
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    bar = None
+    if progress and jax.process_index() == 0 and start_step < config.num_train_steps:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=config.num_train_steps,
+            initial=start_step,
+            desc=f"{config.mode} {os.path.basename(os.path.normpath(workdir))}",
+        )
+
+    def run_eval(step: int) -> dict[str, float]:
+        if not eval_batches:
+            return {}
+        metric_list = [
+            train.eval_step(state.params, trainer.host_to_global(b, mesh), target_params)
+            for b in eval_batches
+        ]
+        metrics = _mean_metrics(metric_list)
+        if config.mode == "distill":
+            with partitioning.activate(mesh):
+                metrics.update(
+                    speculative_metrics(
+                        target_model,
+                        target_params,
+                        model,
+                        state.params,
+                        eval_batches[0],
+                        config.speculative_eval,
+                        eval_rng,
+                    )
+                )
+        writer.write(step, metrics, "eval")
+        return metrics
+
+    preempted = False
+    step = start_step
+    evaluated_at = saved_at = None
+    try:
+        batches = train_batches(start_step)
+        train_seconds, tokens = 0.0, 0.0
+        while step < config.num_train_steps:
+            batch = trainer.host_to_global(next(batches), mesh)
+            tick = time.time()
+            state, metrics = train.train_step(state, batch, target_params)
+            step += 1
+            loss = float(metrics["loss"])  # Waits for the step.
+            train_seconds += time.time() - tick
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"Non-finite loss {loss} at step {step}; nothing was saved for it. Last "
+                    f"good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}"
+                )
+            tokens += float(metrics.get("num_tokens", 0.0))
+            if step % config.log_every == 0 or step == config.num_train_steps:
+                last_train = {k: float(v) for k, v in metrics.items()}
+                last_train["tokens_per_s"] = tokens / max(train_seconds, 1e-9)
+                writer.write(step, last_train, "train")
+                train_seconds, tokens = 0.0, 0.0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{last_train['tokens_per_s']:.0f}")
+            if bar is not None:
+                bar.update(1)
+            if ckpt.save(step, state.params, state.opt_state):
+                saved_at = step
+            if config.eval_every and step % config.eval_every == 0:
+                last_eval, evaluated_at = run_eval(step), step
+            if guard.should_stop():
+                preempted = True
+                break
+        if evaluated_at != step:
+            last_eval = run_eval(step)
+        if saved_at != step and ckpt.latest_step() != step:
+            ckpt.save(step, state.params, state.opt_state, force=True)
+    finally:
+        guard.restore()
+        if bar is not None:
+            bar.close()
+        ckpt.close()
+    return {
+        "step": step,
+        "train": last_train,
+        "eval": last_eval,
+        "preempted": preempted,
+        "state": state,
+        "model": model,
+        "target_params": target_params,
+    }
+
+
+def _abstract_params(model: Any, shardings: Any) -> Any:
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    return jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
+
+
+def main(argv=None) -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Checkpoints, metrics and vocabulary go here.")
+    flags.DEFINE_bool(
+        "multihost",
+        bool(os.environ.get("DISTILLSPEC_MULTIHOST")),
+        "Call jax.distributed.initialize() (TPU pods, multi-process).",
+    )
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(_):
+        flag_values = flags.FLAGS
+        if flag_values.multihost:
+            initialize_multihost()
+        from absl import logging as absl_logging
+
+        # orbax logs every save step at INFO; keep the console to warnings.
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        result = train_and_evaluate(flag_values.config, flag_values.workdir)
+        if jax.process_index() == 0:
+            summary = {
+                "step": result["step"],
+                "preempted": result["preempted"],
+                "train": result["train"],
+                "eval": result["eval"],
+            }
+            print(json.dumps(summary, indent=2))
+
+    app.run(run, argv=argv)
+
+
+if __name__ == "__main__":
+    main()
