@@ -93,6 +93,23 @@ T5_PRESETS: dict[str, dict[str, Any]] = {
         relative_attention_num_buckets=8,
         relative_attention_max_distance=16,
     ),
+    # The end-to-end CPU default's pair (vocabulary set by the run's SentencePiece).
+    "cpu_target": dict(
+        emb_dim=256,
+        num_heads=4,
+        num_encoder_layers=3,
+        num_decoder_layers=3,
+        head_dim=64,
+        mlp_dim=768,
+    ),
+    "cpu_draft": dict(
+        emb_dim=128,
+        num_heads=2,
+        num_encoder_layers=2,
+        num_decoder_layers=1,
+        head_dim=64,
+        mlp_dim=256,
+    ),
     "small": dict(
         emb_dim=512,
         num_heads=6,
