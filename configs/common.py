@@ -73,8 +73,31 @@ def gsm_symbolic_data(**overrides: Any) -> ml_collections.ConfigDict:
     data.max_target_length = 192
     # seqio packing (not supported by the models yet: must stay False).
     data.pack = False
+    # Model vocabulary size; 0 = the tokenizer's size. The public T5 v1.1
+    # checkpoints use 32128 (32000 pieces + 100 extra ids, padded).
+    data.model_vocab_size = 0
+    # Splits for training and for evaluation.
+    data.train_split = "train"
+    data.eval_split = "validation"
+    # Paper datasets: TFDS data_dir (xsum, cnn_dailymail, wmt_en_de, lm1b), local
+    # GSM8K JSONL files per split, BIG-Bench Hard JSON files per BBH task, and
+    # generic {"input", "target"} JSONL files per split.
+    data.tfds_data_dir = ""
+    data.gsm8k_files = ml_collections.ConfigDict({"train": "", "test": ""})
+    data.bbh_files = ml_collections.ConfigDict()
+    data.jsonl_files = ml_collections.ConfigDict()
     data.update(overrides)
     return data
+
+
+def paper_data(task: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """Data settings for the paper's datasets with the public T5 vocabulary."""
+    fields = dict(
+        task=task,
+        vocab_path="gs://t5-data/vocabs/cc_all.32000/sentencepiece.model",
+        model_vocab_size=32128,
+    )
+    return gsm_symbolic_data(**{**fields, **overrides})
 
 
 def optimizer(**overrides: Any) -> ml_collections.ConfigDict:
@@ -128,3 +151,44 @@ def speculative_eval(**overrides: Any) -> ml_collections.ConfigDict:
     cfg.max_new_tokens = 64
     cfg.update(overrides)
     return cfg
+
+
+def training_config(**fields: Any) -> ml_collections.ConfigDict:
+    """A complete `python -m distillspec_jax.train` config with defaults; `fields` override.
+
+    Nested sections (data, optimizer, distill, speculative_eval) are passed as
+    ConfigDicts built by the helpers above.
+    """
+    config = ml_collections.ConfigDict()
+    # 'supervised' (cross-entropy on ground truth) or 'distill' (DistillSpec).
+    config.mode = "supervised"
+    # Gin files: the model trained here, and in distill mode the frozen target.
+    config.model_gin_file = "gin/t5_1_1/small.gin"
+    config.target_gin_file = "gin/t5_1_1/base.gin"
+    # Extra gin bindings, e.g. ("models.build_model.dtype = 'bfloat16'",).
+    config.gin_bindings = ()
+    # Distill mode: workdir (or checkpoint dir) of the trained target.
+    config.target_checkpoint = ""
+    # Warm start of the trained model: a workdir or checkpoint dir of this project
+    # (a converted T5X / Hugging Face checkpoint, see distillspec_jax.interop).
+    config.init_checkpoint = ""
+    config.data = gsm_symbolic_data()
+    # (data, model) mesh; -1 takes all remaining devices.
+    config.mesh_shape = (-1, 1)
+    # Global batch size (split over the `data` mesh axis and the processes).
+    config.batch_size = 128
+    config.num_train_steps = 10_000
+    config.seed = 0
+    # T5X's z-loss coefficient (supervised mode).
+    config.z_loss = 1e-4
+    config.optimizer = optimizer()
+    config.distill = distill()
+    config.checkpoint_every = 1000
+    config.keep_checkpoints = 3
+    # Evaluate every N steps (0: only at the end) on `eval_batches` batches.
+    config.eval_every = 1000
+    config.eval_batches = 8
+    config.log_every = 50
+    config.speculative_eval = speculative_eval()
+    config.update(fields)
+    return config

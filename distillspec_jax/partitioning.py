@@ -83,13 +83,39 @@ def create_mesh(
     return Mesh(device_array, tuple(axis_names), axis_types=(AxisType.Auto,) * len(axis_names))
 
 
+def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+    """Replicates the dimensions of `spec` that the mesh axes do not divide.
+
+    T5-Small's 6 heads, say, cannot be split over a model axis of 4: that
+    dimension is replicated (jit arguments must divide evenly).
+    """
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+        fitted.append(axes if dim % size == 0 else None)
+    return P(*fitted)
+
+
 def logical_to_sharding(
-    logical_specs: Any, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = LOGICAL_AXIS_RULES
+    logical_specs: Any,
+    mesh: Mesh,
+    rules: Sequence[tuple[str, str | None]] = LOGICAL_AXIS_RULES,
+    shapes: Any = None,
 ) -> Any:
-    """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
+    """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh`.
+
+    With `shapes` (a matching pytree of arrays or ShapeDtypeStructs) dimensions
+    that the mesh does not divide are replicated (`fit_spec`).
+    """
     mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+    is_spec = lambda x: isinstance(x, P)  # noqa: E731
+    if shapes is not None:
+        mesh_specs = jax.tree_util.tree_map(
+            lambda spec, x: fit_spec(spec, x.shape, mesh), mesh_specs, shapes, is_leaf=is_spec
+        )
     return jax.tree_util.tree_map(
-        lambda spec: NamedSharding(mesh, spec), mesh_specs, is_leaf=lambda x: isinstance(x, P)
+        lambda spec: NamedSharding(mesh, spec), mesh_specs, is_leaf=is_spec
     )
 
 
@@ -109,7 +135,7 @@ def shardings_from_eval_shape(
     specs = jax.tree_util.tree_map(
         lambda s: P() if s is None else s, specs, is_leaf=lambda x: x is None or isinstance(x, P)
     )
-    return logical_to_sharding(specs, mesh, rules)
+    return logical_to_sharding(specs, mesh, rules, shapes=nn.meta.unbox(abstract))
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
@@ -144,4 +170,5 @@ def param_shardings(
     model: Any, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = LOGICAL_AXIS_RULES
 ) -> Any:
     """NamedShardings for the plain (unboxed) parameter tree of `model`."""
-    return logical_to_sharding(model.logical_axes(), mesh, rules)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    return logical_to_sharding(model.logical_axes(), mesh, rules, shapes=shapes)

@@ -52,7 +52,9 @@ def train_sentencepiece(
     """Trains a unigram SentencePiece model with T5's layout (pad 0, eos 1, unk 2).
 
     Identity normalisation, byte fallback and split digits keep text (numbers,
-    newlines, currency signs) losslessly encodable. The model is cached: an
+    newlines, currency signs) losslessly encodable. `vocab_size` is an upper
+    bound: a corpus too small for it gets the largest vocabulary it supports
+    (the model reads the real size from the vocabulary). The model is cached: an
     existing `model_path` is reused unless `overwrite`.
 
     Returns:
@@ -78,6 +80,8 @@ def train_sentencepiece(
         remove_extra_whitespaces=False,
         split_digits=True,
         byte_fallback=True,
+        # Small corpora cannot fill a large vocabulary: take what they support.
+        hard_vocab_limit=False,
         user_defined_symbols=["\n"],
         minloglevel=2,
     )
@@ -417,6 +421,39 @@ def register_tfds_tasks(
             )
         )
     return tasks
+
+
+def register_from_config(data: Any, vocab: seqio.Vocabulary) -> str:
+    """Registers the task a data config names; returns its seqio name.
+
+    `data.task` is 'gsm_symbolic', a TFDS task of TFDS_TASKS, 'gsm8k', 'bbh'
+    (a mixture of data.bbh_files' tasks), 'jsonl' (data.jsonl_files), or any
+    task already registered with seqio.
+    """
+    name = data.task
+    if name == "gsm_symbolic":
+        register_gsm_symbolic(
+            vocab, data.train_size, data.validation_size, data.test_size, data.seed
+        )
+    elif name in TFDS_TASKS:
+        register_tfds_tasks(vocab, data.tfds_data_dir or None, [name])
+    elif name == "gsm8k":
+        register_gsm8k({k: v for k, v in dict(data.gsm8k_files).items() if v}, vocab)
+    elif name == "bbh":
+        if not data.bbh_files:
+            raise ValueError("data.task='bbh' needs data.bbh_files: {task: path to its JSON}")
+        bbh = register_bbh(dict(data.bbh_files), vocab)
+        if name in seqio.MixtureRegistry.names():
+            seqio.MixtureRegistry.remove(name)
+        seqio.MixtureRegistry.add(name, [t.name for t in bbh], default_rate=1.0)
+    elif name == "jsonl":
+        register_jsonl_task(name, dict(data.jsonl_files), vocab)
+    elif name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+        raise ValueError(
+            f"Unknown task {name!r}: not one of gsm_symbolic, {sorted(TFDS_TASKS)},"
+            f" gsm8k, bbh, jsonl, nor a registered seqio task or mixture"
+        )
+    return name
 
 
 # --------------------------------------------------------------------------

@@ -131,6 +131,11 @@ def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str:
         shared = os.path.join(config.target_checkpoint, "vocab", "spm.model")
         if os.path.exists(shared):  # Use exactly the target's vocabulary.
             return shared
+    if data.task != "gsm_symbolic":
+        raise ValueError(
+            f"data.vocab_path is required for task {data.task!r} (only the "
+            f"offline gsm_symbolic task trains its own vocabulary)"
+        )
     path = os.path.join(workdir, "vocab", "spm.model")
     if jax.process_index() == 0 or not os.path.exists(path):
         tasks.train_sentencepiece(
@@ -149,37 +154,23 @@ def build_data(config: ml_collections.ConfigDict, workdir: str, family: str):
             "config.data.pack=True is not supported: the models have no segment-aware attention yet"
         )
     vocab = tasks.get_vocabulary(vocabulary_path(config, workdir))
-    if data.task == "gsm_symbolic":
-        tasks.register_gsm_symbolic(
-            vocab, data.train_size, data.validation_size, data.test_size, data.seed
-        )
+    task = tasks.register_from_config(data, vocab)
     lengths = {"inputs": data.max_input_length, "targets": data.max_target_length}
-    common = dict(process_index=jax.process_index(), num_processes=jax.process_count())
+    common = dict(
+        process_index=jax.process_index(),
+        num_processes=jax.process_count(),
+        family=family,
+        feature_lengths=lengths,
+        global_batch_size=config.batch_size,
+    )
 
     def train_batches(start_step: int) -> Iterator[HostBatch]:
         ds = tasks.get_dataset(
-            data.task,
-            "train",
-            family,
-            lengths,
-            config.batch_size,
-            shuffle=True,
-            seed=config.seed,
-            num_epochs=None,
-            **common,
+            task, data.train_split, shuffle=True, seed=config.seed, num_epochs=None, **common
         )
         return tasks.numpy_batches(ds, skip_batches=start_step)
 
-    eval_ds = tasks.get_dataset(
-        data.task,
-        "validation",
-        family,
-        lengths,
-        config.batch_size,
-        shuffle=False,
-        num_epochs=1,
-        **common,
-    )
+    eval_ds = tasks.get_dataset(task, data.eval_split, shuffle=False, num_epochs=1, **common)
     eval_batches = list(tasks.numpy_batches(eval_ds.take(config.eval_batches)))
     return vocab, train_batches, eval_batches
 
@@ -263,7 +254,12 @@ def train_and_evaluate(
     vocab_size = probe.vocab_size
     if train_batches is None:
         vocab, train_batches, default_eval = build_data(config, workdir, family)
-        vocab_size = vocab.vocab_size
+        vocab_size = config.data.model_vocab_size or vocab.vocab_size
+        if vocab_size < vocab.vocab_size:
+            raise ValueError(
+                f"data.model_vocab_size {vocab_size} is smaller than the "
+                f"tokenizer's {vocab.vocab_size}"
+            )
         eval_batches = default_eval if eval_batches is None else eval_batches
     model = models.model_from_gin(config.model_gin_file, config.gin_bindings, vocab_size=vocab_size)
     mesh = partitioning.create_mesh(config.mesh_shape)
@@ -364,7 +360,7 @@ def train_and_evaluate(
     step = start_step
     evaluated_at = saved_at = None
     try:
-        batches = train_batches(start_step)
+        batches = train_batches(start_step) if step < config.num_train_steps else iter(())
         train_seconds, tokens = 0.0, 0.0
         while step < config.num_train_steps:
             batch = trainer.host_to_global(next(batches), mesh)

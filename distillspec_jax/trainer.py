@@ -153,7 +153,8 @@ class Trainer:
         param_specs = nn.get_partition_spec(boxed)
         opt_specs = _opt_state_specs(jax.eval_shape(optimizer.init, boxed))
         specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs)
-        self.state_shardings = partitioning.logical_to_sharding(specs, mesh, rules)
+        shapes = jax.eval_shape(self._init_unboxed, self.base_rng)
+        self.state_shardings = partitioning.logical_to_sharding(specs, mesh, rules, shapes)
         self.batch_sharding = partitioning.data_sharding(mesh)
         replicated = partitioning.replicated(mesh)
         self._train_step = jax.jit(

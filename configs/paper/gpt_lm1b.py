@@ -1,0 +1,51 @@
+r"""The paper's decoder-only pair on LM1B: ~33M draft, ~234M target (GPT-like).
+
+  # target on a v4-8 slice (4 devices, data parallel)
+  tpu_scripts/launch.sh --name ds-lm --zone us-central2-b --accelerator v4-8 --create \
+      --config configs/paper/gpt_lm1b.py:stage=target --workdir gs://BUCKET/lm1b/target
+  tpu_scripts/launch.sh ... --config configs/paper/gpt_lm1b.py:stage=draft \
+      --workdir gs://BUCKET/lm1b/draft
+  tpu_scripts/launch.sh ... --config configs/paper/gpt_lm1b.py:stage=distill \
+      --workdir gs://BUCKET/lm1b/distill -- --config.target_checkpoint=gs://BUCKET/lm1b/target \
+      --config.init_checkpoint=gs://BUCKET/lm1b/draft
+
+Slice: v4-8, mesh (data=4, model=1). LM1B comes from TFDS (--config.data.tfds_data_dir).
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = common.parse_arg(arg, stage="distill", temperature=1.0)
+    if args.stage not in ("target", "draft", "distill"):
+        raise ValueError(f"stage must be target, draft or distill; got {args.stage!r}")
+    trained = "gpt_target_234m" if args.stage == "target" else "gpt_draft_33m"
+    return common.training_config(
+        mode="distill" if args.stage == "distill" else "supervised",
+        model_gin_file=f"gin/decoder_only/{trained}.gin",
+        target_gin_file="gin/decoder_only/gpt_target_234m.gin",
+        gin_bindings=("models.build_model.dtype = 'bfloat16'",),
+        data=common.paper_data(
+            "lm1b", max_input_length=0, max_target_length=128, model_vocab_size=32000
+        ),
+        mesh_shape=(-1, 1),
+        batch_size=256,
+        num_train_steps=100_000 if args.stage != "distill" else 20_000,
+        optimizer=common.optimizer(
+            name="adamw",
+            learning_rate=3e-4,
+            schedule="cosine",
+            warmup_steps=2000,
+            decay_steps=100_000,
+            end_ratio=0.1,
+            weight_decay=0.01,
+        ),
+        distill=common.distill(
+            divergence="fkl", source="student", sample_temperature=args.temperature
+        ),
+        speculative_eval=common.speculative_eval(
+            num_prompts=64, gamma=5, temperature=args.temperature, max_new_tokens=128
+        ),
+    )

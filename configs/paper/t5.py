@@ -1,0 +1,79 @@
+r"""The paper's T5 v1.1 experiments: T5-Small draft, T5-Base/Large/XL/XXL target.
+
+Tasks: xsum, cnn_dailymail, wmt_en_de (TFDS) and gsm8k (local JSONL). Three
+stages per (task, target): fine-tune the target and the draft from the public
+T5 v1.1 checkpoints (converted with distillspec_jax.interop), then distil.
+
+  # 1. the target (here T5-XL on XSum) on a v4-32 slice, mesh (data=4, model=4)
+  tpu_scripts/launch.sh --name ds --zone us-central2-b --accelerator v4-32 --create \
+      --config configs/paper/t5.py:task=xsum,target=xl,stage=target \
+      --workdir gs://BUCKET/xsum/target_xl \
+      -- --config.init_checkpoint=gs://BUCKET/pretrained/t5_1_1_xl
+  # 2. the draft (T5-Small) on a v4-8 slice, mesh (data=4, model=1)
+  tpu_scripts/launch.sh ... --accelerator v4-8 \
+      --config configs/paper/t5.py:task=xsum,target=xl,stage=draft \
+      --workdir gs://BUCKET/xsum/draft -- --config.init_checkpoint=gs://BUCKET/pretrained/t5_1_1_small
+  # 3. DistillSpec at T=1 (temperature=0 for greedy), on the target's slice
+  tpu_scripts/launch.sh ... --accelerator v4-32 \
+      --config configs/paper/t5.py:task=xsum,target=xl,stage=distill,temperature=1 \
+      --workdir gs://BUCKET/xsum/distill_xl_t1 \
+      -- --config.target_checkpoint=gs://BUCKET/xsum/target_xl \
+         --config.init_checkpoint=gs://BUCKET/xsum/draft
+
+Slices (v4 chips; the mesh's model axis grows with the target):
+  base v4-8 (data=4, model=1); large v4-16 (data=4, model=2);
+  xl v4-32 (data=4, model=4); xxl v4-64 (data=4, model=8).
+GSM8K needs --config.data.gsm8k_files.train=... and .test=... (local or gs:// JSONL).
+"""
+
+import ml_collections
+
+from configs import common
+
+# (input length, target length) per task.
+LENGTHS = {
+    "xsum": (1024, 64),
+    "cnn_dailymail": (2048, 128),
+    "wmt_en_de": (256, 256),
+    "gsm8k": (256, 320),
+}
+# Target size -> (devices of its slice, model-parallel width).
+SLICES = {"base": (4, 1), "large": (8, 2), "xl": (16, 4), "xxl": (32, 8)}
+STAGES = ("target", "draft", "distill")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = common.parse_arg(arg, task="xsum", target="xl", stage="distill", temperature=1.0)
+    if args.task not in LENGTHS or args.target not in SLICES or args.stage not in STAGES:
+        raise ValueError(
+            f"task in {sorted(LENGTHS)}, target in {sorted(SLICES)}, "
+            f"stage in {STAGES}; got {args.to_dict()}"
+        )
+    inputs, targets = LENGTHS[args.task]
+    data = common.paper_data(
+        args.task,
+        max_input_length=inputs,
+        max_target_length=targets,
+        eval_split="test" if args.task == "gsm8k" else "validation",
+    )
+    _, model_width = SLICES[args.target] if args.stage != "draft" else (4, 1)
+    trained = "small" if args.stage != "target" else args.target
+    return common.training_config(
+        mode="distill" if args.stage == "distill" else "supervised",
+        model_gin_file=f"gin/t5_1_1/{trained}.gin",
+        target_gin_file=f"gin/t5_1_1/{args.target}.gin",
+        gin_bindings=("models.build_model.dtype = 'bfloat16'",),
+        data=data,
+        mesh_shape=(-1, model_width),
+        batch_size=128,
+        num_train_steps=20_000 if args.stage == "distill" else 50_000,
+        optimizer=common.optimizer(
+            name="adafactor", learning_rate=1e-3, schedule="constant", warmup_steps=1000
+        ),
+        distill=common.distill(
+            divergence="fkl", source="student", sample_temperature=args.temperature
+        ),
+        speculative_eval=common.speculative_eval(
+            num_prompts=64, gamma=7, temperature=args.temperature, max_new_tokens=targets
+        ),
+    )
