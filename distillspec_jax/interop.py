@@ -1,0 +1,420 @@
+"""Checkpoint import and export: T5X checkpoints, Hugging Face T5 and Llama.
+
+  python -m distillspec_jax.interop import-t5x CKPT_DIR OUT_WORKDIR
+  python -m distillspec_jax.interop import-hf MODEL_DIR OUT_WORKDIR --family t5
+  python -m distillspec_jax.interop export-hf WORKDIR OUT_DIR --gin gin/t5_1_1/small.gin
+
+Imports write an ordinary checkpoint of this project (a workdir whose
+`checkpoints/` holds step 0) that `init_checkpoint` / `target_checkpoint` can
+point at. T5X checkpoints (`checkpoint_N/checkpoint`, a msgpack file whose
+partitioned arrays are TensorStore specs with paths relative to the checkpoint
+directory) already use this project's T5 parameter names. Hugging Face
+checkpoints (`config.json` + `model.safetensors`, PyTorch [out, in] linear
+weights) are renamed and transposed; exports write the same format for
+T5ForConditionalGeneration or LlamaForCausalLM, so a trained draft can serve as
+an assistant model in transformers or vLLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from distillspec_jax import models, networks
+
+Params = dict[str, Any]
+
+
+# --------------------------------------------------------------------------
+# T5X.
+# --------------------------------------------------------------------------
+
+
+def _is_ts_spec(value: Any) -> bool:
+    return isinstance(value, dict) and {"driver", "kvstore"} <= set(value)
+
+
+def _read_tensorstore(spec: dict[str, Any], checkpoint_dir: str) -> np.ndarray:
+    import tensorstore as ts
+
+    spec = json.loads(json.dumps(spec))  # a mutable deep copy
+    kvstore = spec["kvstore"]
+    match = re.fullmatch(r"gs://([^/]*)/(.*)", checkpoint_dir)
+    if match:  # T5X writes a dummy bucket; the real one comes from the path.
+        kvstore.update(
+            driver="gcs", bucket=match.group(1), path=os.path.join(match.group(2), kvstore["path"])
+        )
+    else:
+        kvstore.update(driver="file", path=os.path.join(checkpoint_dir, kvstore["path"]))
+    return np.asarray(ts.open(spec).result().read().result())
+
+
+def load_t5x_params(checkpoint_dir: str) -> Params:
+    """The parameter tree of a T5X checkpoint directory (`.../checkpoint_N`)."""
+    from flax import serialization
+
+    path = os.path.join(checkpoint_dir, "checkpoint")
+    if not os.path.exists(path) and not checkpoint_dir.startswith("gs://"):
+        raise FileNotFoundError(f"No T5X checkpoint file at {path}")
+    import tensorflow as tf  # gfile reads local and gs:// paths.
+
+    with tf.io.gfile.GFile(path, "rb") as f:
+        state = serialization.msgpack_restore(f.read())
+    if "optimizer" in state:
+        state = state["optimizer"]
+    if "target" not in state:
+        raise ValueError(
+            f"{path}: no 'target' (parameters) in the checkpoint state; keys {sorted(state)}"
+        )
+
+    def load(tree):
+        if _is_ts_spec(tree):
+            return _read_tensorstore(tree, checkpoint_dir)
+        if isinstance(tree, dict):
+            return {k: load(v) for k, v in tree.items()}
+        return np.asarray(tree)
+
+    return load(state["target"])
+
+
+# --------------------------------------------------------------------------
+# Hugging Face names.
+# --------------------------------------------------------------------------
+
+
+def _t5_name_map(config: networks.T5Config) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """HF T5 tensor name -> (our parameter path, transpose?)."""
+    names: dict[str, tuple[tuple[str, ...], bool]] = {
+        "shared.weight": (("token_embedder", "embedding"), False),
+        "lm_head.weight": (("decoder", "logits_dense", "kernel"), True),
+        "encoder.final_layer_norm.weight": (("encoder", "encoder_norm", "scale"), False),
+        "decoder.final_layer_norm.weight": (("decoder", "decoder_norm", "scale"), False),
+        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": (
+            ("encoder", "relpos_bias", "rel_embedding"),
+            True,
+        ),
+        "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": (
+            ("decoder", "relpos_bias", "rel_embedding"),
+            True,
+        ),
+    }
+    proj = {"q": "query", "k": "key", "v": "value", "o": "out"}
+    mlp = {"wi_0": "wi_0", "wi_1": "wi_1", "wo": "wo"}
+    for i in range(config.num_encoder_layers):
+        pre, ours = f"encoder.block.{i}.layer", ("encoder", f"layers_{i}")
+        names[f"{pre}.0.layer_norm.weight"] = (ours + ("pre_attention_layer_norm", "scale"), False)
+        for hf, o in proj.items():
+            names[f"{pre}.0.SelfAttention.{hf}.weight"] = (ours + ("attention", o, "kernel"), True)
+        names[f"{pre}.1.layer_norm.weight"] = (ours + ("pre_mlp_layer_norm", "scale"), False)
+        for hf, o in mlp.items():
+            names[f"{pre}.1.DenseReluDense.{hf}.weight"] = (ours + ("mlp", o, "kernel"), True)
+    for i in range(config.num_decoder_layers):
+        pre, ours = f"decoder.block.{i}.layer", ("decoder", f"layers_{i}")
+        names[f"{pre}.0.layer_norm.weight"] = (
+            ours + ("pre_self_attention_layer_norm", "scale"),
+            False,
+        )
+        names[f"{pre}.1.layer_norm.weight"] = (
+            ours + ("pre_cross_attention_layer_norm", "scale"),
+            False,
+        )
+        names[f"{pre}.2.layer_norm.weight"] = (ours + ("pre_mlp_layer_norm", "scale"), False)
+        for hf, o in proj.items():
+            names[f"{pre}.0.SelfAttention.{hf}.weight"] = (
+                ours + ("self_attention", o, "kernel"),
+                True,
+            )
+            names[f"{pre}.1.EncDecAttention.{hf}.weight"] = (
+                ours + ("encoder_decoder_attention", o, "kernel"),
+                True,
+            )
+        for hf, o in mlp.items():
+            names[f"{pre}.2.DenseReluDense.{hf}.weight"] = (ours + ("mlp", o, "kernel"), True)
+    return names
+
+
+def _llama_name_map(config: networks.DecoderOnlyConfig) -> dict[str, tuple[tuple[str, ...], bool]]:
+    names = {
+        "model.embed_tokens.weight": (("embed_tokens", "embedding"), False),
+        "model.norm.weight": (("norm", "scale"), False),
+    }
+    if not config.tie_embeddings:
+        names["lm_head.weight"] = (("lm_head", "kernel"), True)
+    for i in range(config.num_layers):
+        pre, ours = f"model.layers.{i}", (f"layers_{i}",)
+        names[f"{pre}.input_layernorm.weight"] = (ours + ("input_layernorm", "scale"), False)
+        names[f"{pre}.post_attention_layernorm.weight"] = (
+            ours + ("post_attention_layernorm", "scale"),
+            False,
+        )
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            names[f"{pre}.self_attn.{proj}.weight"] = (ours + ("self_attn", proj, "kernel"), True)
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            names[f"{pre}.mlp.{proj}.weight"] = (ours + ("mlp", proj, "kernel"), True)
+    return names
+
+
+def _name_map(model: models.BaseModel):
+    if models.is_encoder_decoder(model):
+        return _t5_name_map(model.config)
+    return _llama_name_map(model.config)
+
+
+def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _get(tree: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def params_from_hf_tensors(model: models.BaseModel, tensors: dict[str, np.ndarray]) -> Params:
+    """Our parameter tree from Hugging Face tensors (checked against `model`)."""
+    import jax
+
+    params: Params = {}
+    names = _name_map(model)
+    missing = sorted(set(names) - set(tensors))
+    if missing:
+        raise ValueError(
+            f"Hugging Face checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}"
+        )
+    for hf_name, (path, transpose) in names.items():
+        value = np.asarray(tensors[hf_name], np.float32)
+        _set(params, path, value.T if transpose else value)
+    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    got = jax.tree_util.tree_map(lambda x: x.shape, params)
+    want = jax.tree_util.tree_map(lambda x: tuple(x.shape), expected)
+    if got != want:
+        raise ValueError(
+            "Hugging Face tensors do not match the configured architecture: "
+            f"{_first_difference(got, want)}"
+        )
+    return params
+
+
+def _first_difference(got: Any, want: Any) -> str:
+    import jax
+
+    flat_got = dict(
+        jax.tree_util.tree_flatten_with_path(got, is_leaf=lambda x: isinstance(x, tuple))[0]
+    )
+    flat_want = dict(
+        jax.tree_util.tree_flatten_with_path(want, is_leaf=lambda x: isinstance(x, tuple))[0]
+    )
+    for key in flat_want:
+        if flat_got.get(key) != flat_want[key]:
+            return f"{jax.tree_util.keystr(key)}: got {flat_got.get(key)}, want {flat_want[key]}"
+    return "tree structures differ"
+
+
+def hf_tensors_from_params(model: models.BaseModel, params: Params) -> dict[str, np.ndarray]:
+    """Hugging Face tensors (float32, PyTorch layout) from our parameter tree."""
+    tensors = {}
+    for hf_name, (path, transpose) in _name_map(model).items():
+        value = np.asarray(_get(params, path), np.float32)
+        tensors[hf_name] = np.ascontiguousarray(value.T if transpose else value)
+    if models.is_encoder_decoder(model):  # HF stores the tied input embeddings too.
+        tensors["encoder.embed_tokens.weight"] = tensors["shared.weight"]
+        tensors["decoder.embed_tokens.weight"] = tensors["shared.weight"]
+    return tensors
+
+
+def hf_config(
+    model: models.BaseModel, eos_token_id: int = 1, pad_token_id: int = 0
+) -> dict[str, Any]:
+    """config.json for T5ForConditionalGeneration or LlamaForCausalLM."""
+    c = model.config
+    if models.is_encoder_decoder(model):
+        if tuple(c.mlp_activations) != ("gelu", "linear"):
+            raise ValueError(f"Only gated-GELU T5 exports; got {c.mlp_activations}")
+        return {
+            "architectures": ["T5ForConditionalGeneration"],
+            "model_type": "t5",
+            "vocab_size": c.vocab_size,
+            "d_model": c.emb_dim,
+            "d_kv": c.head_dim,
+            "d_ff": c.mlp_dim,
+            "num_layers": c.num_encoder_layers,
+            "num_decoder_layers": c.num_decoder_layers,
+            "num_heads": c.num_heads,
+            "relative_attention_num_buckets": c.relative_attention_num_buckets,
+            "relative_attention_max_distance": c.relative_attention_max_distance,
+            "dropout_rate": c.dropout_rate,
+            "layer_norm_epsilon": 1e-6,
+            "feed_forward_proj": "gated-gelu",
+            "is_encoder_decoder": True,
+            "tie_word_embeddings": False,
+            "decoder_start_token_id": pad_token_id,
+            "pad_token_id": pad_token_id,
+            "eos_token_id": eos_token_id,
+        }
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.emb_dim,
+        "intermediate_size": c.mlp_dim,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "tie_word_embeddings": c.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "max_position_embeddings": 4096,
+        "bos_token_id": pad_token_id,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": pad_token_id,
+    }
+
+
+def config_from_hf(config: dict[str, Any]) -> models.BaseModel:
+    """Our model for a Hugging Face T5 (v1.1, gated-GELU) or Llama config.json."""
+    if config.get("model_type") == "t5":
+        if config.get("feed_forward_proj", "relu") != "gated-gelu":
+            raise ValueError("Only T5 v1.1 (feed_forward_proj='gated-gelu') is supported")
+        if config.get("tie_word_embeddings", True):
+            raise ValueError("T5 with tied word embeddings (v1.0) is not supported")
+        return models.EncoderDecoderModel(
+            networks.T5Config(
+                vocab_size=config["vocab_size"],
+                emb_dim=config["d_model"],
+                num_heads=config["num_heads"],
+                num_encoder_layers=config["num_layers"],
+                num_decoder_layers=config.get("num_decoder_layers") or config["num_layers"],
+                head_dim=config["d_kv"],
+                mlp_dim=config["d_ff"],
+                relative_attention_num_buckets=config.get("relative_attention_num_buckets", 32),
+                relative_attention_max_distance=config.get("relative_attention_max_distance", 128),
+            )
+        )
+    if config.get("model_type") == "llama":
+        heads = config["num_attention_heads"]
+        return models.DecoderOnlyModel(
+            networks.DecoderOnlyConfig(
+                vocab_size=config["vocab_size"],
+                emb_dim=config["hidden_size"],
+                num_heads=heads,
+                num_kv_heads=config.get("num_key_value_heads") or heads,
+                num_layers=config["num_hidden_layers"],
+                head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+                mlp_dim=config["intermediate_size"],
+                rope_theta=config.get("rope_theta", 10000.0),
+                rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+                tie_embeddings=config.get("tie_word_embeddings", False),
+            )
+        )
+    raise ValueError(f"Unsupported model_type {config.get('model_type')!r} (t5 or llama)")
+
+
+def save_hf(model: models.BaseModel, params: Params, out_dir: str) -> None:
+    """Writes config.json and model.safetensors."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf_config(model), f, indent=2)
+    tensors = hf_tensors_from_params(model, params)
+    if models.is_encoder_decoder(model):  # safetensors refuses shared buffers
+        tensors = {k: v.copy() for k, v in tensors.items()}
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"))
+
+
+def load_hf(model_dir: str) -> tuple[models.BaseModel, Params]:
+    """Model and parameters from a Hugging Face directory (config.json + safetensors)."""
+    from safetensors.numpy import load_file
+
+    with open(os.path.join(model_dir, "config.json")) as f:
+        model = config_from_hf(json.load(f))
+    tensors: dict[str, np.ndarray] = {}
+    files = sorted(p for p in os.listdir(model_dir) if p.endswith(".safetensors"))
+    if not files:
+        raise FileNotFoundError(f"No .safetensors files in {model_dir}")
+    for name in files:
+        tensors.update(load_file(os.path.join(model_dir, name)))
+    return model, params_from_hf_tensors(model, tensors)
+
+
+# --------------------------------------------------------------------------
+# Project checkpoints.
+# --------------------------------------------------------------------------
+
+
+def write_checkpoint(params: Params, workdir: str) -> str:
+    """Saves `params` as step 0 of a workdir usable as init/target checkpoint."""
+    import jax
+
+    from distillspec_jax import checkpoints
+
+    ckpt = checkpoints.Checkpointer(checkpoints.checkpoint_dir(workdir), 1, 1)
+    params = jax.tree_util.tree_map(lambda x: jax.numpy.asarray(x, jax.numpy.float32), params)
+    ckpt.save(0, params, None, meta={"imported": True}, force=True)
+    ckpt.close()
+    return workdir
+
+
+def read_checkpoint(workdir: str, model: models.BaseModel) -> Params:
+    """Parameters of `model` from a workdir or checkpoint directory (host arrays)."""
+    import jax
+
+    from distillspec_jax import checkpoints
+
+    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    return checkpoints.restore_params(workdir, abstract, "model")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Checkpoint import / export")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t5x = sub.add_parser("import-t5x", help="T5X checkpoint_N directory -> workdir")
+    t5x.add_argument("checkpoint_dir")
+    t5x.add_argument("workdir")
+    t5x.add_argument("--gin", required=True, help="gin file of the architecture, to check")
+    hf_in = sub.add_parser("import-hf", help="Hugging Face directory -> workdir")
+    hf_in.add_argument("model_dir")
+    hf_in.add_argument("workdir")
+    hf_out = sub.add_parser("export-hf", help="workdir -> Hugging Face directory")
+    hf_out.add_argument("workdir")
+    hf_out.add_argument("out_dir")
+    hf_out.add_argument("--gin", required=True)
+    hf_out.add_argument("--vocab_size", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == "import-t5x":
+        import jax
+
+        model = models.model_from_gin(args.gin)
+        params = load_t5x_params(args.checkpoint_dir)
+        want = jax.tree_util.tree_map(
+            lambda x: tuple(x.shape), jax.eval_shape(model.init, jax.random.PRNGKey(0))
+        )
+        got = jax.tree_util.tree_map(lambda x: tuple(x.shape), params)
+        if got != want:
+            raise SystemExit(
+                f"T5X checkpoint does not match {args.gin}: {_first_difference(got, want)}"
+            )
+        write_checkpoint(params, args.workdir)
+    elif args.command == "import-hf":
+        _, params = load_hf(args.model_dir)
+        write_checkpoint(params, args.workdir)
+    else:
+        overrides = {"vocab_size": args.vocab_size} if args.vocab_size else {}
+        model = models.model_from_gin(args.gin, **overrides)
+        save_hf(model, read_checkpoint(args.workdir, model), args.out_dir)
+    print(f"wrote {args.workdir if args.command != 'export-hf' else args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()
