@@ -1,0 +1,43 @@
+r"""Ablations of the DistillSpec study at the CPU default's scale.
+
+  python -m distillspec_jax.main --workdir /tmp/distillspec          # the study first
+  python -m distillspec_jax.ablation --workdir /tmp/distillspec
+  python -m distillspec_jax.ablation --workdir /tmp/ds_quick --config configs/ablation.py:quick
+
+The `quick` argument must match the study's (it selects the same models and data).
+"""
+
+import ml_collections
+
+from configs import common, default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = common.parse_arg(arg, quick=False, grid=True, lossy=True)
+    config = ml_collections.ConfigDict()
+    # The study whose target and baseline draft the ablation reuses.
+    config.study = default.get_config("quick" if args.quick else "")
+    config.run_grid = args.grid
+    config.run_lossy = args.lossy
+    config.sources = ("fixed", "teacher", "student", "mixture")
+    config.divergences = ("fkl", "rkl", "jsd", "tvd")
+    # Temperature of the generated distillation data and of the evaluation.
+    config.temperatures = (0.0, 1.0)
+    # Distillation steps per cell (from the baseline draft).
+    config.distill_steps = 20 if args.quick else 60
+    # Block efficiency on test prompts, decoded as one batch.
+    config.eval = ml_collections.ConfigDict(
+        dict(gamma=7, num_prompts=8 if args.quick else 32, max_new_tokens=64 if args.quick else 128)
+    )
+    # Lossy SD sweep (f_exp lenience) with the study's drafts.
+    config.lossy = ml_collections.ConfigDict(
+        dict(
+            kind="exp",
+            eps=(1.0, 0.5, 0.2, 0.1, 0.05),
+            temperature=1.0,
+            gamma=7,
+            num_prompts=8 if args.quick else 32,
+            max_new_tokens=64 if args.quick else 128,
+        )
+    )
+    return config

@@ -1,0 +1,76 @@
+"""The end-to-end study, quick variant (the CI smoke test of the main job), and the
+ablation machinery on its outputs."""
+
+import json
+import os
+
+import pytest
+
+from configs import ablation as ablation_config
+from configs import default
+from distillspec_jax import ablation, main
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("study"))
+    return workdir, main.run(default.get_config("quick"), workdir)
+
+
+@pytest.mark.slow
+def test_quick_study_end_to_end_and_resume(study, capsys):
+    workdir, results = study
+    config = default.get_config("quick")
+    for name in (
+        "report.md",
+        "results.json",
+        "evaluation.json",
+        "plots/tau_vs_gamma.png",
+        "plots/speedup_vs_gamma.png",
+        "plots/distillation_curve.png",
+    ):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    rows = results["rows"]
+    assert len(rows) == 2 * 2 * len(config.evaluation.gammas)
+    for row in rows:
+        assert 1.0 <= row["block_efficiency"] <= row["gamma"] + 1
+        assert 0.0 <= row["acceptance_rate"] <= 1.0
+        assert row["measured_speedup"] > 0
+        if row["temperature"] == 0.0:  # lossless greedy SD == greedy target decoding
+            assert row["greedy_output_identical_to_ar"] is True
+            assert row["accuracy_sd"] == row["accuracy_ar"]
+    assert len(results["distillation_curve"]) >= 2
+    report = open(os.path.join(workdir, "report.md")).read()
+    assert "tau gain of the distilled draft" in report and "| T | gamma |" in report
+    saved = json.load(open(os.path.join(workdir, "results.json")))
+    assert saved["goals"] == results["goals"]
+    # A second run resumes: every stage and the evaluation are skipped.
+    capsys.readouterr()
+    again = main.run(config, workdir)
+    out = capsys.readouterr().out
+    assert out.count("skipped") == 4 and again["rows"] == rows
+
+
+@pytest.mark.slow
+def test_ablation_grid_and_lossy_sweep(study):
+    workdir, _ = study
+    config = ablation_config.get_config("quick")
+    config.sources = ("fixed", "student")
+    config.divergences = ("fkl", "tvd")
+    config.temperatures = (1.0,)
+    config.distill_steps = 5
+    config.lossy.eps = (1.0, 0.05)
+    results = ablation.run(config, workdir)
+    assert len(results["grid"]) == 4
+    assert {(r["source"], r["divergence"]) for r in results["grid"]} == {
+        ("fixed", "fkl"),
+        ("fixed", "tvd"),
+        ("student", "fkl"),
+        ("student", "tvd"),
+    }
+    lossy = {(r["draft"], r["eps"]): r for r in results["lossy"]}
+    # Lenient acceptance (eps -> 0) accepts more: tau rises.
+    for draft in ("baseline", "distilled"):
+        assert lossy[(draft, 0.05)]["block_efficiency"] > lossy[(draft, 1.0)]["block_efficiency"]
+    assert os.path.exists(os.path.join(workdir, "ablation", "plots", "grid_heatmap.png"))
+    assert os.path.exists(os.path.join(workdir, "ablation", "ablation.md"))
