@@ -76,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         steps=40 if quick else 150,
         batch_size=16,
         name="adamw",
-        learning_rate=1e-3,
+        learning_rate=3e-4,
         schedule="constant",
         warmup_steps=10,
     )

@@ -133,7 +133,11 @@ def restore_params(directory: str, abstract_params: Any, what: str = "target") -
     manager = ocp.CheckpointManager(
         os.path.abspath(directory),
         options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={PARAMS: ocp.StandardCheckpointHandler()},
+        item_handlers={
+            PARAMS: ocp.StandardCheckpointHandler(),
+            OPT_STATE: ocp.StandardCheckpointHandler(),
+            META: ocp.JsonCheckpointHandler(),
+        },
     )
     try:
         steps = sorted(manager.all_steps(), reverse=True)
