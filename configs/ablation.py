@@ -19,7 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.study = default.get_config("quick" if args.quick else "")
     config.run_grid = args.grid
     config.run_lossy = args.lossy
-    config.sources = ("fixed", "teacher", "student", "mixture")
+    config.sources = ("student", "teacher", "fixed", "mixture")
     config.divergences = ("fkl", "rkl", "jsd", "tvd")
     # Temperature of the generated distillation data and of the evaluation.
     config.temperatures = (0.0, 1.0)

@@ -71,7 +71,8 @@ def gsm_symbolic_data(**overrides: Any) -> ml_collections.ConfigDict:
     # Token lengths (encoder input / prompt, and target).
     data.max_input_length = 192
     data.max_target_length = 192
-    # seqio packing (not supported by the models yet: must stay False).
+    # seqio packing of training examples (segment-aware attention); evaluation
+    # batches are never packed.
     data.pack = False
     # Model vocabulary size; 0 = the tokenizer's size. The public T5 v1.1
     # checkpoints use 32128 (32000 pieces + 100 extra ids, padded).

@@ -47,6 +47,14 @@ class DecodeModel(Protocol):
     ) -> tuple[Array, Cache]: ...
 
 
+# seqio packing features the teacher-forced forward understands (segment ids
+# keep packed examples apart; positions restart per example).
+PACKING_FEATURES = {
+    "t5": ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions", "decoder_positions"),
+    "decoder_only": ("decoder_segment_ids", "decoder_positions"),
+}
+
+
 def cache_length(cache: Cache) -> int:
     """Length M of a cache built by `init_cache` (its self-attention buffers)."""
     return int(cache["layers_0"]["key"].shape[1])
@@ -184,6 +192,7 @@ class EncoderDecoderModel(BaseModel):
             batch["decoder_input_tokens"],
             deterministic,
             rngs=rngs,
+            **{k: batch[k] for k in PACKING_FEATURES["t5"] if k in batch},
         )
 
     def init_cache(
@@ -224,7 +233,11 @@ class DecoderOnlyModel(BaseModel):
 
     def _apply_logits(self, params, batch, deterministic, rngs):
         return self.module.apply(
-            {"params": params}, batch["decoder_input_tokens"], deterministic, rngs=rngs
+            {"params": params},
+            batch["decoder_input_tokens"],
+            deterministic,
+            rngs=rngs,
+            **{k: batch[k] for k in PACKING_FEATURES["decoder_only"] if k in batch},
         )
 
     def init_cache(

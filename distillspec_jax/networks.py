@@ -400,6 +400,7 @@ class Attention(nn.Module):
         positions: Array,
         cache: Cache | None,
         bias_fn: Callable[[Array, Array], Array | None] = lambda q, k: None,
+        segment_ids: Array | None = None,
     ) -> tuple[Array, Cache | None]:
         """Causal self-attention, teacher-forced or through a cache.
 
@@ -409,6 +410,8 @@ class Attention(nn.Module):
             consecutively from each row's write position.
           cache: None, or {"key", "value": [B, M, Hkv, D]}.
           bias_fn: (q_positions [B, K], k_positions [B or 1, M]) -> bias or None.
+          segment_ids: [B, K] packed-sequence ids (teacher forcing only): tokens
+            attend within their own segment; positions restart per segment.
 
         Returns:
           Output [B, K, E] and the updated cache (None without one).
@@ -416,6 +419,10 @@ class Attention(nn.Module):
         key, value = self.kv(x, positions)
         if cache is None:
             k_positions, new_cache = positions, None
+            index = jnp.arange(x.shape[1])
+            mask = (index[None, :] <= index[:, None])[None, None]  # causal by index
+            if segment_ids is not None:
+                mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
         else:
             key = _constrain(
                 _write_rows(cache["key"], key, positions[:, 0]), ("batch", "length", "heads", "kv")
@@ -426,11 +433,12 @@ class Attention(nn.Module):
             )
             k_positions = jnp.arange(key.shape[1])[None, :]
             new_cache = {"key": key, "value": value}
+            mask = _causal_mask(positions, k_positions)
         out = self(
             x,
             (key, value),
             q_positions=positions,
-            mask=_causal_mask(positions, k_positions),
+            mask=mask,
             bias=bias_fn(positions, k_positions),
         )
         return out, new_cache
@@ -602,9 +610,10 @@ class T5DecoderLayer(nn.Module):
         bias_fn: Callable,
         cache: Cache | None,
         deterministic: bool,
+        segment_ids: Array | None = None,
     ) -> tuple[Array, Cache | None]:
         h, new_cache = self.self_attention.self_attend(
-            self.pre_self_attention_layer_norm(x), positions, cache, bias_fn
+            self.pre_self_attention_layer_norm(x), positions, cache, bias_fn, segment_ids
         )
         x = x + self.dropout(h, deterministic)
         h = self.encoder_decoder_attention(
@@ -631,14 +640,26 @@ class T5Encoder(nn.Module):
         self.encoder_norm = RMSNorm(dtype=jnp.dtype(cfg.dtype))
         self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
-    def __call__(self, tokens: Array, deterministic: bool) -> Array:
-        """tokens [B, Le] (0 = padding) -> encoded [B, Le, E]."""
+    def __call__(
+        self,
+        tokens: Array,
+        deterministic: bool,
+        segment_ids: Array | None = None,
+        positions: Array | None = None,
+    ) -> Array:
+        """tokens [B, Le] (0 = padding) -> encoded [B, Le, E].
+
+        Packed inputs give `segment_ids` and per-segment `positions` [B, Le].
+        """
         x = _constrain(self.shared_embedding(tokens), ("batch", "length", "embed"))
         x = self.dropout(x, deterministic)
-        positions = jnp.arange(tokens.shape[1])[None, :]
+        if positions is None:
+            positions = jnp.arange(tokens.shape[1])[None, :]
         bias = self.relpos_bias(positions, positions)
         valid = tokens > 0
         mask = valid[:, None, :, None] & valid[:, None, None, :]
+        if segment_ids is not None:
+            mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
         for layer in self.layers:
             x = layer(x, bias, mask, deterministic)
         return self.dropout(self.encoder_norm(x), deterministic)
@@ -672,11 +693,17 @@ class T5Decoder(nn.Module):
         encoder_mask: Array,
         cache: Cache | None,
         deterministic: bool,
+        segment_ids: Array | None = None,
+        encoder_segment_ids: Array | None = None,
     ) -> tuple[Array, Cache | None]:
         """Decoder tokens [B, K] at positions [B, K] -> float32 logits [B, K, V]."""
         x = _constrain(self.shared_embedding(tokens), ("batch", "length", "embed"))
         x = self.dropout(x, deterministic)
         cross_mask = encoder_mask[:, None, None, :]
+        if segment_ids is not None:
+            cross_mask = cross_mask & (
+                segment_ids[:, None, :, None] == encoder_segment_ids[:, None, None, :]
+            )
         new_cache = {}
         for i, layer in enumerate(self.layers):
             x, layer_cache = layer(
@@ -687,6 +714,7 @@ class T5Decoder(nn.Module):
                 self.relpos_bias,
                 None if cache is None else cache[f"layers_{i}"],
                 deterministic,
+                segment_ids,
             )
             new_cache[f"layers_{i}"] = layer_cache
         x = self.dropout(self.decoder_norm(x), deterministic)
@@ -710,13 +738,24 @@ class T5Transformer(nn.Module):
         return self.encoder(encoder_input_tokens, deterministic)
 
     def __call__(
-        self, encoder_input_tokens: Array, decoder_input_tokens: Array, deterministic: bool = True
+        self,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array,
+        deterministic: bool = True,
+        encoder_segment_ids: Array | None = None,
+        decoder_segment_ids: Array | None = None,
+        encoder_positions: Array | None = None,
+        decoder_positions: Array | None = None,
     ) -> Array:
-        """Teacher-forced logits [B, L, V] (float32)."""
-        encoded = self.encode(encoder_input_tokens, deterministic)
-        positions = jnp.broadcast_to(
-            jnp.arange(decoder_input_tokens.shape[1]), decoder_input_tokens.shape
+        """Teacher-forced logits [B, L, V] (float32); segment ids / positions for packing."""
+        encoded = self.encoder(
+            encoder_input_tokens, deterministic, encoder_segment_ids, encoder_positions
         )
+        positions = decoder_positions
+        if positions is None:
+            positions = jnp.broadcast_to(
+                jnp.arange(decoder_input_tokens.shape[1]), decoder_input_tokens.shape
+            )
         logits, _ = self.decoder(
             decoder_input_tokens,
             positions,
@@ -724,6 +763,8 @@ class T5Transformer(nn.Module):
             encoder_input_tokens > 0,
             None,
             deterministic,
+            decoder_segment_ids,
+            encoder_segment_ids,
         )
         return logits
 
@@ -801,9 +842,16 @@ class LlamaLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
     def __call__(
-        self, x: Array, positions: Array, cache: Cache | None, deterministic: bool
+        self,
+        x: Array,
+        positions: Array,
+        cache: Cache | None,
+        deterministic: bool,
+        segment_ids: Array | None = None,
     ) -> tuple[Array, Cache | None]:
-        h, new_cache = self.self_attn.self_attend(self.input_layernorm(x), positions, cache)
+        h, new_cache = self.self_attn.self_attend(
+            self.input_layernorm(x), positions, cache, segment_ids=segment_ids
+        )
         x = x + self.dropout(h, deterministic)
         h = self.mlp(self.post_attention_layernorm(x), deterministic)
         return x + self.dropout(h, deterministic), new_cache
@@ -829,13 +877,22 @@ class DecoderOnlyTransformer(nn.Module):
             self.lm_head = Dense(cfg.vocab_size, ("embed", "vocab"), dtype=dtype)
 
     def _forward(
-        self, tokens: Array, positions: Array, cache: Cache | None, deterministic: bool
+        self,
+        tokens: Array,
+        positions: Array,
+        cache: Cache | None,
+        deterministic: bool,
+        segment_ids: Array | None = None,
     ) -> tuple[Array, Cache | None]:
         x = _constrain(self.embed_tokens(tokens), ("batch", "length", "embed"))
         new_cache = {}
         for i, layer in enumerate(self.layers):
             x, new_cache[f"layers_{i}"] = layer(
-                x, positions, None if cache is None else cache[f"layers_{i}"], deterministic
+                x,
+                positions,
+                None if cache is None else cache[f"layers_{i}"],
+                deterministic,
+                segment_ids,
             )
         x = self.norm(x)
         logits = (
@@ -845,12 +902,22 @@ class DecoderOnlyTransformer(nn.Module):
             None if cache is None else new_cache
         )
 
-    def __call__(self, decoder_input_tokens: Array, deterministic: bool = True) -> Array:
-        """Teacher-forced logits [B, L, V] (float32)."""
-        positions = jnp.broadcast_to(
-            jnp.arange(decoder_input_tokens.shape[1]), decoder_input_tokens.shape
-        )
-        return self._forward(decoder_input_tokens, positions, None, deterministic)[0]
+    def __call__(
+        self,
+        decoder_input_tokens: Array,
+        deterministic: bool = True,
+        decoder_segment_ids: Array | None = None,
+        decoder_positions: Array | None = None,
+    ) -> Array:
+        """Teacher-forced logits [B, L, V] (float32); segment ids / positions for packing."""
+        positions = decoder_positions
+        if positions is None:
+            positions = jnp.broadcast_to(
+                jnp.arange(decoder_input_tokens.shape[1]), decoder_input_tokens.shape
+            )
+        return self._forward(
+            decoder_input_tokens, positions, None, deterministic, decoder_segment_ids
+        )[0]
 
     def init_cache(self, batch_size: int, max_length: int) -> Cache:
         cfg = self.config

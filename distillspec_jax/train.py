@@ -149,10 +149,6 @@ def build_data(config: ml_collections.ConfigDict, workdir: str, family: str):
     from distillspec_jax import tasks
 
     data = config.data
-    if data.pack:
-        raise ValueError(
-            "config.data.pack=True is not supported: the models have no segment-aware attention yet"
-        )
     vocab = tasks.get_vocabulary(vocabulary_path(config, workdir))
     task = tasks.register_from_config(data, vocab)
     lengths = {"inputs": data.max_input_length, "targets": data.max_target_length}
@@ -164,9 +160,21 @@ def build_data(config: ml_collections.ConfigDict, workdir: str, family: str):
         global_batch_size=config.batch_size,
     )
 
+    if data.pack and config.mode == "distill" and config.distill.source != "fixed":
+        raise ValueError(
+            "data.pack=True works for supervised training and distillation on "
+            "fixed data; generated sources need one example per row"
+        )
+
     def train_batches(start_step: int) -> Iterator[HostBatch]:
         ds = tasks.get_dataset(
-            task, data.train_split, shuffle=True, seed=config.seed, num_epochs=None, **common
+            task,
+            data.train_split,
+            shuffle=True,
+            seed=config.seed,
+            num_epochs=None,
+            pack=data.pack,
+            **common,
         )
         return tasks.numpy_batches(ds, skip_batches=start_step)
 

@@ -140,3 +140,35 @@ def test_bad_inputs_raise_clear_errors():
         networks.t5_config("giant")
     with pytest.raises(ValueError, match="Unknown model family"):
         models.build_model("rnn", "tiny")
+
+
+@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+def test_packed_rows_equal_separate_examples(family):
+    """Two examples packed in one row (segment ids, restarting positions) give the
+    logits each gets alone."""
+    model = _tiny(family)
+    params = model.init(jax.random.PRNGKey(3))
+    rng = np.random.default_rng(5)
+    a, b = _random_batch(rng, 1, 5), _random_batch(rng, 1, 4)
+    ea, eb = _random_batch(rng, 1, 3), _random_batch(rng, 1, 6)
+
+    def alone(dec, enc):
+        batch = {"decoder_input_tokens": dec}
+        if family == "t5":
+            batch["encoder_input_tokens"] = enc
+        return np.asarray(model.logits(params, batch))[0]
+
+    packed = {
+        "decoder_input_tokens": jnp.concatenate([a, b], 1),
+        "decoder_segment_ids": jnp.array([[1] * 5 + [2] * 4]),
+        "decoder_positions": jnp.array([list(range(5)) + list(range(4))]),
+    }
+    if family == "t5":
+        packed.update(
+            encoder_input_tokens=jnp.concatenate([ea, eb], 1),
+            encoder_segment_ids=jnp.array([[1] * 3 + [2] * 6]),
+            encoder_positions=jnp.array([list(range(3)) + list(range(6))]),
+        )
+    logits = np.asarray(model.logits(params, packed))[0]
+    np.testing.assert_allclose(logits[:5], alone(a, ea), atol=1e-5)
+    np.testing.assert_allclose(logits[5:], alone(b, eb), atol=1e-5)

@@ -205,3 +205,27 @@ def test_metrics_agree_with_their_libraries():
     np.testing.assert_allclose(
         tasks.bleu(ref, hyp)["bleu"], sacrebleu.corpus_bleu(hyp, [ref]).score
     )
+
+
+@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+def test_packed_batches_carry_segments(vocab, family):
+    tasks.register_gsm_symbolic(vocab, **SIZES, name="gsm_symbolic_pack")
+    ds = tasks.get_dataset(
+        "gsm_symbolic_pack",
+        "validation",
+        family,
+        {"inputs": 256, "targets": 256},
+        2,
+        shuffle=False,
+        num_epochs=1,
+        pack=True,
+    )
+    batch = next(tasks.numpy_batches(ds))
+    assert set(tasks.PACKING_FEATURES[family]) <= set(batch)
+    segments = batch["decoder_segment_ids"]
+    assert segments.max() >= 2  # several examples share a row
+    # Positions restart at each new segment.
+    row = 0
+    starts = np.flatnonzero(np.diff(segments[row]) != 0) + 1
+    starts = [s for s in starts if segments[row, s] > 0]
+    assert all(batch["decoder_positions"][row, s] == 0 for s in starts)
