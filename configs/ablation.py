@@ -19,10 +19,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.study = default.get_config("quick" if args.quick else "")
     config.run_grid = args.grid
     config.run_lossy = args.lossy
+    # Only evaluate cells that already finished training (a report of a partial grid).
+    config.existing_only = False
     config.sources = ("student", "teacher", "fixed", "mixture")
     config.divergences = ("fkl", "rkl", "jsd", "tvd")
     # Temperature of the generated distillation data and of the evaluation.
-    config.temperatures = (0.0, 1.0)
+    config.temperatures = (1.0, 0.0)
     # Distillation steps per cell (from the baseline draft).
     config.distill_steps = 20 if args.quick else 60
     # Block efficiency on test prompts, decoded as one batch.

@@ -62,7 +62,10 @@ def _speculative(
     )
 
 
-def run_grid(config: ml_collections.ConfigDict, workdir: str, vocab) -> list[dict[str, Any]]:
+def run_grid(
+    config: ml_collections.ConfigDict, workdir: str, vocab, on_row=lambda rows: None
+) -> list[dict[str, Any]]:
+    """Distils and evaluates every cell; `on_row(rows)` after each (partial reports)."""
     study = config.study
     vocab_path = os.path.join(workdir, "vocab", "spm.model")
     mesh = partitioning.create_mesh(study.mesh_shape)
@@ -88,6 +91,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, vocab) -> list[dic
         for source in config.sources:
             for divergence in config.divergences:
                 name = _cell_name(source, divergence, temperature)
+                done = os.path.join(workdir, "ablation", name, "done.json")
+                if config.existing_only and not os.path.exists(done):
+                    continue  # Report the finished cells only (no training).
                 train_config = main.stage_config(study, "draft_distilled", workdir, vocab_path)
                 train_config.num_train_steps = config.distill_steps
                 train_config.eval_every = 0
@@ -124,6 +130,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, vocab) -> list[dic
                     }
                 )
                 print(f"[ablation] {name}: tau {tau:.3f} (baseline {base_tau[temperature]:.3f})")
+                on_row(rows)
     return rows
 
 
@@ -170,6 +177,14 @@ def run_lossy(config: ml_collections.ConfigDict, workdir: str, vocab) -> list[di
     return rows
 
 
+def _cell(grid, source, divergence, temperature, key=None):
+    """The grid row of one cell (or one of its values); None / NaN when not measured."""
+    for r in grid:
+        if (r["source"], r["divergence"], r["temperature"]) == (source, divergence, temperature):
+            return r[key] if key else r
+    return float("nan") if key else None
+
+
 def plot(grid: list[dict[str, Any]], lossy: list[dict[str, Any]], config, out_dir: str):
     import matplotlib
 
@@ -184,26 +199,18 @@ def plot(grid: list[dict[str, Any]], lossy: list[dict[str, Any]], config, out_di
         for ax, temperature in zip(axes[0], temps, strict=True):
             values = np.array(
                 [
-                    [
-                        next(
-                            r["tau_gain_percent"]
-                            for r in grid
-                            if r["source"] == s
-                            and r["divergence"] == d
-                            and r["temperature"] == temperature
-                        )
-                        for d in config.divergences
-                    ]
+                    [_cell(grid, s, d, temperature, "tau_gain_percent") for d in config.divergences]
                     for s in config.sources
                 ]
             )
-            limit = max(np.abs(values).max(), 1.0)
+            limit = max(np.nanmax(np.abs(values), initial=0.0), 1.0)
             image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit)
             ax.set_xticks(range(len(config.divergences)), [d.upper() for d in config.divergences])
             ax.set_yticks(range(len(config.sources)), list(config.sources))
             for i in range(values.shape[0]):
                 for j in range(values.shape[1]):
-                    ax.text(j, i, f"{values[i, j]:+.0f}%", ha="center", va="center")
+                    label = "-" if np.isnan(values[i, j]) else f"{values[i, j]:+.0f}%"
+                    ax.text(j, i, label, ha="center", va="center")
             ax.set_title(f"tau gain over baseline draft, T = {temperature:g}")
             fig.colorbar(image, ax=ax, shrink=0.8)
         fig.tight_layout()
@@ -246,13 +253,41 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     vocab = tasks.get_vocabulary(os.path.join(workdir, "vocab", "spm.model"))
     out_dir = os.path.join(workdir, "ablation")
     os.makedirs(out_dir, exist_ok=True)
-    grid = run_grid(config, workdir, vocab) if config.run_grid else []
+    # The lossy sweep is cheap: first. The grid reports after every cell, so a
+    # stopped run leaves a (marked) partial report.
     lossy = run_lossy(config, workdir, vocab) if config.run_lossy else []
-    results = {"grid": grid, "lossy": lossy, "config": config.to_dict()}
+    grid: list[dict[str, Any]] = []
+    write_report(config, workdir, grid, lossy)
+    if config.run_grid:
+        grid = run_grid(
+            config, workdir, vocab, on_row=lambda rows: write_report(config, workdir, rows, lossy)
+        )
+    return write_report(config, workdir, grid, lossy, verbose=True)
+
+
+def write_report(
+    config,
+    workdir: str,
+    grid: list[dict[str, Any]],
+    lossy: list[dict[str, Any]],
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """ablation.json, ablation.md and plots for the cells measured so far."""
+    out_dir = os.path.join(workdir, "ablation")
+    total = len(config.sources) * len(config.divergences) * len(config.temperatures)
+    results = {
+        "grid": grid,
+        "lossy": lossy,
+        "config": config.to_dict(),
+        "cells_completed": len(grid),
+        "cells_total": total if config.run_grid else 0,
+    }
     results["plots"] = plot(grid, lossy, config, os.path.join(out_dir, "plots"))
     with open(os.path.join(out_dir, "ablation.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
     lines = ["# Ablations (CPU default scale)", ""]
+    if config.run_grid and len(grid) < total:
+        lines += [f"Partial grid: {len(grid)} of {total} cells measured (missing cells: -).", ""]
     if grid:
         lines += [
             f"Block-efficiency gain over the baseline draft at gamma = "
@@ -268,20 +303,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 "|---|" + "---|" * len(config.divergences),
             ]
             for source in config.sources:
-                cells = [
-                    next(
-                        r
-                        for r in grid
-                        if r["source"] == source
-                        and r["divergence"] == d
-                        and r["temperature"] == temperature
-                    )
-                    for d in config.divergences
-                ]
+                cells = [_cell(grid, source, d, temperature) for d in config.divergences]
                 lines.append(
                     f"| {source} | "
                     + " | ".join(
                         f"{c['tau_gain_percent']:+.1f}% (tau {c['block_efficiency']:.2f})"
+                        if c
+                        else "-"
                         for c in cells
                     )
                     + " |"
@@ -303,7 +331,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     lines += [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in results["plots"]]
     with open(os.path.join(out_dir, "ablation.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if verbose:
+        print("\n".join(lines))
     return results
 
 
