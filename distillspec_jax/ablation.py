@@ -337,30 +337,13 @@ def write_report(
 
 
 def main_cli(argv=None) -> None:
-    import sys
-
-    from absl import app, flags
-    from absl import logging as absl_logging
-    from ml_collections import config_flags
-
-    from distillspec_jax import models
-
-    if models.REPO_ROOT not in sys.path:
-        sys.path.insert(0, models.REPO_ROOT)
-    config_flags.DEFINE_config_file(
-        "config",
-        os.path.join(models.REPO_ROOT, "configs", "ablation.py"),
+    main.run_cli(
+        run,
+        "configs/ablation.py",
         "Ablation config.",
-        lock_config=True,
+        "Workdir of a completed `distillspec_jax.main` run.",
+        argv,
     )
-    flags.DEFINE_string("workdir", None, "Workdir of a completed `distillspec_jax.main` run.")
-    flags.mark_flags_as_required(["workdir"])
-
-    def _run(_):
-        absl_logging.set_verbosity(absl_logging.WARNING)
-        run(flags.FLAGS.config, flags.FLAGS.workdir)
-
-    app.run(_run, argv=argv)
 
 
 if __name__ == "__main__":

@@ -580,29 +580,41 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return results
 
 
-def main(argv=None) -> None:
+def run_cli(run_fn, default_config: str, config_help: str, workdir_help: str, argv=None) -> None:
+    """absl entry point `--config FILE[:ARGS] --workdir DIR` calling run_fn(config, workdir).
+
+    `default_config` is relative to the repository root, which is put on sys.path
+    because the config files import `configs.common`.
+    """
     import sys
 
     from absl import app, flags
     from absl import logging as absl_logging
     from ml_collections import config_flags
 
-    if models.REPO_ROOT not in sys.path:  # configs/ imports `configs.common`.
+    if models.REPO_ROOT not in sys.path:
         sys.path.insert(0, models.REPO_ROOT)
     config_flags.DEFINE_config_file(
-        "config",
-        os.path.join(models.REPO_ROOT, "configs", "default.py"),
-        "Study config.",
-        lock_config=True,
+        "config", os.path.join(models.REPO_ROOT, default_config), config_help, lock_config=True
     )
-    flags.DEFINE_string("workdir", None, "Output directory (stages resume from it).")
+    flags.DEFINE_string("workdir", None, workdir_help)
     flags.mark_flags_as_required(["workdir"])
 
     def _run(_):
         absl_logging.set_verbosity(absl_logging.WARNING)
-        run(flags.FLAGS.config, flags.FLAGS.workdir)
+        run_fn(flags.FLAGS.config, flags.FLAGS.workdir)
 
     app.run(_run, argv=argv)
+
+
+def main(argv=None) -> None:
+    run_cli(
+        run,
+        "configs/default.py",
+        "Study config.",
+        "Output directory (stages resume from it).",
+        argv,
+    )
 
 
 if __name__ == "__main__":
