@@ -16,7 +16,6 @@ Cells resume: a finished cell is skipped.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from distillspec_jax import evaluation, main, partitioning, sampling
+from distillspec_jax import evaluation, fs, main, partitioning, sampling
 
 
 def _cell_name(source: str, divergence: str, temperature: float) -> str:
@@ -92,7 +91,7 @@ def run_grid(
             for divergence in config.divergences:
                 name = _cell_name(source, divergence, temperature)
                 done = os.path.join(workdir, "ablation", name, "done.json")
-                if config.existing_only and not os.path.exists(done):
+                if config.existing_only and not fs.exists(done):
                     continue  # Report the finished cells only (no training).
                 train_config = main.stage_config(study, "draft_distilled", workdir, vocab_path)
                 train_config.num_train_steps = config.distill_steps
@@ -191,7 +190,7 @@ def plot(grid: list[dict[str, Any]], lossy: list[dict[str, Any]], config, out_di
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(out_dir, exist_ok=True)
+    fs.makedirs(out_dir)
     paths = []
     if grid:
         temps = list(config.temperatures)
@@ -215,7 +214,7 @@ def plot(grid: list[dict[str, Any]], lossy: list[dict[str, Any]], config, out_di
             fig.colorbar(image, ax=ax, shrink=0.8)
         fig.tight_layout()
         paths.append(os.path.join(out_dir, "grid_heatmap.png"))
-        fig.savefig(paths[-1], dpi=120)
+        fs.save_figure(fig, paths[-1], dpi=120)
         plt.close(fig)
     if lossy:
         fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -236,7 +235,7 @@ def plot(grid: list[dict[str, Any]], lossy: list[dict[str, Any]], config, out_di
         ax.legend()
         fig.tight_layout()
         paths.append(os.path.join(out_dir, "lossy_accuracy_vs_tau.png"))
-        fig.savefig(paths[-1], dpi=120)
+        fs.save_figure(fig, paths[-1], dpi=120)
         plt.close(fig)
     return paths
 
@@ -245,14 +244,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     from distillspec_jax import tasks
 
     for stage in ("target", "draft_baseline", "draft_distilled"):
-        if not os.path.exists(os.path.join(workdir, stage, "done.json")):
+        if not fs.exists(os.path.join(workdir, stage, "done.json")):
             raise SystemExit(
                 f"{workdir}/{stage} is not complete: run "
                 f"`python -m distillspec_jax.main --workdir {workdir}` first"
             )
     vocab = tasks.get_vocabulary(os.path.join(workdir, "vocab", "spm.model"))
-    out_dir = os.path.join(workdir, "ablation")
-    os.makedirs(out_dir, exist_ok=True)
+    fs.makedirs(os.path.join(workdir, "ablation"))
     # The lossy sweep is cheap: first. The grid reports after every cell, so a
     # stopped run leaves a (marked) partial report.
     lossy = run_lossy(config, workdir, vocab) if config.run_lossy else []
@@ -283,8 +281,7 @@ def write_report(
         "cells_total": total if config.run_grid else 0,
     }
     results["plots"] = plot(grid, lossy, config, os.path.join(out_dir, "plots"))
-    with open(os.path.join(out_dir, "ablation.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
+    fs.write_json(os.path.join(out_dir, "ablation.json"), results, indent=2, default=str)
     lines = ["# Ablations (CPU default scale)", ""]
     if config.run_grid and len(grid) < total:
         lines += [f"Partial grid: {len(grid)} of {total} cells measured (missing cells: -).", ""]
@@ -329,8 +326,7 @@ def write_report(
         ]
         lines.append("")
     lines += [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in results["plots"]]
-    with open(os.path.join(out_dir, "ablation.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    fs.write_text(os.path.join(out_dir, "ablation.md"), "\n".join(lines) + "\n")
     if verbose:
         print("\n".join(lines))
     return results

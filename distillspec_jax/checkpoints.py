@@ -4,8 +4,10 @@ A checkpoint step directory holds the train state (step, params, optimizer
 state) of the model being trained. In distill mode that is the draft only: the
 frozen target is read from its own checkpoint (`restore_params`) and never
 written. orbax writes each step to a temporary directory and renames it when
-complete, so a run killed mid-save leaves no partial step behind; a step that
-is present but unreadable is skipped with a warning and the one before is used.
+complete (on gs://, which has no atomic rename, it marks a finished step with a
+commit file instead), so a run killed mid-save leaves no partial step behind; a
+step that is present but unreadable is skipped with a warning and the one
+before is used. Directories may be local paths or gs:// URIs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from distillspec_jax import fs
 
 # Items of one checkpoint step: the parameters and optimizer state are saved
 # apart so that a frozen target can be read without its optimizer state.
@@ -36,7 +40,7 @@ class Checkpointer:
         max_to_keep: int = 3,
         async_save: bool = True,
     ):
-        self.directory = os.path.abspath(directory)
+        self.directory = fs.absolute(directory)  # gs:// stays a URI
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=save_interval_steps,
             max_to_keep=max_to_keep,
@@ -126,12 +130,12 @@ def restore_params(directory: str, abstract_params: Any, what: str = "target") -
     """
     if not directory:
         raise CheckpointError(f"No {what} checkpoint path is configured")
-    if os.path.isdir(checkpoint_dir(directory)):
+    if fs.isdir(checkpoint_dir(directory)):
         directory = checkpoint_dir(directory)
-    if not os.path.isdir(directory):
+    if not fs.isdir(directory):
         raise CheckpointError(f"The {what} checkpoint directory does not exist: {directory}")
     manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        fs.absolute(directory),
         options=ocp.CheckpointManagerOptions(read_only=True),
         item_handlers={
             PARAMS: ocp.StandardCheckpointHandler(),

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from distillspec_jax import checkpoints, evaluation, models, partitioning, sampling
+from distillspec_jax import checkpoints, evaluation, fs, models, partitioning, sampling
 
 STAGES = ("target", "draft_baseline", "draft_distilled")
 
@@ -87,9 +87,8 @@ def run_stage(name: str, train_config: ml_collections.ConfigDict, workdir: str) 
 
     stage_dir = os.path.join(workdir, name)
     done = os.path.join(stage_dir, "done.json")
-    if os.path.exists(done):
-        with open(done) as f:
-            summary = json.load(f)
+    if fs.exists(done):
+        summary = fs.read_json(done)
         if summary.get("step") == train_config.num_train_steps:
             print(f"[{name}] complete (step {summary['step']}), skipped")
             return summary
@@ -106,8 +105,7 @@ def run_stage(name: str, train_config: ml_collections.ConfigDict, workdir: str) 
         "eval": result["eval"],
         "seconds": time.time() - start,
     }
-    with open(done, "w") as f:
-        json.dump(summary, f, indent=2)
+    fs.write_json(done, summary, indent=2)
     return summary
 
 
@@ -286,10 +284,9 @@ def evaluate(config, workdir: str, vocab) -> dict[str, Any]:
 
 def distillation_curve(workdir: str) -> list[dict[str, float]]:
     path = os.path.join(workdir, "draft_distilled", "metrics.jsonl")
-    if not os.path.exists(path):
+    if not fs.exists(path):
         return []
-    with open(path) as f:
-        rows = [json.loads(line) for line in f]
+    rows = [json.loads(line) for line in fs.read_text(path).splitlines() if line]
     keys = ("block_efficiency", "acceptance_rate", "token_tvd", "divergence")
     return [
         {"step": r["step"], **{k: r[k] for k in keys if k in r}}
@@ -331,7 +328,7 @@ def make_plots(results: dict[str, Any], out_dir: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(out_dir, exist_ok=True)
+    fs.makedirs(out_dir)
     rows, paths = results["rows"], []
     temps = sorted({r["temperature"] for r in rows})
     for key, ylabel, fname in (
@@ -370,7 +367,7 @@ def make_plots(results: dict[str, Any], out_dir: str) -> list[str]:
             ax.legend()
         fig.tight_layout()
         path = os.path.join(out_dir, fname)
-        fig.savefig(path, dpi=120)
+        fs.save_figure(fig, path, dpi=120)
         plt.close(fig)
         paths.append(path)
     curve = results.get("distillation_curve") or []
@@ -387,7 +384,7 @@ def make_plots(results: dict[str, Any], out_dir: str) -> list[str]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = os.path.join(out_dir, "distillation_curve.png")
-        fig.savefig(path, dpi=120)
+        fs.save_figure(fig, path, dpi=120)
         plt.close(fig)
         paths.append(path)
     return paths
@@ -492,8 +489,7 @@ def write_report(results: dict[str, Any], path: str) -> str:
             "",
         ]
     text = "\n".join(lines)
-    with open(path, "w") as f:
-        f.write(text)
+    fs.write_text(path, text)
     return text
 
 
@@ -531,7 +527,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     from distillspec_jax import tasks
 
     start = time.time()
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     data = config.data
     vocab_path = data.vocab_path or os.path.join(workdir, "vocab", "spm.model")
     tasks.train_sentencepiece(
@@ -543,16 +539,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         summary = run_stage(stage, stage_config(config, stage, workdir, vocab_path), workdir)
         timing[stage + "_s"] = summary.get("seconds", 0.0)
     eval_path = os.path.join(workdir, "evaluation.json")
-    if os.path.exists(eval_path):
-        with open(eval_path) as f:
-            results = json.load(f)
+    if fs.exists(eval_path):
+        results = fs.read_json(eval_path)
         print("[evaluation] complete, skipped")
     else:
         eval_start = time.time()
         results = evaluate(config, workdir, vocab)
         results["evaluation_s"] = time.time() - eval_start
-        with open(eval_path, "w") as f:
-            json.dump(results, f, indent=2)
+        fs.write_json(eval_path, results, indent=2)
     timing["evaluation_s"] = results["evaluation_s"]
     timing["total_s"] = sum(timing.values()) + 0.0
     results.update(
@@ -574,8 +568,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     results["plots"] = make_plots(results, os.path.join(workdir, "plots"))
     results["report"] = os.path.join(workdir, "report.md")
     write_report(results, results["report"])
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
+    fs.write_json(os.path.join(workdir, "results.json"), results, indent=2, default=str)
     print(summary_screen(results))
     return results
 

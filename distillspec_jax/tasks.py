@@ -24,6 +24,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from distillspec_jax import fs
+
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 # Public T5 SentencePiece model (for TPU runs with internet access).
@@ -37,7 +39,7 @@ T5_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 
 def get_vocabulary(path: str) -> seqio.SentencePieceVocabulary:
     """A seqio SentencePiece vocabulary; clear error when the file is missing."""
-    if not path.startswith("gs://") and not os.path.exists(path):
+    if not fs.is_remote(path) and not os.path.exists(path):
         raise FileNotFoundError(
             f"SentencePiece model not found: {path}. Train one with "
             f"tasks.train_sentencepiece (offline runs do this in the workdir), or point "
@@ -60,11 +62,10 @@ def train_sentencepiece(
     Returns:
       `model_path`.
     """
-    if os.path.exists(model_path) and not overwrite:
+    if fs.exists(model_path) and not overwrite:
         return model_path
     import sentencepiece as spm
 
-    os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
     model_proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
@@ -85,6 +86,10 @@ def train_sentencepiece(
         user_defined_symbols=["\n"],
         minloglevel=2,
     )
+    if fs.is_remote(model_path):
+        fs.write_bytes(model_path, model_proto.getvalue())
+        return model_path
+    os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
     tmp = model_path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(model_proto.getvalue())

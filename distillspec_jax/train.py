@@ -28,6 +28,7 @@ from distillspec_jax import (
     checkpoints,
     distill,
     evaluation,
+    fs,
     models,
     partitioning,
     sampling,
@@ -70,7 +71,7 @@ class MetricsWriter:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
+            fs.makedirs(workdir)
             import tensorflow as tf  # Lazy: TensorBoard event files.
 
             self._tf = tf
@@ -80,8 +81,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"step": int(step), "split": prefix, **{k: float(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        fs.append_lines(self.path, [json.dumps(record)])
         with self._tb.as_default():
             for key, value in metrics.items():
                 self._tf.summary.scalar(f"{prefix}/{key}", float(value), step=int(step))
@@ -129,7 +129,7 @@ def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str:
         return data.vocab_path
     if config.mode == "distill" and config.target_checkpoint:
         shared = os.path.join(config.target_checkpoint, "vocab", "spm.model")
-        if os.path.exists(shared):  # Use exactly the target's vocabulary.
+        if fs.exists(shared):  # Use exactly the target's vocabulary.
             return shared
     if data.task != "gsm_symbolic":
         raise ValueError(
@@ -137,7 +137,7 @@ def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str:
             f"offline gsm_symbolic task trains its own vocabulary)"
         )
     path = os.path.join(workdir, "vocab", "spm.model")
-    if jax.process_index() == 0 or not os.path.exists(path):
+    if jax.process_index() == 0 or not fs.exists(path):
         tasks.train_sentencepiece(
             tasks.gsm_symbolic_texts(data.train_size, data.seed), path, data.vocab_size
         )
@@ -252,7 +252,7 @@ def train_and_evaluate(
       eval_batches: optional fixed validation batches.
       progress: show a tqdm bar (process 0).
     """
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     if config.mode not in ("supervised", "distill"):
         raise ValueError(f"config.mode must be 'supervised' or 'distill', got {config.mode!r}")
 

@@ -8,7 +8,7 @@ import pytest
 
 from configs import ablation as ablation_config
 from configs import default
-from distillspec_jax import ablation, main
+from distillspec_jax import ablation, fs, main
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,12 @@ def test_quick_study_end_to_end_and_resume(study, capsys):
     again = main.run(config, workdir)
     out = capsys.readouterr().out
     assert out.count("skipped") == 4 and again["rows"] == rows
+    # Report and plots also go to a bucket URI (ram:// stands in for gs://).
+    bucket = f"ram://study-{os.getpid()}"
+    plots = main.make_plots(results, bucket + "/plots")
+    assert len(plots) == 3 and all(fs.exists(p) for p in plots)
+    text = main.write_report(results, bucket + "/report.md")
+    assert fs.read_text(bucket + "/report.md") == text
 
 
 @pytest.mark.slow
