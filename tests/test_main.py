@@ -17,6 +17,23 @@ def study(tmp_path_factory):
     return workdir, main.run(default.get_config("quick"), workdir)
 
 
+def _row(tokens, calls):
+    return {"prompt_tokens": tokens, "prompt_target_calls": calls}
+
+
+def test_tau_gain_interval():
+    base = _row([10, 30, 20, 8], [10, 10, 8, 4])
+    # The same prompts at twice the tokens per call: +100% in every resample.
+    low, high = main.tau_gain_interval(base, _row([20, 60, 40, 16], [10, 10, 8, 4]))
+    assert low == pytest.approx(100) and high == pytest.approx(100)
+    # Heterogeneous prompts: the interval contains the pooled estimate and has width.
+    dist = _row([15, 30, 30, 8], [10, 10, 8, 4])
+    point = 100 * ((83 / 32) / (68 / 32) - 1)
+    low, high = main.tau_gain_interval(base, dist)
+    assert low < point < high and high - low > 1
+    assert main.tau_gain_interval({}, dist) is None  # Older results without counters.
+
+
 @pytest.mark.slow
 def test_quick_study_end_to_end_and_resume(study, capsys):
     workdir, results = study
@@ -42,6 +59,10 @@ def test_quick_study_end_to_end_and_resume(study, capsys):
     assert len(results["distillation_curve"]) >= 2
     report = open(os.path.join(workdir, "report.md")).read()
     assert "tau gain of the distilled draft" in report and "| T | gamma |" in report
+    intervals = results["goals"]["tau_gain_interval_90"]
+    assert set(intervals) == set(results["goals"]["tau_gain_percent"])
+    assert all(-100 < low <= high for low, high in intervals.values())
+    assert "90% CI" in report
     saved = json.load(open(os.path.join(workdir, "results.json")))
     assert saved["goals"] == results["goals"]
     # A second run resumes: every stage and the evaluation are skipped.
