@@ -168,11 +168,13 @@ def generate(
         start = prompt_lengths[:, None] - 1  # first response position in targets.
         weights = (idx >= start) & (idx < start + out.num_generated[:, None])
     targets = jnp.where(weights, targets, 0)
+    # The batch's own dtypes (seqio gives int32 loss weights): a mixture switches
+    # between this and the fixed batch, whose types must match.
     return {
         **batch,
-        "decoder_input_tokens": inputs.astype(jnp.int32),
-        "decoder_target_tokens": targets.astype(jnp.int32),
-        "decoder_loss_weights": weights.astype(jnp.float32),
+        "decoder_input_tokens": inputs.astype(batch["decoder_input_tokens"].dtype),
+        "decoder_target_tokens": targets.astype(batch["decoder_target_tokens"].dtype),
+        "decoder_loss_weights": weights.astype(batch["decoder_loss_weights"].dtype),
     }
 
 

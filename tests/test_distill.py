@@ -142,6 +142,24 @@ def test_mixture_draws_sources_with_probability_lambda(lam):
     assert abs(student / num - lam) <= 4 * np.sqrt(lam * (1 - lam) / num)
 
 
+@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+def test_fixed_and_student_mixture_with_integer_loss_weights(family):
+    """ImitKD-style mixture on a batch typed as seqio makes it (int32 loss weights)."""
+    target, draft, target_params, draft_params = _models(family)
+    batch = _batch(family)
+    batch["decoder_loss_weights"] = batch["decoder_loss_weights"].astype(jnp.int32)
+    distiller = distill.Distiller(target, draft, distill.make_config("imit_kd"))
+    loss_fn = jax.jit(distiller.loss)
+    seen = set()
+    for i in range(12):
+        loss, m = loss_fn(draft_params, target_params, batch, jax.random.PRNGKey(i))
+        assert np.isfinite(float(loss))
+        seen.add("student" if float(m["source_fraction/student"]) else "fixed")
+    assert seen == {"fixed", "student"}
+    out = distill.generate(draft, draft_params, batch, jax.random.PRNGKey(0), 1.0, eos_id=1)
+    assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in batch.items()}
+
+
 def test_recipes_and_errors():
     assert distill.make_config("supervised_kd").source_probabilities() == (1.0, 0.0, 0.0)
     assert distill.make_config("seq_kd").source_probabilities() == (0.0, 1.0, 0.0)
