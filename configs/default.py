@@ -97,6 +97,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Test prompts decoded one at a time (batch 1, the latency setting).
     config.evaluation.num_prompts = 4 if quick else 24
     config.evaluation.max_new_tokens = 64 if quick else 128
+    # tau only (no timing) at the largest gamma on more test prompts, decoded in batches
+    # of `tau_batch_size`: a tighter estimate of the tau gain than the timed prompts give.
+    config.evaluation.tau_prompts = 8 if quick else 128
+    config.evaluation.tau_batch_size = 4 if quick else 32
     # Decode-step timing for the cost ratio c.
     config.evaluation.cost_steps = 32 if quick else 64
     return config

@@ -63,6 +63,15 @@ def test_quick_study_end_to_end_and_resume(study, capsys):
     assert set(intervals) == set(results["goals"]["tau_gain_percent"])
     assert all(-100 < low <= high for low, high in intervals.values())
     assert "90% CI" in report
+    # tau on the batched (untimed) prompt set: both drafts at both temperatures.
+    tau_rows = results["tau_rows"]
+    assert len(tau_rows) == 2 * len(config.evaluation.temperatures)
+    for row in tau_rows:
+        assert row["num_prompts"] == config.evaluation.tau_prompts
+        assert len(row["prompt_tokens"]) == row["num_prompts"]
+        assert 1.0 <= row["block_efficiency"] <= row["gamma"] + 1
+    assert results["goals"]["batched"]["num_prompts"] == config.evaluation.tau_prompts
+    assert "batched, not timed" in report
     saved = json.load(open(os.path.join(workdir, "results.json")))
     assert saved["goals"] == results["goals"]
     # A second run resumes: every stage and the evaluation are skipped.
