@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 
@@ -49,10 +47,6 @@ def makedirs(path: str) -> None:
         os.makedirs(path, exist_ok=True)
 
 
-def listdir(path: str) -> list[str]:
-    return sorted(_gfile().listdir(path) if is_remote(path) else os.listdir(path))
-
-
 def open_file(path: str, mode: str = "r"):
     """A file object for `path` (text or binary per `mode`; no append on URIs)."""
     if not is_remote(path):
@@ -70,17 +64,19 @@ def read_text(path: str) -> str:
 def write_bytes(path: str, data: bytes) -> None:
     """Replaces `path` with `data`, creating the parent directory.
 
-    On a URI the bytes go to `path + '.tmp'` first and are renamed over `path`,
-    so a crash mid-write leaves the previous file intact.
+    The bytes go to `path + '.tmp'` first and are renamed over `path`, so a
+    crash mid-write leaves the previous file intact (readers never see half).
     """
     parent = os.path.dirname(path)
     if parent:
         makedirs(parent)
+    tmp = path + ".tmp"
     if not is_remote(path):
-        with open(path, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
+        os.replace(tmp, path)
         return
-    gfile, tmp = _gfile(), path + ".tmp"
+    gfile = _gfile()
     if gfile.exists(tmp):
         gfile.remove(tmp)
     with gfile.GFile(tmp, "wb") as f:
@@ -124,25 +120,3 @@ def save_figure(fig: Any, path: str, **kwargs: Any) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format=os.path.splitext(path)[1].lstrip(".") or "png", **kwargs)
     write_bytes(path, buffer.getvalue())
-
-
-def local_copy(path: str) -> str:
-    """A local path with the file's bytes: `path` itself when local, else a temp copy."""
-    if not is_remote(path):
-        return path
-    fd, local = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    with open_file(path, "rb") as src, open(local, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return local
-
-
-def upload(local_path: str, path: str) -> None:
-    """Copies a local file to `path` (local or URI), replacing it."""
-    parent = os.path.dirname(path)
-    if parent:
-        makedirs(parent)
-    if is_remote(path):
-        _gfile().copy(local_path, path, overwrite=True)
-    else:
-        shutil.copyfile(local_path, path)

@@ -86,14 +86,7 @@ def train_sentencepiece(
         user_defined_symbols=["\n"],
         minloglevel=2,
     )
-    if fs.is_remote(model_path):
-        fs.write_bytes(model_path, model_proto.getvalue())
-        return model_path
-    os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
-    tmp = model_path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(model_proto.getvalue())
-    os.replace(tmp, model_path)
+    fs.write_bytes(model_path, model_proto.getvalue())
     return model_path
 
 

@@ -30,7 +30,7 @@ def test_is_remote_and_absolute(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("remote", [True, False])
-def test_text_json_append_listdir(bucket, tmp_path, remote):
+def test_text_json_append_and_replace(bucket, tmp_path, remote):
     root = os.path.join(bucket if remote else str(tmp_path), "run")
     path = os.path.join(root, "sub", "done.json")
     assert not fs.exists(path) and not fs.isdir(root)
@@ -41,13 +41,10 @@ def test_text_json_append_listdir(bucket, tmp_path, remote):
     fs.append_lines(log, ["a"])
     fs.append_lines(log, ["b", "c"])
     assert fs.read_text(log) == "a\nb\nc\n"
-    assert fs.listdir(root) == ["metrics.jsonl", "sub"]
-    local = fs.local_copy(log)
-    assert open(local).read() == "a\nb\nc\n"
-    assert (local == log) is (not remote)
-    copy = os.path.join(root, "copy", "log.txt")
-    fs.upload(local, copy)
-    assert fs.read_text(copy) == "a\nb\nc\n"
+    # Writes go through path.tmp and a rename: nothing else is left behind.
+    fs.write_json(path, {"step": 4})
+    assert fs.read_json(path) == {"step": 4}
+    assert sorted(tf.io.gfile.listdir(os.path.join(root, "sub"))) == ["done.json"]
 
 
 def test_no_append_mode_on_uris(bucket):
