@@ -19,46 +19,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from distillspec_jax import evaluation, fs, main, partitioning, sampling
+from distillspec_jax import evaluation, fs, main, partitioning
 
 
 def _cell_name(source: str, divergence: str, temperature: float) -> str:
     return f"{source}_{divergence}_T{temperature:g}"
-
-
-def _speculative(
-    target,
-    target_params,
-    draft,
-    draft_params,
-    enc,
-    cfg,
-    temperature,
-    lenience="none",
-    eps=1.0,
-    seed=0,
-):
-    batch = enc.shape[0]
-    return sampling.speculative_sample(
-        target,
-        target_params,
-        draft,
-        draft_params,
-        jnp.zeros((batch, 1), jnp.int32),
-        jnp.ones((batch,), jnp.int32),
-        jax.random.PRNGKey(seed),
-        gamma=cfg.gamma,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=temperature,
-        lenience=lenience,
-        eps=eps,
-        encoder_inputs=jnp.asarray(enc),
-    )
 
 
 def run_grid(
@@ -83,8 +51,15 @@ def run_grid(
     base_tau = {}
     rows = []
     for temperature in config.temperatures:
-        out = _speculative(
-            target, target_params, draft, baseline_params, enc, config.eval, temperature
+        out = main.speculative_on_prompts(
+            target,
+            target_params,
+            draft,
+            baseline_params,
+            enc,
+            gamma=config.eval.gamma,
+            max_new_tokens=config.eval.max_new_tokens,
+            temperature=temperature,
         )
         base_tau[temperature] = evaluation.block_efficiency(out)
         for source in config.sources:
@@ -112,8 +87,15 @@ def run_grid(
                     bindings,
                     mesh,
                 )
-                out = _speculative(
-                    target, target_params, draft, params, enc, config.eval, temperature
+                out = main.speculative_on_prompts(
+                    target,
+                    target_params,
+                    draft,
+                    params,
+                    enc,
+                    gamma=config.eval.gamma,
+                    max_new_tokens=config.eval.max_new_tokens,
+                    temperature=temperature,
                 )
                 tau = evaluation.block_efficiency(out)
                 rows.append(
@@ -147,14 +129,15 @@ def run_lossy(config: ml_collections.ConfigDict, workdir: str, vocab) -> list[di
             study.baseline.gin_file, os.path.join(workdir, stage), vocab.vocab_size, bindings, mesh
         )
         for eps in config.lossy.eps:
-            out = _speculative(
+            out = main.speculative_on_prompts(
                 target,
                 target_params,
                 draft,
                 params,
                 enc,
-                config.lossy,
-                config.lossy.temperature,
+                gamma=config.lossy.gamma,
+                max_new_tokens=config.lossy.max_new_tokens,
+                temperature=config.lossy.temperature,
                 lenience=config.lossy.kind,
                 eps=eps,
             )

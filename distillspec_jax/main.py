@@ -170,6 +170,39 @@ def _decode_all(fn, enc: np.ndarray, desc: str, repeats: int = 2) -> tuple[list[
     return outputs, seconds, compile_s
 
 
+def speculative_on_prompts(
+    target,
+    target_params,
+    draft,
+    draft_params,
+    encoder_inputs,
+    *,
+    gamma: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int = 0,
+    lenience: str = "none",
+    eps: float = 1.0,
+) -> sampling.SampleOutput:
+    """Speculative decoding of a batch of encoder prompts from the start token."""
+    batch = encoder_inputs.shape[0]
+    return sampling.speculative_sample(
+        target,
+        target_params,
+        draft,
+        draft_params,
+        jnp.zeros((batch, 1), jnp.int32),
+        jnp.ones((batch,), jnp.int32),
+        jax.random.PRNGKey(seed),
+        gamma=gamma,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        lenience=lenience,
+        eps=eps,
+        encoder_inputs=jnp.asarray(encoder_inputs),
+    )
+
+
 def _sum_outputs(outputs: list[sampling.SampleOutput]) -> sampling.SampleOutput:
     return jax.tree_util.tree_map(lambda *x: np.concatenate([np.asarray(a) for a in x]), *outputs)
 
@@ -228,18 +261,16 @@ def evaluate(config, workdir: str, vocab) -> dict[str, Any]:
             for gamma in ev.gammas:
 
                 def sd_fn(e, i, gamma=gamma, temperature=temperature, model=model, params=params):
-                    return sampling.speculative_sample(
+                    return speculative_on_prompts(
                         target,
                         target_params,
                         model,
                         params,
-                        prompt,
-                        prompt_len,
-                        jax.random.PRNGKey(i),
+                        e,
                         gamma=gamma,
                         max_new_tokens=max_new,
                         temperature=temperature,
-                        encoder_inputs=e,
+                        seed=i,
                     )
 
                 sd_out, sd_s, sd_compile = _decode_all(
@@ -307,18 +338,16 @@ def _batched_tau(config, target, target_params, drafts, vocab) -> list[dict[str,
         for name, (model, params) in drafts.items():
             outs = [
                 jax.device_get(
-                    sampling.speculative_sample(
+                    speculative_on_prompts(
                         target,
                         target_params,
                         model,
                         params,
-                        jnp.zeros((size, 1), jnp.int32),
-                        jnp.ones((size,), jnp.int32),
-                        jax.random.PRNGKey(start),
+                        enc[start : start + size],
                         gamma=gamma,
                         max_new_tokens=ev.max_new_tokens,
                         temperature=temperature,
-                        encoder_inputs=jnp.asarray(enc[start : start + size]),
+                        seed=start,
                     )
                 )
                 for start in range(0, len(enc), size)
