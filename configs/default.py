@@ -46,29 +46,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_target_length=96 if quick else 128,
     )
 
-    # (a) The target: T5 v1.1 architecture, trained on ground truth.
-    config.target = _stage(
-        "gin/t5_1_1/cpu_draft.gin" if quick else "gin/t5_1_1/cpu_target.gin",
-        steps=60 if quick else 400,
+    # Supervised recipe shared by the target and the baseline draft.
+    steps = 60 if quick else 400
+    supervised = dict(
+        steps=steps,
         batch_size=16,
         name="adamw",
         learning_rate=3e-3,
         schedule="cosine",
         warmup_steps=20,
-        decay_steps=60 if quick else 400,
+        decay_steps=steps,
         end_ratio=0.1,
     )
-    # (b) The baseline draft ("standard SD" draft): same data, smaller model.
+    # (a) The target: T5 v1.1 architecture, trained on ground truth.
+    config.target = _stage(
+        "gin/t5_1_1/cpu_draft.gin" if quick else "gin/t5_1_1/cpu_target.gin", **supervised
+    )
+    # (b) The baseline draft ("standard SD" draft): same data and recipe, smaller model.
     config.baseline = _stage(
-        "gin/t5_1_1/tiny.gin" if quick else "gin/t5_1_1/cpu_draft.gin",
-        steps=60 if quick else 400,
-        batch_size=16,
-        name="adamw",
-        learning_rate=3e-3,
-        schedule="cosine",
-        warmup_steps=20,
-        decay_steps=60 if quick else 400,
-        end_ratio=0.1,
+        "gin/t5_1_1/tiny.gin" if quick else "gin/t5_1_1/cpu_draft.gin", **supervised
     )
     # (c) DistillSpec: the draft distilled from the target, from the baseline.
     config.distill = _stage(
