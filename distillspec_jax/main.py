@@ -203,6 +203,16 @@ def speculative_on_prompts(
     )
 
 
+def _prompt_counters(out: sampling.SampleOutput) -> dict[str, list[int]]:
+    """Per prompt (row): tokens produced (accepted + 1 per target call) and target
+    calls, for the bootstrap interval of the tau gain."""
+    calls = np.asarray(out.num_target_calls, np.int64)
+    return {
+        "prompt_tokens": (np.asarray(out.num_accepted, np.int64) + calls).tolist(),
+        "prompt_target_calls": calls.tolist(),
+    }
+
+
 def _sum_outputs(outputs: list[sampling.SampleOutput]) -> sampling.SampleOutput:
     return jax.tree_util.tree_map(lambda *x: np.concatenate([np.asarray(a) for a in x]), *outputs)
 
@@ -276,7 +286,8 @@ def evaluate(config, workdir: str, vocab) -> dict[str, Any]:
                 sd_out, sd_s, sd_compile = _decode_all(
                     sd_fn, enc, f"SD {name} T={temperature} gamma={gamma}"
                 )
-                summary = evaluation.summarize(_sum_outputs(sd_out), gamma)
+                sd_all = _sum_outputs(sd_out)
+                summary = evaluation.summarize(sd_all, gamma)
                 sd_tokens = summary["generated_tokens"]
                 sd_seqs = [np.asarray(o.sequences[0]) for o in sd_out]
                 if temperature == 0.0:  # Lossless greedy SD reproduces the target exactly.
@@ -287,7 +298,6 @@ def evaluate(config, workdir: str, vocab) -> dict[str, Any]:
                 else:
                     same = None
                 tau = summary["block_efficiency"]
-                calls = [int(o.num_target_calls[0]) for o in sd_out]
                 results["rows"].append(
                     {
                         "draft": name,
@@ -306,12 +316,7 @@ def evaluate(config, workdir: str, vocab) -> dict[str, Any]:
                         "accuracy_ar": ar_acc,
                         "greedy_output_identical_to_ar": same,
                         "sd_compile_s": sd_compile,
-                        # Per prompt: tokens produced (accepted + 1 per call) and target
-                        # calls, for the bootstrap interval of the tau gain.
-                        "prompt_tokens": [
-                            int(o.num_accepted[0]) + c for o, c in zip(sd_out, calls, strict=True)
-                        ],
-                        "prompt_target_calls": calls,
+                        **_prompt_counters(sd_all),
                     }
                 )
     results["tau_rows"] = _batched_tau(config, target, target_params, drafts, vocab)
@@ -353,7 +358,6 @@ def _batched_tau(config, target, target_params, drafts, vocab) -> list[dict[str,
                 for start in range(0, len(enc), size)
             ]
             out = _sum_outputs(outs)
-            calls = np.asarray(out.num_target_calls, np.int64)
             rows.append(
                 {
                     "draft": name,
@@ -362,8 +366,7 @@ def _batched_tau(config, target, target_params, drafts, vocab) -> list[dict[str,
                     "num_prompts": len(enc),
                     "block_efficiency": evaluation.block_efficiency(out),
                     "acceptance_rate": evaluation.acceptance_rate(out),
-                    "prompt_tokens": (np.asarray(out.num_accepted) + calls).tolist(),
-                    "prompt_target_calls": calls.tolist(),
+                    **_prompt_counters(out),
                 }
             )
             print(
@@ -417,6 +420,13 @@ def tau_gain_interval(
     return [float(low), float(high)]  # A list: results.json round-trips it unchanged.
 
 
+def _put_gain(out: dict[str, Any], key: str, at: dict[str, dict[str, Any]]) -> None:
+    """out's tau gain (percent) and its interval at `key`, from the drafts' rows."""
+    base, dist = at["baseline"], at["distilled"]
+    out["tau_gain_percent"][key] = 100 * (dist["block_efficiency"] / base["block_efficiency"] - 1)
+    out["tau_gain_interval_90"][key] = tau_gain_interval(base, dist)
+
+
 def goals(results: dict[str, Any]) -> dict[str, Any]:
     """tau gain of the distilled draft at the largest gamma, and the best speedup."""
     rows = results["rows"]
@@ -431,11 +441,7 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
         at = {
             r["draft"]: r for r in rows if r["gamma"] == gamma and r["temperature"] == temperature
         }
-        tau = {name: row["block_efficiency"] for name, row in at.items()}
-        out["tau_gain_percent"][str(temperature)] = 100 * (tau["distilled"] / tau["baseline"] - 1)
-        out["tau_gain_interval_90"][str(temperature)] = tau_gain_interval(
-            at["baseline"], at["distilled"]
-        )
+        _put_gain(out, str(temperature), at)
         best = max(
             (r for r in rows if r["draft"] == "distilled" and r["temperature"] == temperature),
             key=lambda r: r["measured_speedup"],
@@ -450,12 +456,7 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
     for temperature in sorted({r["temperature"] for r in batched}):
         at = {r["draft"]: r for r in batched if r["temperature"] == temperature}
         out["batched"]["num_prompts"] = at["baseline"]["num_prompts"]
-        out["batched"]["tau_gain_percent"][str(temperature)] = 100 * (
-            at["distilled"]["block_efficiency"] / at["baseline"]["block_efficiency"] - 1
-        )
-        out["batched"]["tau_gain_interval_90"][str(temperature)] = tau_gain_interval(
-            at["baseline"], at["distilled"]
-        )
+        _put_gain(out["batched"], str(temperature), at)
     # Met only if it holds on every prompt set measured.
     out["tau_gain_at_least_20_percent"] = all(
         v >= 20
