@@ -13,7 +13,6 @@ when interrupted and skipped when complete:
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from distillspec_jax import checkpoints, evaluation, fs, models, partitioning, sampling
+from distillspec_jax import checkpoints, evaluation, fs, models, partitioning, report, sampling
 
 STAGES = ("target", "draft_baseline", "draft_distilled")
 
@@ -377,339 +376,6 @@ def _batched_tau(config, target, target_params, drafts, vocab) -> list[dict[str,
 
 
 # --------------------------------------------------------------------------
-# Report.
-# --------------------------------------------------------------------------
-
-
-def distillation_curve(workdir: str) -> list[dict[str, float]]:
-    path = os.path.join(workdir, "draft_distilled", "metrics.jsonl")
-    if not fs.exists(path):
-        return []
-    rows = [json.loads(line) for line in fs.read_text(path).splitlines() if line]
-    keys = ("block_efficiency", "acceptance_rate", "token_tvd", "divergence")
-    return [
-        {"step": r["step"], **{k: r[k] for k in keys if k in r}}
-        for r in rows
-        if r["split"] == "eval"
-    ]
-
-
-def tau_gain_interval(
-    baseline: dict[str, Any], distilled: dict[str, Any], level: float = 0.9, samples: int = 2000
-) -> list[float] | None:
-    """Paired bootstrap interval (percent) of the tau gain, resampling test prompts.
-
-    Both rows decode the same prompts (same rng per prompt), so a resample takes
-    the same prompts for both drafts; tau of a resample is its tokens / calls.
-    None when the rows carry no per-prompt counters.
-    """
-    if "prompt_tokens" not in baseline or "prompt_tokens" not in distilled:
-        return None
-    base_tok, base_calls, dist_tok, dist_calls = (
-        np.asarray(row[key], np.float64)
-        for row in (baseline, distilled)
-        for key in ("prompt_tokens", "prompt_target_calls")
-    )
-    idx = np.random.default_rng(0).integers(0, len(base_tok), (samples, len(base_tok)))
-    gains = 100 * (
-        (dist_tok[idx].sum(1) / dist_calls[idx].sum(1))
-        / (base_tok[idx].sum(1) / base_calls[idx].sum(1))
-        - 1
-    )
-    low, high = np.quantile(gains, [(1 - level) / 2, (1 + level) / 2])
-    return [float(low), float(high)]  # A list: results.json round-trips it unchanged.
-
-
-def _put_gain(out: dict[str, Any], key: str, at: dict[str, dict[str, Any]]) -> None:
-    """out's tau gain (percent) and its interval at `key`, from the drafts' rows."""
-    base, dist = at["baseline"], at["distilled"]
-    out["tau_gain_percent"][key] = 100 * (dist["block_efficiency"] / base["block_efficiency"] - 1)
-    out["tau_gain_interval_90"][key] = tau_gain_interval(base, dist)
-
-
-def goals(results: dict[str, Any]) -> dict[str, Any]:
-    """tau gain of the distilled draft at the largest gamma, and the best speedup."""
-    rows = results["rows"]
-    gamma = max(r["gamma"] for r in rows)
-    out: dict[str, Any] = {
-        "gamma": gamma,
-        "tau_gain_percent": {},
-        "tau_gain_interval_90": {},
-        "best_speedup": {},
-    }
-    for temperature in sorted({r["temperature"] for r in rows}):
-        at = {
-            r["draft"]: r for r in rows if r["gamma"] == gamma and r["temperature"] == temperature
-        }
-        _put_gain(out, str(temperature), at)
-        best = max(
-            (r for r in rows if r["draft"] == "distilled" and r["temperature"] == temperature),
-            key=lambda r: r["measured_speedup"],
-        )
-        out["best_speedup"][str(temperature)] = {
-            "gamma": best["gamma"],
-            "measured_speedup": best["measured_speedup"],
-        }
-    # The same gain on the larger, untimed prompt set (when it was measured).
-    batched = results.get("tau_rows") or []
-    out["batched"] = {"num_prompts": 0, "tau_gain_percent": {}, "tau_gain_interval_90": {}}
-    for temperature in sorted({r["temperature"] for r in batched}):
-        at = {r["draft"]: r for r in batched if r["temperature"] == temperature}
-        out["batched"]["num_prompts"] = at["baseline"]["num_prompts"]
-        _put_gain(out["batched"], str(temperature), at)
-    # Met only if it holds on every prompt set measured.
-    out["tau_gain_at_least_20_percent"] = all(
-        v >= 20
-        for gains in (out["tau_gain_percent"], out["batched"]["tau_gain_percent"])
-        for v in gains.values()
-    )
-    out["distilled_sd_faster_than_ar"] = all(
-        v["measured_speedup"] > 1 for v in out["best_speedup"].values()
-    )
-    return out
-
-
-def make_plots(results: dict[str, Any], out_dir: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fs.makedirs(out_dir)
-    rows, paths = results["rows"], []
-    temps = sorted({r["temperature"] for r in rows})
-    for key, ylabel, fname in (
-        ("block_efficiency", "block efficiency tau", "tau_vs_gamma.png"),
-        ("measured_speedup", "wall-clock speedup over AR", "speedup_vs_gamma.png"),
-    ):
-        fig, axes = plt.subplots(1, len(temps), figsize=(5 * len(temps), 3.6), squeeze=False)
-        for ax, temperature in zip(axes[0], temps, strict=True):
-            for draft, style, color in (("baseline", "o--", "C0"), ("distilled", "s-", "C3")):
-                sel = sorted(
-                    (r for r in rows if r["draft"] == draft and r["temperature"] == temperature),
-                    key=lambda r: r["gamma"],
-                )
-                ax.plot(
-                    [r["gamma"] for r in sel],
-                    [r[key] for r in sel],
-                    style,
-                    color=color,
-                    label=draft,
-                )
-                if key == "measured_speedup":
-                    ax.plot(
-                        [r["gamma"] for r in sel],
-                        [r["theoretical_speedup"] for r in sel],
-                        style[0] + ":",
-                        color=color,
-                        alpha=0.4,
-                        label=f"{draft} (theory)",
-                    )
-            if key == "measured_speedup":
-                ax.axhline(1.0, color="gray", lw=0.8)
-            ax.set_title(f"T = {temperature:g}")
-            ax.set_xlabel("gamma (drafted tokens per block)")
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.tight_layout()
-        path = os.path.join(out_dir, fname)
-        fs.save_figure(fig, path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    curve = results.get("distillation_curve") or []
-    if curve:
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        steps = [c["step"] for c in curve]
-        ax.plot(steps, [c["block_efficiency"] for c in curve], "s-", label="tau")
-        ax.set_xlabel("distillation step")
-        ax.set_ylabel("block efficiency tau (T=1, validation)")
-        ax2 = ax.twinx()
-        ax2.plot(steps, [c["acceptance_rate"] for c in curve], "o--", color="C1", label="alpha")
-        ax2.set_ylabel("acceptance rate alpha")
-        fig.legend(loc="lower right")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = os.path.join(out_dir, "distillation_curve.png")
-        fs.save_figure(fig, path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
-    head = "| " + " | ".join(c[1] for c in columns) + " |"
-    sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = [
-        "| "
-        + " | ".join(format(r[c[0]], c[2]) if r.get(c[0]) is not None else "-" for c in columns)
-        + " |"
-        for r in rows
-    ]
-    return "\n".join([head, sep, *body])
-
-
-def _gains_text(g: dict[str, Any]) -> str:
-    """'T=0.0: +12.3% (90% CI +4.1..+20.5%), ...' (the interval when it was measured)."""
-    parts = []
-    for t, v in g["tau_gain_percent"].items():
-        interval = g.get("tau_gain_interval_90", {}).get(t)
-        ci = f" (90% CI {interval[0]:+.1f}..{interval[1]:+.1f}%)" if interval else ""
-        parts.append(f"T={t}: {v:+.1f}%{ci}")
-    return ", ".join(parts)
-
-
-def write_report(results: dict[str, Any], path: str) -> str:
-    g = results["goals"]
-    lines = [
-        "# DistillSpec on gsm_symbolic (offline CPU run)",
-        "",
-        f"Machine: {results['machine']['platform']}, {results['machine']['cpu_count']} CPUs, "
-        f"JAX backend {results['machine']['jax_backend']}. Total time "
-        f"{results['timing']['total_s'] / 60:.1f} min "
-        + "("
-        + ", ".join(f"{k} {v:.0f} s" for k, v in results["timing"].items() if k != "total_s")
-        + ").",
-        "",
-        f"Target: {results['target']['params']:,} parameters; drafts: "
-        + ", ".join(
-            f"{k} {v['params']:,} parameters (c = {v['cost_ratio']:.3f})"
-            for k, v in results["drafts"].items()
-        )
-        + ".",
-        f"Evaluation: {results['evaluation']['num_prompts']} test prompts decoded one at a "
-        f"time (batch 1), up to {results['evaluation']['max_new_tokens']} new tokens.",
-        "",
-        "## Goals",
-        "",
-        f"- tau gain of the distilled draft over the baseline at gamma = {g['gamma']}: "
-        + f"timed prompts ({results['evaluation']['num_prompts']}): "
-        + _gains_text(g)
-        + (
-            f"; batched prompts ({g['batched']['num_prompts']}): " + _gains_text(g["batched"])
-            if g.get("batched", {}).get("num_prompts")
-            else ""
-        )
-        + (
-            " (goal >= 20%: met)"
-            if g["tau_gain_at_least_20_percent"]
-            else " (goal >= 20%: not met)"
-        ),
-        "- best measured wall-clock speedup of SD with the distilled draft over AR "
-        "target decoding: "
-        + ", ".join(
-            f"T={t}: {v['measured_speedup']:.2f}x at gamma={v['gamma']}"
-            for t, v in g["best_speedup"].items()
-        )
-        + (
-            " (faster than AR: yes)"
-            if g["distilled_sd_faster_than_ar"]
-            else " (faster than AR: no)"
-        ),
-        "",
-        "CI: paired bootstrap over the test prompts (2000 resamples), i.e. how much the gain "
-        "depends on which prompts were drawn. Timed prompts are decoded one at a time and "
-        "timed; batched prompts (the first N test prompts, batches of "
-        f"{results['evaluation'].get('tau_batch_size', '-')}) measure tau only.",
-        "",
-        "## Block efficiency, acceptance and speedup",
-        "",
-        _table(
-            results["rows"],
-            [
-                ("temperature", "T", "g"),
-                ("gamma", "gamma", "d"),
-                ("draft", "draft", "s"),
-                ("block_efficiency", "tau", ".3f"),
-                ("acceptance_rate", "alpha", ".3f"),
-                ("theoretical_block_efficiency", "tau theory", ".3f"),
-                ("theoretical_speedup", "speedup theory", ".2f"),
-                ("measured_speedup", "speedup measured", ".2f"),
-                ("sd_tokens_per_s", "SD tok/s", ".0f"),
-                ("ar_tokens_per_s", "AR tok/s", ".0f"),
-                ("accuracy_sd", "acc SD %", ".1f"),
-                ("accuracy_ar", "acc AR %", ".1f"),
-                ("greedy_output_identical_to_ar", "greedy == AR", ""),
-            ],
-        ),
-        "",
-        "Task accuracy is exact match of the final number; at T = 0 lossless SD reproduces "
-        "the target's greedy output token for token (column 'greedy == AR').",
-        "",
-    ]
-    if results.get("tau_rows"):
-        lines += [
-            f"## Block efficiency on {g['batched']['num_prompts']} test prompts (batched, "
-            "not timed)",
-            "",
-            _table(
-                results["tau_rows"],
-                [
-                    ("temperature", "T", "g"),
-                    ("gamma", "gamma", "d"),
-                    ("draft", "draft", "s"),
-                    ("block_efficiency", "tau", ".3f"),
-                    ("acceptance_rate", "alpha", ".3f"),
-                ],
-            ),
-            "",
-        ]
-    lines += [
-        "## Plots",
-        "",
-        *[f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in results["plots"]],
-        "",
-    ]
-    if results.get("distillation_curve"):
-        lines += [
-            "## tau and alpha over distillation (validation, T = 1)",
-            "",
-            _table(
-                results["distillation_curve"],
-                [
-                    ("step", "step", "d"),
-                    ("block_efficiency", "tau", ".3f"),
-                    ("acceptance_rate", "alpha", ".3f"),
-                    ("token_tvd", "token TVD", ".3f"),
-                ],
-            ),
-            "",
-        ]
-    text = "\n".join(lines)
-    fs.write_text(path, text)
-    return text
-
-
-def summary_screen(results: dict[str, Any]) -> str:
-    g = results["goals"]
-    lines = ["", "=" * 72, "DistillSpec study complete"]
-    for temperature in sorted({r["temperature"] for r in results["rows"]}):
-        lines.append(f"T={temperature:g}  gamma  tau(base)  tau(distilled)  speedup(distilled)")
-        for gamma in sorted({r["gamma"] for r in results["rows"]}):
-            by = {
-                r["draft"]: r
-                for r in results["rows"]
-                if r["gamma"] == gamma and r["temperature"] == temperature
-            }
-            lines.append(
-                f"       {gamma:5d}  {by['baseline']['block_efficiency']:9.3f}"
-                f"  {by['distilled']['block_efficiency']:14.3f}"
-                f"  {by['distilled']['measured_speedup']:17.2f}x"
-            )
-    lines.append(f"tau gain at gamma={g['gamma']}, timed prompts: {_gains_text(g)}")
-    if g.get("batched", {}).get("num_prompts"):
-        lines.append(
-            f"tau gain at gamma={g['gamma']}, {g['batched']['num_prompts']} batched prompts: "
-            f"{_gains_text(g['batched'])}"
-        )
-    lines.append(
-        f"total time {results['timing']['total_s'] / 60:.1f} min; report: {results['report']}"
-    )
-    lines.append("=" * 72)
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------
 # Entry point.
 # --------------------------------------------------------------------------
 
@@ -753,15 +419,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             "max_new_tokens": config.evaluation.max_new_tokens,
             "tau_batch_size": config.evaluation.get("tau_batch_size"),
         },
-        distillation_curve=distillation_curve(workdir),
+        distillation_curve=report.distillation_curve(workdir),
         wall_seconds_this_invocation=time.time() - start,
     )
-    results["goals"] = goals(results)
-    results["plots"] = make_plots(results, os.path.join(workdir, "plots"))
+    results["goals"] = report.goals(results)
+    results["plots"] = report.make_plots(results, os.path.join(workdir, "plots"))
     results["report"] = os.path.join(workdir, "report.md")
-    write_report(results, results["report"])
+    report.write_report(results, results["report"])
     fs.write_json(os.path.join(workdir, "results.json"), results, indent=2, default=str)
-    print(summary_screen(results))
+    print(report.summary_screen(results))
     return results
 
 

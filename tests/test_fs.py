@@ -9,7 +9,7 @@ import ml_collections
 import pytest
 import tensorflow as tf
 
-from distillspec_jax import checkpoints, fs, main, tasks, train
+from distillspec_jax import checkpoints, fs, main, report, tasks, train
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_metrics_writer_and_distillation_curve_on_uri(bucket):
     lines = fs.read_text(os.path.join(stage, "metrics.jsonl")).splitlines()
     assert [json.loads(line)["split"] for line in lines] == ["train", "eval", "eval"]
     assert tf.io.gfile.glob(os.path.join(stage, "tensorboard", "events.out.tfevents.*"))
-    curve = main.distillation_curve(bucket)
+    curve = report.distillation_curve(bucket)
     assert [c["step"] for c in curve] == [10, 20]
     assert curve[1]["block_efficiency"] == 2.7
 

@@ -8,7 +8,7 @@ import pytest
 
 from configs import ablation as ablation_config
 from configs import default
-from distillspec_jax import ablation, fs, main
+from distillspec_jax import ablation, fs, main, report
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +24,14 @@ def _row(tokens, calls):
 def test_tau_gain_interval():
     base = _row([10, 30, 20, 8], [10, 10, 8, 4])
     # The same prompts at twice the tokens per call: +100% in every resample.
-    low, high = main.tau_gain_interval(base, _row([20, 60, 40, 16], [10, 10, 8, 4]))
+    low, high = report.tau_gain_interval(base, _row([20, 60, 40, 16], [10, 10, 8, 4]))
     assert low == pytest.approx(100) and high == pytest.approx(100)
     # Heterogeneous prompts: the interval contains the pooled estimate and has width.
     dist = _row([15, 30, 30, 8], [10, 10, 8, 4])
     point = 100 * ((83 / 32) / (68 / 32) - 1)
-    low, high = main.tau_gain_interval(base, dist)
+    low, high = report.tau_gain_interval(base, dist)
     assert low < point < high and high - low > 1
-    assert main.tau_gain_interval({}, dist) is None  # Older results without counters.
+    assert report.tau_gain_interval({}, dist) is None  # Older results without counters.
 
 
 @pytest.mark.slow
@@ -57,12 +57,12 @@ def test_quick_study_end_to_end_and_resume(study, capsys):
             assert row["greedy_output_identical_to_ar"] is True
             assert row["accuracy_sd"] == row["accuracy_ar"]
     assert len(results["distillation_curve"]) >= 2
-    report = open(os.path.join(workdir, "report.md")).read()
-    assert "tau gain of the distilled draft" in report and "| T | gamma |" in report
+    report_md = open(os.path.join(workdir, "report.md")).read()
+    assert "tau gain of the distilled draft" in report_md and "| T | gamma |" in report_md
     intervals = results["goals"]["tau_gain_interval_90"]
     assert set(intervals) == set(results["goals"]["tau_gain_percent"])
     assert all(-100 < low <= high for low, high in intervals.values())
-    assert "90% CI" in report
+    assert "90% CI" in report_md
     # tau on the batched (untimed) prompt set: both drafts at both temperatures.
     tau_rows = results["tau_rows"]
     assert len(tau_rows) == 2 * len(config.evaluation.temperatures)
@@ -71,7 +71,7 @@ def test_quick_study_end_to_end_and_resume(study, capsys):
         assert len(row["prompt_tokens"]) == row["num_prompts"]
         assert 1.0 <= row["block_efficiency"] <= row["gamma"] + 1
     assert results["goals"]["batched"]["num_prompts"] == config.evaluation.tau_prompts
-    assert "batched, not timed" in report
+    assert "batched, not timed" in report_md
     saved = json.load(open(os.path.join(workdir, "results.json")))
     assert saved["goals"] == results["goals"]
     # A second run resumes: every stage and the evaluation are skipped.
@@ -81,9 +81,9 @@ def test_quick_study_end_to_end_and_resume(study, capsys):
     assert out.count("skipped") == 4 and again["rows"] == rows
     # Report and plots also go to a bucket URI (ram:// stands in for gs://).
     bucket = f"ram://study-{os.getpid()}"
-    plots = main.make_plots(results, bucket + "/plots")
+    plots = report.make_plots(results, bucket + "/plots")
     assert len(plots) == 3 and all(fs.exists(p) for p in plots)
-    text = main.write_report(results, bucket + "/report.md")
+    text = report.write_report(results, bucket + "/report.md")
     assert fs.read_text(bucket + "/report.md") == text
 
 
