@@ -128,7 +128,7 @@ def run(
         prompts, lengths = _prompts(batch, prompt_len, target.vocab_size)
         common = dict(max_new_tokens=max_new_tokens, eos_id=None, repeats=repeats)
         for temperature in temperatures:
-            ar_seconds = None
+            ar_run = None
             draft_ar = None
             for gamma in gammas:
                 row = evaluation.compare_with_autoregressive(
@@ -141,10 +141,10 @@ def run(
                     gamma=gamma,
                     temperature=temperature,
                     cost=cost["cost_ratio"],
-                    autoregressive_seconds=ar_seconds,
+                    autoregressive_run=ar_run,
                     **common,
                 )
-                ar_seconds = row["ar_run_s"]
+                ar_run = (row["ar_generated_tokens"], row["ar_run_s"])
                 if draft_ar is None:  # AR decoding of the draft alone, for reference.
                     draft_ar = evaluation.compare_with_autoregressive(
                         draft,
@@ -190,7 +190,7 @@ def run(
                 gamma=1,
                 temperature=temperature,
                 cost=1.0,
-                autoregressive_seconds=ar_seconds,
+                autoregressive_run=ar_run,
                 **common,
             )
             results["loop_overhead"].append(

@@ -1,20 +1,26 @@
 """Speculative-decoding measurements: block efficiency, acceptance, cost ratio, speedup.
 
 Definitions (Leviathan et al. 2023; DistillSpec, Zhou et al. 2024):
-  block efficiency  tau = tokens produced per target call = mean(accepted + 1)
-                    over blocks (1 .. gamma+1);
-  acceptance rate   alpha = P(a drafted token is accepted | it is verified), the
-                    per-token rate the i.i.d. model uses. Drafts after the first
-                    rejection of a block are never verified, so alpha is
-                    accepted / (accepted + rejections), not accepted / drafted
-                    (that fraction is reported too, as `accepted_fraction`);
-  theoretical tau   (1 - alpha^(gamma+1)) / (1 - alpha);
+  block efficiency  tau = tokens produced (emitted into the output) per target
+                    call, 1 .. gamma+1. Drafts accepted after an EOS or past
+                    `max_new_tokens` were never produced and do not count;
+  acceptance rate   alpha = accepted / (accepted + rejections) over drafts
+                    verified inside the kept window: the per-token rate the
+                    i.i.d. model uses (drafts after a block's first rejection
+                    are never verified, so `accepted_fraction` = accepted /
+                    drafted is a different number);
+  alpha estimate    E[sum_x min(q(x), f(p(x)))] over the target's own prefixes
+                    (lossless: 1 - TVD(p, q), the paper's alpha; greedy: the
+                    argmax agreement rate): independent of the SD counters;
+  theoretical tau   (1 - alpha^(gamma+1)) / (1 - alpha), from the estimate;
   cost ratio        c = draft step time / target step time;
-  theoretical speedup  tau / (c * gamma + 1).
+  theoretical speedup  tau / (c * gamma + 1);
+  measured speedup  SD tokens/s over AR tokens/s on the same prompts.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,15 +37,13 @@ def _total(x: Any) -> float:
 
 
 def block_efficiency(out: sampling.SampleOutput) -> float:
-    """tau: tokens produced per target call (accepted drafts + 1 per call)."""
-    calls = _total(out.num_target_calls)
-    return (_total(out.num_accepted) + calls) / max(calls, 1.0)
+    """tau: tokens produced per target call."""
+    return _total(out.num_generated) / max(_total(out.num_target_calls), 1.0)
 
 
 def num_rejections(out: sampling.SampleOutput) -> float:
-    """Blocks that ended in a rejection (the rest accepted every draft)."""
-    full_blocks = _total(np.asarray(out.accepts_per_position)[:, -1])
-    return _total(out.num_target_calls) - full_blocks
+    """Drafts rejected whose correction token was emitted."""
+    return _total(out.num_rejected)
 
 
 def acceptance_rate(out: sampling.SampleOutput) -> float:
@@ -60,8 +64,24 @@ def theoretical_speedup(tau: float, cost_ratio: float, gamma: int) -> float:
     return tau / (cost_ratio * gamma + 1.0)
 
 
+def measured_speedup(
+    sd_tokens: float, sd_seconds: float, ar_tokens: float, ar_seconds: float
+) -> float:
+    """The one definition of measured speedup: SD tokens/s over AR tokens/s.
+
+    A ratio of rates, not of run times: at T > 0 the two runs sample different
+    outputs of different lengths.
+    """
+    return (sd_tokens / sd_seconds) / (ar_tokens / ar_seconds)
+
+
 def summarize(out: sampling.SampleOutput, gamma: int) -> dict[str, Any]:
-    """Counters of one speculative run reduced to the paper's quantities."""
+    """Counters of one speculative run reduced to the paper's quantities.
+
+    `theoretical_block_efficiency_from_counters` is the i.i.d. formula applied
+    to the counters' own alpha (a consistency check, not an independent one:
+    see `token_acceptance` for the independent estimate).
+    """
     alpha = acceptance_rate(out)
     calls = max(_total(out.num_target_calls), 1.0)
     per_position = np.asarray(out.accepts_per_position).sum(axis=0) / calls
@@ -70,13 +90,110 @@ def summarize(out: sampling.SampleOutput, gamma: int) -> dict[str, Any]:
         "block_efficiency": block_efficiency(out),
         "acceptance_rate": alpha,
         "accepted_fraction": _total(out.num_accepted) / max(_total(out.num_drafted), 1.0),
-        "theoretical_block_efficiency": theoretical_block_efficiency(alpha, gamma),
+        "theoretical_block_efficiency_from_counters": theoretical_block_efficiency(alpha, gamma),
         "target_calls": _total(out.num_target_calls),
         "draft_calls": _total(out.num_draft_calls),
         "generated_tokens": _total(out.num_generated),
-        # P(draft position i is accepted) per block, i = 1..gamma.
+        # P(draft position i is accepted and emitted) per block, i = 1..gamma.
         "accept_prob_by_position": per_position.tolist(),
     }
+
+
+# --------------------------------------------------------------------------
+# Independent acceptance estimate: the paper's alpha = E[1 - TVD(p, q)].
+# --------------------------------------------------------------------------
+
+
+def token_acceptance(
+    target_model: Any,
+    target_params: Any,
+    draft_model: Any,
+    draft_params: Any,
+    sequences: jax.Array,
+    prompt_lengths: jax.Array,
+    lengths: jax.Array,
+    *,
+    temperature: float,
+    lenience: str = "none",
+    eps: float = 1.0,
+    encoder_inputs: jax.Array | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token acceptance probability of the draft on given prefixes.
+
+    For each generated token position t of each row (prompt_lengths <= t <
+    lengths), both models score the prefix sequences[:, :t] through the
+    DecodeModel protocol (one teacher-forced decode call each), and the
+    probability that the SD rule accepts the draft's proposal there is
+    sum_x min(q(x), f(p(x))): 1 - TVD(p, q) when lossless, 1[argmax p ==
+    argmax q] when greedy. Pass the target's own samples (autoregressive
+    outputs) to get the paper's alpha.
+
+    Args:
+      sequences: [B, M] tokens (prompt + generated, anything after `lengths`).
+      prompt_lengths: [B] where generation started.
+      lengths: [B] prompt + generated tokens.
+      temperature, lenience, eps: the SD setting whose acceptance is estimated.
+      encoder_inputs: [B, Le] for encoder-decoder models.
+
+    Returns:
+      (sum of acceptance probabilities [B], number of generated tokens [B]).
+    """
+    if lenience not in sampling.LENIENCE_KINDS:
+        raise ValueError(f"Unknown lenience {lenience!r}; valid: {sampling.LENIENCE_KINDS}")
+    total, count = _token_acceptance_jit(
+        target_model,
+        draft_model,
+        target_params,
+        draft_params,
+        jnp.asarray(sequences, jnp.int32),
+        jnp.asarray(prompt_lengths, jnp.int32),
+        jnp.asarray(lengths, jnp.int32),
+        encoder_inputs,
+        jnp.float32(temperature),
+        jnp.float32(eps),
+        greedy=float(temperature) == 0.0,
+        lenience=lenience,
+    )
+    return np.asarray(total, np.float64), np.asarray(count, np.int64)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("greedy", "lenience"))
+def _token_acceptance_jit(
+    target_model,
+    draft_model,
+    target_params,
+    draft_params,
+    sequences,
+    prompt_lengths,
+    lengths,
+    encoder_inputs,
+    temperature,
+    eps,
+    *,
+    greedy,
+    lenience,
+):
+    batch, length = sequences.shape
+    zero = jnp.zeros((batch,), jnp.int32)
+
+    def logits_of(model, params):
+        cache = model.init_cache(params, batch, length, encoder_inputs)
+        return model.decode(params, cache, sequences, zero)[0]  # [B, M, V]
+
+    p_logits = logits_of(target_model, target_params)
+    q_logits = logits_of(draft_model, draft_params)
+    if greedy:
+        accept = (jnp.argmax(p_logits, -1) == jnp.argmax(q_logits, -1)).astype(jnp.float32)
+    else:
+        p = jax.nn.softmax(p_logits / temperature, axis=-1)
+        q = jax.nn.softmax(q_logits / temperature, axis=-1)
+        f_p = sampling.lenient_target_prob(p, lenience, eps)
+        accept = jnp.minimum(q, f_p).sum(axis=-1)
+    # Logits at index i predict token i + 1: generated tokens t in
+    # [prompt_length, length) are predicted at i in [prompt_length - 1, length - 1).
+    idx = jnp.arange(length)[None, :]
+    mask = (idx >= prompt_lengths[:, None] - 1) & (idx < lengths[:, None] - 1)
+    return (accept * mask).sum(axis=1), mask.sum(axis=1)
 
 
 # --------------------------------------------------------------------------
@@ -189,17 +306,18 @@ def compare_with_autoregressive(
     encoder_inputs: jax.Array | None = None,
     rng: jax.Array | None = None,
     repeats: int = 3,
-    autoregressive_seconds: float | None = None,
+    autoregressive_run: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Times speculative decoding against autoregressive target decoding.
 
-    Both decode the same prompts for the same number of new tokens; each is
-    compiled (first call) before `repeats` timed calls with block_until_ready.
+    Both decode the same prompts for up to the same number of new tokens; each
+    is compiled (first call) before `repeats` timed calls with
+    block_until_ready. Each run's tokens/s uses its own token count.
 
     Args:
       cost: the measured cost ratio c (see `cost_ratio`).
-      autoregressive_seconds: a run time of the AR baseline measured before on
-        the same inputs, to avoid timing it again for every gamma.
+      autoregressive_run: (generated tokens, seconds) of the AR baseline
+        measured before on the same inputs, to avoid timing it again per gamma.
 
     Returns:
       The `summarize` dict plus times, tokens/s and speedups.
@@ -233,21 +351,25 @@ def compare_with_autoregressive(
     sd_first, sd_seconds = time_call(speculative, repeats)
     out = speculative()
     ar_first = None
-    if autoregressive_seconds is None:
-        ar_first, autoregressive_seconds = time_call(autoregressive, repeats)
+    if autoregressive_run is None:
+        ar_first, ar_seconds = time_call(autoregressive, repeats)
+        ar_tokens = _total(autoregressive().num_generated)
+    else:
+        ar_tokens, ar_seconds = autoregressive_run
     summary = summarize(out, gamma)
-    tokens = summary["generated_tokens"]
+    sd_tokens = summary["generated_tokens"]
     theory = theoretical_speedup(summary["block_efficiency"], cost, gamma)
-    measured = autoregressive_seconds / sd_seconds
+    measured = measured_speedup(sd_tokens, sd_seconds, ar_tokens, ar_seconds)
     summary.update(
         temperature=temperature,
         cost_ratio=cost,
         sd_compile_s=sd_first - sd_seconds,
         sd_run_s=sd_seconds,
-        ar_compile_s=None if ar_first is None else ar_first - autoregressive_seconds,
-        ar_run_s=autoregressive_seconds,
-        sd_tokens_per_s=tokens / sd_seconds,
-        ar_tokens_per_s=tokens / autoregressive_seconds,
+        ar_compile_s=None if ar_first is None else ar_first - ar_seconds,
+        ar_run_s=ar_seconds,
+        ar_generated_tokens=ar_tokens,
+        sd_tokens_per_s=sd_tokens / sd_seconds,
+        ar_tokens_per_s=ar_tokens / ar_seconds,
         theoretical_speedup=theory,
         measured_speedup=measured,
         measured_over_theoretical=measured / theory,

@@ -203,12 +203,11 @@ def speculative_on_prompts(
 
 
 def _prompt_counters(out: sampling.SampleOutput) -> dict[str, list[int]]:
-    """Per prompt (row): tokens produced (accepted + 1 per target call) and target
-    calls, for the bootstrap interval of the tau gain."""
-    calls = np.asarray(out.num_target_calls, np.int64)
+    """Per prompt (row): tokens produced and target calls, for the bootstrap
+    interval of the tau gain."""
     return {
-        "prompt_tokens": (np.asarray(out.num_accepted, np.int64) + calls).tolist(),
-        "prompt_target_calls": calls.tolist(),
+        "prompt_tokens": np.asarray(out.num_generated, np.int64).tolist(),
+        "prompt_target_calls": np.asarray(out.num_target_calls, np.int64).tolist(),
     }
 
 
@@ -304,7 +303,9 @@ def evaluate(config, workdir: str, vocab) -> dict[str, Any]:
                         "gamma": gamma,
                         "block_efficiency": tau,
                         "acceptance_rate": summary["acceptance_rate"],
-                        "theoretical_block_efficiency": summary["theoretical_block_efficiency"],
+                        "theoretical_block_efficiency": summary[
+                            "theoretical_block_efficiency_from_counters"
+                        ],
                         "cost_ratio": cost,
                         "theoretical_speedup": evaluation.theoretical_speedup(tau, cost, gamma),
                         "ar_tokens_per_s": ar_tokens / ar_s,

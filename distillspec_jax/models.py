@@ -111,6 +111,14 @@ class BaseModel:
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
+    # Models are static arguments of the jitted samplers: two models of one class
+    # and configuration are equal, so they share compiled code.
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.config == self.config
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.config))
+
     # Subclasses define these two.
     def _dummy_inputs(self, batch_size: int, length: int) -> dict[str, Array]: ...
 

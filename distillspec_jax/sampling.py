@@ -52,8 +52,11 @@ class SampleOutput:
     num_target_calls: Array  # [batch] target decode calls while the row was active.
     num_draft_calls: Array  # [batch] draft decode calls while the row was active.
     num_drafted: Array  # [batch] tokens proposed by the draft.
-    num_accepted: Array  # [batch] drafted tokens accepted.
-    accepts_per_position: Array  # [batch, gamma] accepts at draft positions 1..gamma.
+    # Counters below cover only what was emitted: a block cut at EOS or at the
+    # budget counts its accepts (and its rejection) only inside the kept window.
+    num_accepted: Array  # [batch] drafted tokens accepted and emitted.
+    num_rejected: Array  # [batch] drafts rejected where the correction was emitted.
+    accepts_per_position: Array  # [batch, gamma] emitted accepts at draft positions 1..gamma.
 
 
 @flax.struct.dataclass
@@ -79,6 +82,7 @@ class _SDState:
     num_draft_calls: Array  # [batch]
     num_drafted: Array  # [batch]
     num_accepted: Array  # [batch]
+    num_rejected: Array  # [batch]
     accepts_per_position: Array  # [batch, gamma]
     rng: Array  # PRNG key.
 
@@ -88,15 +92,26 @@ class _SDState:
 # --------------------------------------------------------------------------
 
 
-def sample_logits(rng: Array, logits: Array, temperature: float) -> Array:
-    """Argmax at temperature 0, else a sample from softmax(logits / T). [..., V] -> [...]."""
-    if temperature == 0.0:
+def sample_logits(
+    rng: Array, logits: Array, temperature: float | Array, greedy: bool | None = None
+) -> Array:
+    """Argmax when greedy, else a sample from softmax(logits / T). [..., V] -> [...].
+
+    `greedy` is static (it picks the code); `temperature` may be traced. When
+    `greedy` is None it is read off a Python `temperature` (0 means greedy).
+    """
+    if greedy is None:
+        greedy = float(temperature) == 0.0
+    if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return jax.random.categorical(rng, logits / temperature, axis=-1).astype(jnp.int32)
 
 
-def lenient_target_prob(p: Array, kind: str, eps: float) -> Array:
-    """f(p, eps) of lossy speculative decoding; kind 'none' (or eps = 1) is p itself."""
+def lenient_target_prob(p: Array, kind: str, eps: float | Array) -> Array:
+    """f(p, eps) of lossy speculative decoding; kind 'none' (or eps = 1) is p itself.
+
+    `kind` is static; `eps` may be traced.
+    """
     if kind == "none":
         return p
     if kind == "lin":
@@ -261,8 +276,9 @@ def autoregressive_sample(
         prompt_lengths,
         rng,
         encoder_inputs,
+        jnp.float32(temperature),
         max_new_tokens=max_new_tokens,
-        temperature=float(temperature),
+        greedy=float(temperature) == 0.0,
         eos_id=eos_id,
         cache_length=cache_length,
     )
@@ -271,7 +287,7 @@ def autoregressive_sample(
 @functools.partial(
     jax.jit,
     static_argnums=(0,),
-    static_argnames=("max_new_tokens", "temperature", "eos_id", "cache_length"),
+    static_argnames=("max_new_tokens", "greedy", "eos_id", "cache_length"),
 )
 def _autoregressive_jit(
     model,
@@ -280,9 +296,10 @@ def _autoregressive_jit(
     prompt_lengths,
     rng,
     encoder_inputs,
+    temperature,
     *,
     max_new_tokens,
-    temperature,
+    greedy,
     eos_id,
     cache_length,
 ):
@@ -302,7 +319,7 @@ def _autoregressive_jit(
         rng, key = jax.random.split(state.rng)
         last = _gather_rows(state.sequences, state.lengths - 1)
         logits, cache = model.decode(params, state.cache, last[:, None], state.lengths - 1)
-        token = sample_logits(key, logits[:, 0], temperature)
+        token = sample_logits(key, logits[:, 0], temperature, greedy)
         generated = state.lengths - lengths
         num_new, finished = _truncate(
             token[:, None], jnp.ones_like(generated), generated, max_new_tokens, eos_id
@@ -341,6 +358,7 @@ def _autoregressive_jit(
         num_draft_calls=zeros,
         num_drafted=zeros,
         num_accepted=zeros,
+        num_rejected=zeros,
         accepts_per_position=jnp.zeros((batch, 0), jnp.int32),
     )
 
@@ -414,11 +432,12 @@ def speculative_sample(
         prompt_lengths,
         rng,
         encoder_inputs,
+        jnp.float32(temperature),
+        jnp.float32(eps),
         gamma=int(gamma),
         max_new_tokens=max_new_tokens,
-        temperature=float(temperature),
+        greedy=float(temperature) == 0.0,
         lenience=lenience,
-        eps=float(eps),
         eos_id=eos_id,
         cache_length=cache_length,
     )
@@ -429,9 +448,10 @@ def _accept(
     drafted: Array,
     q_logits: Array,
     p_logits: Array,
-    temperature: float,
+    temperature: float | Array,
+    greedy: bool,
     lenience: str,
-    eps: float,
+    eps: float | Array,
 ) -> tuple[Array, Array]:
     """The acceptance rule of one block.
 
@@ -440,14 +460,16 @@ def _accept(
       drafted: [B, gamma] draft tokens.
       q_logits: [B, gamma, V] draft logits that produced them.
       p_logits: [B, gamma+1, V] target logits at the same positions (+ bonus).
-      temperature, lenience, eps: see speculative_sample.
+      temperature, lenience, eps: see speculative_sample (temperature and eps
+        may be traced).
+      greedy: static; True for temperature 0 (lenience does not apply).
 
     Returns:
       (accepted prefix mask [B, gamma] bool, next token [B]: the correction at
       the first rejection, or the bonus token when all are accepted).
     """
     gamma = drafted.shape[1]
-    if temperature == 0.0:
+    if greedy:
         target_choice = jnp.argmax(p_logits, axis=-1).astype(jnp.int32)  # [B, gamma+1]
         accepted = jnp.cumprod(drafted == target_choice[:, :gamma], axis=1).astype(bool)
         num_accepted = accepted.sum(axis=1)
@@ -472,15 +494,7 @@ def _accept(
 @functools.partial(
     jax.jit,
     static_argnums=(0, 1),
-    static_argnames=(
-        "gamma",
-        "max_new_tokens",
-        "temperature",
-        "lenience",
-        "eps",
-        "eos_id",
-        "cache_length",
-    ),
+    static_argnames=("gamma", "max_new_tokens", "greedy", "lenience", "eos_id", "cache_length"),
 )
 def _speculative_jit(
     target_model,
@@ -491,12 +505,13 @@ def _speculative_jit(
     prompt_lengths,
     rng,
     encoder_inputs,
+    temperature,
+    eps,
     *,
     gamma,
     max_new_tokens,
-    temperature,
+    greedy,
     lenience,
-    eps,
     eos_id,
     cache_length,
 ):
@@ -523,12 +538,12 @@ def _speculative_jit(
             draft_params, state.draft_cache, _slice_rows(state.sequences, start, 2), start
         )
         first_logits = _gather_rows(logits, n - 1 - start)
-        first = sample_logits(keys[0], first_logits, temperature)
+        first = sample_logits(keys[0], first_logits, temperature, greedy)
 
         def step(carry, step_key):
             cache, token, position = carry
             logits, cache = draft_model.decode(draft_params, cache, token[:, None], position)
-            nxt = sample_logits(step_key, logits[:, 0], temperature)
+            nxt = sample_logits(step_key, logits[:, 0], temperature, greedy)
             return (cache, nxt, position + 1), (nxt, logits[:, 0])
 
         (cache, _, _), (rest, rest_logits) = jax.lax.scan(step, (cache, first, n), keys[1:])
@@ -550,7 +565,7 @@ def _speculative_jit(
             target_params, state.target_cache, target_tokens, n - 1
         )
         accepted, next_token = _accept(
-            key_accept, drafted, q_logits, p_logits, temperature, lenience, eps
+            key_accept, drafted, q_logits, p_logits, temperature, greedy, lenience, eps
         )
         num_accepted = accepted.sum(axis=1).astype(jnp.int32)
         # Candidate block: accepted drafts, then the correction / bonus token.
@@ -564,6 +579,10 @@ def _speculative_jit(
         old = _slice_rows(state.sequences, n, gamma + 1)
         sequences = _write_rows(state.sequences, jnp.where(idx < num_new[:, None], window, old), n)
         active_i = active.astype(jnp.int32)
+        # Count only what was emitted: accepts inside the kept window, and the
+        # rejection only when its correction token was kept.
+        kept_accepts = accepted & (idx[:, :gamma] < num_new[:, None])
+        rejected = (num_accepted < gamma) & (num_new > num_accepted)
         return _SDState(
             step=state.step + 1,
             sequences=sequences,
@@ -574,9 +593,9 @@ def _speculative_jit(
             num_target_calls=state.num_target_calls + active_i,
             num_draft_calls=state.num_draft_calls + gamma * active_i,
             num_drafted=state.num_drafted + gamma * active_i,
-            num_accepted=state.num_accepted + num_accepted * active_i,
-            accepts_per_position=state.accepts_per_position
-            + accepted.astype(jnp.int32) * active_i[:, None],
+            num_accepted=state.num_accepted + kept_accepts.sum(axis=1, dtype=jnp.int32),
+            num_rejected=state.num_rejected + rejected.astype(jnp.int32),
+            accepts_per_position=state.accepts_per_position + kept_accepts.astype(jnp.int32),
             rng=rng,
         )
 
@@ -592,6 +611,7 @@ def _speculative_jit(
         num_draft_calls=zeros,
         num_drafted=zeros,
         num_accepted=zeros,
+        num_rejected=zeros,
         accepts_per_position=jnp.zeros((batch, gamma), jnp.int32),
         rng=rng,
     )
@@ -604,5 +624,6 @@ def _speculative_jit(
         num_draft_calls=state.num_draft_calls,
         num_drafted=state.num_drafted,
         num_accepted=state.num_accepted,
+        num_rejected=state.num_rejected,
         accepts_per_position=state.accepts_per_position,
     )

@@ -252,16 +252,135 @@ def test_bigram_acceptance_matches_one_minus_tvd(gamma):
     verified = np.asarray(out.num_accepted).sum() + evaluation.num_rejections(out)
     alpha_err = 4 * np.sqrt(alpha * (1 - alpha) / verified)  # 4 standard errors.
     assert abs(summary["acceptance_rate"] - alpha) < alpha_err
-    # tau: blocks truncated at max_new_tokens still count their accepted drafts.
-    expected_tau = evaluation.theoretical_block_efficiency(alpha, gamma)
-    taus = np.arange(gamma + 1) + 1
-    a_probs = np.append((alpha ** np.arange(gamma)) * (1 - alpha), alpha**gamma)
-    tau_std = np.sqrt((a_probs * (taus - expected_tau) ** 2).sum() / summary["target_calls"])
-    assert abs(summary["block_efficiency"] - expected_tau) < 4 * tau_std
-    # Per-position acceptance decays like alpha^i.
-    np.testing.assert_allclose(
-        summary["accept_prob_by_position"], alpha ** np.arange(1, gamma + 1), atol=0.03
+    # The independent estimate (1 - TVD on the target's own samples) sees the same alpha.
+    ar = sampling.autoregressive_sample(
+        target,
+        target.log_table,
+        prompts,
+        jnp.ones((num,), jnp.int32),
+        jax.random.PRNGKey(gamma + 100),
+        max_new_tokens=8,
+        temperature=1.0,
+        eos_id=None,
     )
+    accept_sum, count = evaluation.token_acceptance(
+        target,
+        target.log_table,
+        draft,
+        draft.log_table,
+        ar.sequences,
+        jnp.ones((num,), jnp.int32),
+        ar.lengths,
+        temperature=1.0,
+    )
+    assert count.sum() == 8 * num
+    np.testing.assert_allclose(accept_sum.sum() / count.sum(), alpha, rtol=1e-5)
+    # tau counts produced tokens only: the last block of every row is cut at the budget.
+    # Expected target calls per row for a budget of B tokens, from the block-length law
+    # P(block = k + 1) = alpha^k (1 - alpha) (k < gamma), alpha^gamma (k = gamma).
+    budget = 4 * (gamma + 1)
+    block_probs = np.append((alpha ** np.arange(gamma)) * (1 - alpha), alpha**gamma)
+    calls = np.zeros(budget + 1)
+    for left in range(1, budget + 1):
+        calls[left] = 1 + sum(
+            prob * calls[max(left - k - 1, 0)] for k, prob in enumerate(block_probs)
+        )
+    expected_tau = budget / calls[budget]
+    assert expected_tau < evaluation.theoretical_block_efficiency(alpha, gamma)
+    taus = np.arange(gamma + 1) + 1
+    tau_std = np.sqrt((block_probs * (taus - expected_tau) ** 2).sum() / summary["target_calls"])
+    assert abs(summary["block_efficiency"] - expected_tau) < 4 * tau_std
+    # Per-position acceptance decays like alpha^i: a long budget, so few blocks are cut.
+    long = sampling.speculative_sample(
+        target,
+        target.log_table,
+        draft,
+        draft.log_table,
+        prompts[:400],
+        jnp.ones((400,), jnp.int32),
+        jax.random.PRNGKey(gamma),
+        gamma=gamma,
+        max_new_tokens=60 * (gamma + 1),
+        temperature=1.0,
+        eos_id=None,
+    )
+    np.testing.assert_allclose(
+        evaluation.summarize(long, gamma)["accept_prob_by_position"],
+        alpha ** np.arange(1, gamma + 1),
+        atol=0.03,
+    )
+
+
+def test_tau_counts_only_emitted_tokens_at_eos_and_budget():
+    """EOS likely, gamma 7, 10 new tokens: tau = produced tokens / target calls.
+
+    Under the old counting (accepted drafts + 1 per call, whether emitted or
+    not) this pair reported 8.0; the drafts after an EOS or past the budget
+    were never produced.
+    """
+    vocab, num, gamma, eos = 8, 512, 7, 1
+    rng = np.random.default_rng(0)
+    p_table = rng.dirichlet(np.ones(vocab), vocab)
+    p_table[:, eos] += 0.25  # EOS likely from every context.
+    p_table /= p_table.sum(1, keepdims=True)
+    target = draft = BigramModel(np.log(p_table))  # Every draft is accepted.
+    prompts = jnp.asarray(rng.integers(2, vocab, (num, 1)), jnp.int32)
+    out = sampling.speculative_sample(
+        target,
+        target.log_table,
+        draft,
+        draft.log_table,
+        prompts,
+        jnp.ones((num,), jnp.int32),
+        jax.random.PRNGKey(0),
+        gamma=gamma,
+        max_new_tokens=10,
+        temperature=1.0,
+        eos_id=eos,
+    )
+    generated = np.asarray(out.num_generated)
+    calls = np.asarray(out.num_target_calls)
+    accepted = np.asarray(out.num_accepted)
+    assert (generated < 10).mean() > 0.5  # Most rows stop at EOS.
+    tau = evaluation.block_efficiency(out)
+    assert abs(tau - generated.sum() / calls.sum()) < 1e-6
+    assert tau < 6.0  # The old counting gave 8.0 here.
+    # Only emitted accepts count; no rejections with draft == target.
+    assert (accepted <= generated).all() and (accepted + calls >= generated).all()
+    assert int(np.asarray(out.num_rejected).sum()) == 0
+    np.testing.assert_array_equal(np.asarray(out.accepts_per_position).sum(1), accepted)
+    # Produced tokens = emitted accepts + one bonus per call, except in a row's last
+    # block when it was cut among the drafts (at an EOS or the budget).
+    assert ((generated == accepted + calls) | (generated == accepted + calls - 1)).all()
+    assert (generated == accepted + calls - 1).mean() > 0.3
+
+
+def test_counters_partition_emitted_tokens_with_rejections():
+    vocab, num, gamma = 10, 300, 5
+    log_p, log_q, _ = _shifted_tables(vocab, 3)
+    target, draft = BigramModel(log_p), BigramModel(log_q)
+    out = sampling.speculative_sample(
+        target,
+        target.log_table,
+        draft,
+        draft.log_table,
+        jnp.full((num, 1), 3, jnp.int32),
+        jnp.ones((num,), jnp.int32),
+        jax.random.PRNGKey(5),
+        gamma=gamma,
+        max_new_tokens=9,
+        temperature=1.0,
+        eos_id=4,
+    )
+    generated, calls = np.asarray(out.num_generated), np.asarray(out.num_target_calls)
+    accepted, rejected = np.asarray(out.num_accepted), np.asarray(out.num_rejected)
+    assert rejected.sum() > 0 and accepted.sum() > 0
+    # Each emitted token is an accepted draft, or a correction (one per counted
+    # rejection), or a bonus token; a call emits at most one non-draft token.
+    bonus = generated - accepted - rejected
+    assert (bonus >= 0).all() and (rejected + bonus <= calls).all()
+    # Every call but a row's last (cut among accepted drafts) emits one non-draft token.
+    assert (rejected + bonus >= calls - 1).all()
 
 
 def test_lenience_eps_one_is_lossless_and_tiny_eps_accepts_nearly_all():
@@ -317,6 +436,45 @@ def test_sampler_does_not_retrace_for_same_shapes():
         )
     assert sampling.TRACE_COUNTS["speculative"] == before["speculative"]
     assert sampling.TRACE_COUNTS["autoregressive"] == before.get("autoregressive", 0) + 1
+
+
+def test_temperature_eps_and_equal_drafts_share_one_compilation():
+    """Traced temperature / eps; models equal by configuration share code."""
+    target = models.build_model("decoder_only", "tiny")
+    target_params = target.init(jax.random.PRNGKey(0))
+    drafts = [models.build_model("decoder_only", "tiny") for _ in range(2)]
+    assert drafts[0] is not drafts[1] and drafts[0] == drafts[1]
+    draft_params = [_perturbed(target_params, 0.3, i) for i in range(2)]
+    prompts, lengths, _ = _prompts("decoder_only")
+    common = dict(gamma=3, max_new_tokens=6, lenience="exp")
+
+    def run(draft, params, **kw):
+        return sampling.speculative_sample(
+            target,
+            target_params,
+            draft,
+            params,
+            prompts,
+            lengths,
+            jax.random.PRNGKey(0),
+            **common,
+            **kw,
+        )
+
+    run(drafts[0], draft_params[0], temperature=1.0, eps=1.0)
+    before = sampling.TRACE_COUNTS["speculative"]
+    outs = []
+    for draft, params in zip(drafts, draft_params, strict=True):
+        for eps in (1.0, 0.7, 0.5, 0.2, 0.05):
+            for temperature in (1.0, 0.5):
+                outs.append(run(draft, params, temperature=temperature, eps=eps))
+    assert sampling.TRACE_COUNTS["speculative"] == before  # No new compilation.
+    # eps really changes the rule: the most lenient setting accepts more.
+    assert evaluation.acceptance_rate(outs[8]) > evaluation.acceptance_rate(outs[0])
+    # Greedy is a separate (static) branch: one more compilation, then none.
+    run(drafts[0], draft_params[0], temperature=0.0)
+    run(drafts[1], draft_params[1], temperature=0.0, eps=0.3)
+    assert sampling.TRACE_COUNTS["speculative"] == before + 1
 
 
 def test_invalid_arguments_raise_before_tracing():
