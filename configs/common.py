@@ -193,3 +193,46 @@ def training_config(**fields: Any) -> ml_collections.ConfigDict:
     config.speculative_eval = speculative_eval()
     config.update(fields)
     return config
+
+
+def model_source(path: str = "", gin_file: str = "") -> ml_collections.ConfigDict:
+    """A model to load: a project workdir or a Hugging Face directory."""
+    source = ml_collections.ConfigDict()
+    # Workdir (its model.json names the architecture) or HF directory (config.json).
+    source.path = path
+    # Only for a workdir without model.json (trained before workdirs recorded it).
+    source.gin_file = gin_file
+    return source
+
+
+def evaluation(**overrides: Any) -> ml_collections.ConfigDict:
+    """A `python -m distillspec_jax.evaluate` config; `overrides` replace fields."""
+    config = ml_collections.ConfigDict()
+    config.target = model_source()
+    # name -> model_source; add one with --config.drafts.NAME.path=... is not possible
+    # for a locked config, so configs/evaluate.py takes draft paths as arguments.
+    config.drafts = ml_collections.ConfigDict()
+    # The draft every other draft's tau gain is measured against ('' = the first by name).
+    config.reference_draft = ""
+    # Task and lengths (data.task: gsm_symbolic, jsonl, gsm8k, bbh, xsum, ... or any
+    # registered seqio task / mixture; a mixture gives one row per task + average).
+    config.data = gsm_symbolic_data()
+    config.split = "test"
+    # First N prompts of the split (per task), decoded in batches of batch_size.
+    config.num_prompts = 128
+    config.batch_size = 32
+    config.max_new_tokens = 128
+    config.gammas = (1, 3, 5, 7)
+    config.temperatures = (0.0, 1.0)
+    # Lenience kinds ('none' = lossless, 'lin', 'sq', 'exp'); lossy kinds run at each
+    # eps < 1 of `eps`.
+    config.lenience = ("none",)
+    config.eps = (1.0,)
+    # Batch-1 timing on the first N prompts (lossless cells; 0 = no timing), fastest
+    # of `timing_repeats` runs per prompt, and decode steps for the cost ratio c.
+    config.timed_prompts = 16
+    config.timing_repeats = 2
+    config.cost_steps = 64
+    config.seed = 0
+    config.update(overrides)
+    return config

@@ -120,6 +120,30 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(workdir, "checkpoints")
 
 
+# Workdirs describe themselves: the architecture, the vocabulary and the run config.
+MODEL_FILE = "model.json"
+
+
+def write_model_description(
+    workdir: str, model: Any, vocab_path: str = "", config: Any = None
+) -> str:
+    """Writes `workdir/model.json`: the architecture, vocabulary path and run config."""
+    from distillspec_jax import models
+
+    record = {"model": models.describe(model), "vocab_path": vocab_path}
+    if config is not None:
+        record["config"] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    path = os.path.join(workdir, MODEL_FILE)
+    fs.write_json(path, record, indent=2, default=str)
+    return path
+
+
+def read_model_description(workdir: str) -> dict[str, Any] | None:
+    """The `model.json` record of a workdir, or None when it has none."""
+    path = os.path.join(workdir, MODEL_FILE)
+    return fs.read_json(path) if fs.exists(path) else None
+
+
 def restore_params(directory: str, abstract_params: Any, what: str = "target") -> Any:
     """Parameters from the newest readable checkpoint in `directory`.
 

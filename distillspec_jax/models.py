@@ -317,5 +317,24 @@ def model_from_gin(gin_file: str, bindings: Sequence[str] = (), **overrides: Any
     return build_model(**kwargs)
 
 
+def describe(model: BaseModel) -> dict[str, Any]:
+    """A JSON-able description of the architecture (what `from_description` rebuilds)."""
+    import dataclasses
+
+    family = "t5" if is_encoder_decoder(model) else "decoder_only"
+    return {"family": family, "config": dataclasses.asdict(model.config)}
+
+
+def from_description(description: Mapping[str, Any]) -> BaseModel:
+    """The model a `describe` dict names (lists become tuples, as configs hold them)."""
+    family = description.get("family")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in description["config"].items()}
+    if family in ("t5", "encoder_decoder"):
+        return EncoderDecoderModel(networks.T5Config(**fields))
+    if family == "decoder_only":
+        return DecoderOnlyModel(networks.DecoderOnlyConfig(**fields))
+    raise ValueError(f"Unknown model family {family!r} in a model description")
+
+
 def count_params(params: Params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

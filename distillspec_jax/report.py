@@ -7,9 +7,7 @@ import json
 import os
 from typing import Any
 
-import numpy as np
-
-from distillspec_jax import fs
+from distillspec_jax import evaluation, fs
 
 
 def distillation_curve(workdir: str) -> list[dict[str, float]]:
@@ -25,37 +23,20 @@ def distillation_curve(workdir: str) -> list[dict[str, float]]:
     ]
 
 
-def tau_gain_interval(
-    baseline: dict[str, Any], distilled: dict[str, Any], level: float = 0.9, samples: int = 2000
-) -> list[float] | None:
-    """Paired bootstrap interval (percent) of the tau gain, resampling test prompts.
-
-    Both rows decode the same prompts (same rng per prompt), so a resample takes
-    the same prompts for both drafts; tau of a resample is its tokens / calls.
-    None when the rows carry no per-prompt counters.
-    """
-    if "prompt_tokens" not in baseline or "prompt_tokens" not in distilled:
-        return None
-    base_tok, base_calls, dist_tok, dist_calls = (
-        np.asarray(row[key], np.float64)
-        for row in (baseline, distilled)
-        for key in ("prompt_tokens", "prompt_target_calls")
-    )
-    idx = np.random.default_rng(0).integers(0, len(base_tok), (samples, len(base_tok)))
-    gains = 100 * (
-        (dist_tok[idx].sum(1) / dist_calls[idx].sum(1))
-        / (base_tok[idx].sum(1) / base_calls[idx].sum(1))
-        - 1
-    )
-    low, high = np.quantile(gains, [(1 - level) / 2, (1 + level) / 2])
-    return [float(low), float(high)]  # A list: results.json round-trips it unchanged.
-
-
 def _put_gain(out: dict[str, Any], key: str, at: dict[str, dict[str, Any]]) -> None:
     """out's tau gain (percent) and its interval at `key`, from the drafts' rows."""
     base, dist = at["baseline"], at["distilled"]
     out["tau_gain_percent"][key] = 100 * (dist["block_efficiency"] / base["block_efficiency"] - 1)
-    out["tau_gain_interval_90"][key] = tau_gain_interval(base, dist)
+    out["tau_gain_interval_90"][key] = (
+        evaluation.tau_gain_interval(
+            base["prompt_tokens"],
+            base["prompt_target_calls"],
+            dist["prompt_tokens"],
+            dist["prompt_target_calls"],
+        )
+        if "prompt_tokens" in base and "prompt_tokens" in dist
+        else None
+    )
 
 
 def goals(results: dict[str, Any]) -> dict[str, Any]:
@@ -337,4 +318,193 @@ def summary_screen(results: dict[str, Any]) -> str:
         f"total time {results['timing']['total_s'] / 60:.1f} min; report: {results['report']}"
     )
     lines.append("=" * 72)
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# `python -m distillspec_jax.evaluate` results.
+# --------------------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _interval(row: dict[str, Any]) -> str:
+    gain, ci = row.get("tau_gain_percent"), row.get("tau_gain_interval_90")
+    if gain is None:
+        return "-"
+    return f"{gain:+.1f}%" + (f" ({ci[0]:+.1f}..{ci[1]:+.1f})" if ci else "")
+
+
+def _metric_text(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3g}" for k, v in sorted(metrics.items())) or "-"
+
+
+def evaluation_report(results: dict[str, Any]) -> str:
+    """report.md of an `evaluate` run: one table per task, and the transfer table."""
+    rows, averages = results["rows"], results.get("average_rows") or []
+    ref = results["reference_draft"]
+    cfg = results["config"]
+    lines = [
+        "# Speculative decoding evaluation",
+        "",
+        f"Target: `{results['target']['path']}` ({results['target']['params']:,} parameters). "
+        + "Drafts: "
+        + ", ".join(
+            f"{name} `{d['path']}` ({d['params']:,})" for name, d in results["drafts"].items()
+        )
+        + f". Split `{cfg['split']}`, up to {cfg['num_prompts']} prompts per task, "
+        f"{cfg['max_new_tokens']} new tokens at most, batch {cfg['batch_size']}; "
+        f"{results['seconds'] / 60:.1f} min on {results['machine']['cpu_count']} CPUs "
+        f"({results['machine']['jax_backend']}).",
+        "",
+        "tau = tokens produced per target call; alpha = accepted / verified drafts (SD "
+        "counters); alpha est. = mean of sum min(q, f(p)) over the target's own samples "
+        "(1 - TVD when lossless, argmax agreement at T = 0), independent of the counters; "
+        f"tau theory = the i.i.d. formula at alpha est.; gain = tau over draft `{ref}` with a "
+        "90% paired-bootstrap interval over prompts; speedup = SD tokens/s over AR tokens/s "
+        "at batch 1 on the timed prompts.",
+    ]
+    columns = [
+        ("draft", "draft", "s"),
+        ("temperature", "T", "g"),
+        ("gamma", "gamma", "d"),
+        ("lenience", "lenience", "s"),
+        ("eps", "eps", "g"),
+        ("block_efficiency", "tau", ".3f"),
+        ("theoretical_block_efficiency", "tau theory", ".3f"),
+        ("acceptance_rate", "alpha", ".3f"),
+        ("alpha_estimate", "alpha est.", ".3f"),
+        ("gain", "gain vs ref", "s"),
+        ("sd_metric", "metric SD", "s"),
+        ("ar_metric", "metric AR", "s"),
+        ("greedy_identical_fraction", "SD == AR", ".2f"),
+        ("cost_ratio", "c", ".3f"),
+        ("measured_speedup", "speedup", ".2f"),
+    ]
+
+    def table(selected: list[dict[str, Any]]) -> str:
+        shown = [
+            {
+                **r,
+                "gain": _interval(r),
+                "sd_metric": _metric_text(r["metric_sd"]),
+                "ar_metric": _metric_text(r["metric_ar"]),
+            }
+            for r in selected
+        ]
+        head = "| " + " | ".join(c[1] for c in columns) + " |"
+        sep = "|" + "|".join("---" for _ in columns) + "|"
+        body = ["| " + " | ".join(_fmt(r.get(c[0]), c[2]) for c in columns) + " |" for r in shown]
+        return "\n".join([head, sep, *body])
+
+    for task in results["tasks"]:
+        selected = [r for r in rows if r["task"] == task]
+        lines += ["", f"## {task} ({selected[0]['num_prompts']} prompts)", "", table(selected)]
+        for r in selected:
+            hist = ", ".join(f"{p:.2f}" for p in r["accept_prob_by_position"])
+            lines.append(
+                f"\nP(draft position i accepted), {r['draft']} T={r['temperature']:g} "
+                f"gamma={r['gamma']} {r['lenience']} eps={r['eps']:g}: {hist}"
+            )
+    if averages:
+        gamma = max(r["gamma"] for r in averages)
+        lines += [
+            "",
+            f"## Transfer table (tau at gamma = {gamma}, lossless)",
+            "",
+        ]
+        drafts = list(results["drafts"])
+        for temperature in sorted({r["temperature"] for r in averages}):
+            lines += [
+                f"T = {temperature:g}",
+                "",
+                "| task | " + " | ".join(drafts) + " |",
+                "|" + "---|" * (len(drafts) + 1),
+            ]
+            for task in [*results["tasks"], "average"]:
+                pool = averages if task == "average" else rows
+                cells = {
+                    r["draft"]: r
+                    for r in pool
+                    if r["task"] == task
+                    and r["gamma"] == gamma
+                    and r["temperature"] == temperature
+                    and r["lenience"] == "none"
+                }
+                lines.append(
+                    f"| {task} | "
+                    + " | ".join(
+                        _fmt(cells[d]["block_efficiency"], ".3f") if d in cells else "-"
+                        for d in drafts
+                    )
+                    + " |"
+                )
+            lines.append("")
+    if results.get("plots"):
+        lines += [
+            "",
+            *[f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in results["plots"]],
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def evaluation_plots(results: dict[str, Any], out_dir: str) -> list[str]:
+    """tau (measured and from alpha est.) vs gamma per draft, one panel per temperature."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results.get("average_rows") or results["rows"]
+    rows = [r for r in rows if r["lenience"] == "none"]
+    if not rows:
+        return []
+    fs.makedirs(out_dir)
+    temps = sorted({r["temperature"] for r in rows})
+    fig, axes = plt.subplots(1, len(temps), figsize=(5 * len(temps), 3.6), squeeze=False)
+    for ax, temperature in zip(axes[0], temps, strict=True):
+        for i, draft in enumerate(results["drafts"]):
+            sel = sorted(
+                (r for r in rows if r["draft"] == draft and r["temperature"] == temperature),
+                key=lambda r: r["gamma"],
+            )
+            gammas = [r["gamma"] for r in sel]
+            ax.plot(gammas, [r["block_efficiency"] for r in sel], "o-", color=f"C{i}", label=draft)
+            ax.plot(
+                gammas,
+                [r["theoretical_block_efficiency"] for r in sel],
+                ":",
+                color=f"C{i}",
+                alpha=0.6,
+                label=f"{draft} (theory, alpha est.)",
+            )
+        ax.set_title(f"T = {temperature:g}")
+        ax.set_xlabel("gamma (drafted tokens per block)")
+        ax.set_ylabel("block efficiency tau")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "tau_vs_gamma.png")
+    fs.save_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def evaluation_summary(results: dict[str, Any]) -> str:
+    """A few lines for the console: tau per draft at the largest gamma."""
+    rows = results.get("average_rows") or results["rows"]
+    gamma = max(r["gamma"] for r in rows)
+    lines = [
+        f"tau at gamma = {gamma} (lossless) over {', '.join(results['tasks'][:4])}"
+        + (" ..." if len(results["tasks"]) > 4 else "")
+        + ":"
+    ]
+    for r in rows:
+        if r["gamma"] == gamma and r["lenience"] == "none":
+            lines.append(
+                f"  {r['draft']:>12} T={r['temperature']:g}: tau {r['block_efficiency']:.3f} "
+                f"(theory {r['theoretical_block_efficiency']:.3f}), gain {_interval(r)}"
+            )
     return "\n".join(lines)

@@ -260,8 +260,10 @@ def train_and_evaluate(
     probe = models.model_from_gin(config.model_gin_file, config.gin_bindings)
     family = family_of(probe)
     vocab_size = probe.vocab_size
+    vocab_path = ""
     if train_batches is None:
         vocab, train_batches, default_eval = build_data(config, workdir, family)
+        vocab_path = vocab.sentencepiece_model_file
         vocab_size = config.data.model_vocab_size or vocab.vocab_size
         if vocab_size < vocab.vocab_size:
             raise ValueError(
@@ -270,6 +272,8 @@ def train_and_evaluate(
             )
         eval_batches = default_eval if eval_batches is None else eval_batches
     model = models.model_from_gin(config.model_gin_file, config.gin_bindings, vocab_size=vocab_size)
+    if jax.process_index() == 0:  # evaluate / export read the architecture from here.
+        checkpoints.write_model_description(workdir, model, vocab_path, config)
     mesh = partitioning.create_mesh(config.mesh_shape)
     opt_cfg = config.optimizer
     trainer.check_batch_size(config.batch_size, mesh, opt_cfg.microbatches)

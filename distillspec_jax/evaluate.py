@@ -1,0 +1,771 @@
+r"""Measure any target / draft pair on any task: `python -m distillspec_jax.evaluate`.
+
+  python -m distillspec_jax.evaluate --config configs/evaluate.py --workdir OUT \
+      --config.target.path=TARGET --config.drafts.mine.path=DRAFT \
+      --config.data.task=jsonl --config.data.jsonl_files.test=my.jsonl
+
+The target and each draft are a project workdir (its `model.json` names the
+architecture; an older workdir names it with `gin_file`) or a Hugging Face
+directory (config.json + safetensors). Prompts come from the task's seqio
+pipeline (any registered task or mixture; a mixture gives one row per task
+plus the average, the paper's transfer table).
+
+Per (task, temperature, draft, gamma, lenience) cell it reports: tau (tokens
+produced per target call), alpha from the SD counters, the paper's alpha
+estimate 1 - TVD(p, q) on the target's own samples with the theoretical tau
+from it, the per-position acceptance histogram, the tau gain over the
+reference draft with a paired bootstrap interval over prompts, the task
+metric of SD and AR outputs, whether greedy SD equals greedy AR per prompt,
+and on a timed batch-1 subset the tokens/s of SD and AR, the cost ratio c and
+the measured speedup. Output: OUT/results.json (typed rows), OUT/report.md,
+OUT/plots/. Each cell is written to OUT/cells/ when done, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from distillspec_jax import checkpoints, evaluation, fs, models, sampling
+
+Array = jax.Array
+
+
+class EvaluationError(ValueError):
+    """A bad evaluation config, found before any decoding."""
+
+
+# --------------------------------------------------------------------------
+# Typed results.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CellResult:
+    """One (task, temperature, draft, gamma, lenience) measurement."""
+
+    task: str
+    draft: str
+    temperature: float
+    gamma: int
+    lenience: str
+    eps: float
+    num_prompts: int
+    block_efficiency: float  # tau: tokens produced / target calls.
+    acceptance_rate: float  # alpha from the SD counters (verified drafts).
+    accepted_fraction: float  # accepted / drafted.
+    alpha_estimate: float  # E[sum min(q, f(p))] on the target's own samples.
+    theoretical_block_efficiency: float  # i.i.d. tau from alpha_estimate.
+    accept_prob_by_position: list[float]  # P(draft i accepted and emitted) per block.
+    metric_sd: dict[str, float]  # The task's metrics on SD outputs.
+    metric_ar: dict[str, float]  # ... on AR target outputs (same prompts, same T).
+    greedy_identical_fraction: float | None  # T = 0, lossless: SD == AR per prompt.
+    prompt_tokens: list[int]  # Per prompt: tokens produced ...
+    prompt_target_calls: list[int]  # ... and target calls (for the bootstrap).
+    tau_gain_percent: float | None = None  # Over the reference draft.
+    tau_gain_interval_90: list[float] | None = None
+    # Timed batch-1 subset (lossless cells only).
+    timed_prompts: int = 0
+    sd_tokens_per_s: float | None = None
+    ar_tokens_per_s: float | None = None
+    cost_ratio: float | None = None
+    theoretical_speedup: float | None = None
+    measured_speedup: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def average_rows(rows: Sequence[CellResult]) -> list[CellResult]:
+    """Per (draft, T, gamma, lenience) the mean over tasks: the transfer table's last row."""
+    groups: dict[tuple, list[CellResult]] = {}
+    for row in rows:
+        key = (row.draft, row.temperature, row.gamma, row.lenience, row.eps)
+        groups.setdefault(key, []).append(row)
+    out = []
+    for (draft, temperature, gamma, lenience, eps), group in groups.items():
+
+        def mean(name, group=group):
+            values = [getattr(r, name) for r in group if getattr(r, name) is not None]
+            return float(np.mean(values)) if values else None
+
+        metric_keys = sorted({k for r in group for k in r.metric_sd})
+        out.append(
+            CellResult(
+                task="average",
+                draft=draft,
+                temperature=temperature,
+                gamma=gamma,
+                lenience=lenience,
+                eps=eps,
+                num_prompts=sum(r.num_prompts for r in group),
+                block_efficiency=mean("block_efficiency"),
+                acceptance_rate=mean("acceptance_rate"),
+                accepted_fraction=mean("accepted_fraction"),
+                alpha_estimate=mean("alpha_estimate"),
+                theoretical_block_efficiency=mean("theoretical_block_efficiency"),
+                accept_prob_by_position=np.mean(
+                    [r.accept_prob_by_position for r in group], axis=0
+                ).tolist(),
+                metric_sd={k: float(np.mean([r.metric_sd[k] for r in group])) for k in metric_keys},
+                metric_ar={k: float(np.mean([r.metric_ar[k] for r in group])) for k in metric_keys},
+                greedy_identical_fraction=mean("greedy_identical_fraction"),
+                prompt_tokens=[],
+                prompt_target_calls=[],
+                tau_gain_percent=mean("tau_gain_percent"),
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------
+# Models.
+# --------------------------------------------------------------------------
+
+
+def is_hf_directory(path: str) -> bool:
+    return fs.exists(os.path.join(path, "config.json")) and not fs.exists(
+        os.path.join(path, checkpoints.MODEL_FILE)
+    )
+
+
+def model_of(source: ml_collections.ConfigDict, vocab_size: int, what: str) -> models.BaseModel:
+    """The architecture of a model source (no parameters are read)."""
+    path = source.path
+    if is_hf_directory(path):
+        from distillspec_jax import interop
+
+        return interop.config_from_hf(fs.read_json(os.path.join(path, "config.json")))
+    record = checkpoints.read_model_description(path)
+    if record is not None:
+        return models.from_description(record["model"])
+    if source.get("gin_file"):
+        return models.model_from_gin(source.gin_file, vocab_size=vocab_size)
+    raise EvaluationError(
+        f"{what}.path={path} records no architecture ({checkpoints.MODEL_FILE}); set "
+        f"{what}.gin_file to the gin file it was trained with"
+    )
+
+
+def load_params(source: ml_collections.ConfigDict, model: models.BaseModel, what: str) -> Any:
+    if is_hf_directory(source.path):
+        from distillspec_jax import interop
+
+        return interop.load_hf(source.path)[1]
+    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    return checkpoints.restore_params(source.path, abstract, what)
+
+
+def vocabulary_path(config: ml_collections.ConfigDict) -> str:
+    """The configured SentencePiece model, else the one the target workdir recorded."""
+    if config.data.vocab_path:
+        return config.data.vocab_path
+    path = config.target.path
+    record = checkpoints.read_model_description(path) if path else None
+    candidates = [record.get("vocab_path", "")] if record else []
+    candidates += [
+        os.path.join(path, name) for name in ("vocab/spm.model", "spiece.model", "tokenizer.model")
+    ]
+    for candidate in candidates:
+        if candidate and fs.exists(candidate):
+            return candidate
+    raise EvaluationError(
+        "No vocabulary: set data.vocab_path (the target's workdir records none and its "
+        "directory has no vocab/spm.model, spiece.model or tokenizer.model)"
+    )
+
+
+# --------------------------------------------------------------------------
+# Validation (before any decoding).
+# --------------------------------------------------------------------------
+
+
+def lenience_settings(config: ml_collections.ConfigDict) -> list[tuple[str, float]]:
+    """(kind, eps) cells: lossless once, each lossy kind at each eps < 1."""
+    cells = []
+    for kind in config.lenience:
+        if kind not in sampling.LENIENCE_KINDS:
+            raise EvaluationError(
+                f"lenience {kind!r} is unknown; valid: {list(sampling.LENIENCE_KINDS)}"
+            )
+        if kind == "none":
+            cells.append(("none", 1.0))
+        else:
+            cells += [(kind, float(e)) for e in config.eps if e != 1.0]
+    for e in config.eps:
+        if not 0.0 < e <= 1.0:
+            raise EvaluationError(f"eps must lie in (0, 1], got {e}")
+    return cells
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises EvaluationError naming the field for every check that needs no model."""
+    if not config.drafts:
+        raise EvaluationError("drafts is empty: name at least one draft (drafts.NAME.path=...)")
+    for gamma in config.gammas:
+        if int(gamma) != gamma or gamma < 1:
+            raise EvaluationError(f"gammas must be integers >= 1, got {tuple(config.gammas)}")
+    for temperature in config.temperatures:
+        if temperature < 0:
+            raise EvaluationError(f"temperatures must be >= 0, got {tuple(config.temperatures)}")
+    if config.reference_draft and config.reference_draft not in config.drafts:
+        raise EvaluationError(
+            f"reference_draft {config.reference_draft!r} is not one of the drafts "
+            f"{sorted(config.drafts)}"
+        )
+    for name in ("num_prompts", "batch_size", "max_new_tokens"):
+        if config[name] < 1:
+            raise EvaluationError(f"{name} must be >= 1, got {config[name]}")
+    if config.timed_prompts < 0:
+        raise EvaluationError(f"timed_prompts must be >= 0, got {config.timed_prompts}")
+    lenience_settings(config)
+
+
+# --------------------------------------------------------------------------
+# Prompts.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Prompts:
+    """The first `num_prompts` examples of one task split, ready for the samplers."""
+
+    task: str
+    prompts: np.ndarray  # [N, P] decoder prefix (BOS only for encoder-decoder).
+    prompt_lengths: np.ndarray  # [N]
+    encoder_inputs: np.ndarray | None  # [N, Le] encoder-decoder only.
+    targets: list[str]  # Reference texts.
+
+    def __len__(self) -> int:
+        return len(self.prompt_lengths)
+
+    def rows(self, start: int, stop: int) -> tuple[Array, Array, Array | None]:
+        enc = self.encoder_inputs
+        return (
+            jnp.asarray(self.prompts[start:stop]),
+            jnp.asarray(self.prompt_lengths[start:stop]),
+            None if enc is None else jnp.asarray(enc[start:stop]),
+        )
+
+
+def task_names(name: str) -> list[str]:
+    """A task's own name, or the tasks of a mixture."""
+    import seqio
+
+    task = seqio.get_mixture_or_task(name)
+    if isinstance(task, seqio.Mixture):
+        return [t.name for t in task.tasks]
+    return [name]
+
+
+def load_prompts(task: str, config: ml_collections.ConfigDict, family: str, vocab: Any) -> Prompts:
+    import seqio
+
+    from distillspec_jax import distill, tasks
+
+    splits = seqio.get_mixture_or_task(task).splits
+    if config.split not in splits:
+        raise EvaluationError(f"task {task!r} has no split {config.split!r}; it has {splits}")
+    lengths = {"inputs": config.data.max_input_length, "targets": config.data.max_target_length}
+    ds = tasks.get_dataset(
+        task,
+        config.split,
+        family,
+        lengths,
+        global_batch_size=1,
+        shuffle=False,
+        num_epochs=1,
+        drop_remainder=False,
+    )
+    batches = list(tasks.numpy_batches(ds.take(config.num_prompts)))
+    if not batches:
+        raise EvaluationError(f"task {task!r} split {config.split!r} has no examples")
+    batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    weights = batch["decoder_loss_weights"] > 0
+    targets = tasks.decode_tokens(vocab, np.where(weights, batch["decoder_target_tokens"], 0))
+    num = len(weights)
+    if family == "t5":
+        return Prompts(
+            task,
+            np.zeros((num, 1), np.int32),
+            np.ones((num,), np.int32),
+            batch["encoder_input_tokens"].astype(np.int32),
+            targets,
+        )
+    prompt_lengths = np.asarray(distill.decoder_only_prompt_lengths(batch))
+    width = int(prompt_lengths.max())
+    prompts = np.where(
+        np.arange(width)[None, :] < prompt_lengths[:, None],
+        batch["decoder_input_tokens"][:, :width],
+        0,
+    )
+    return Prompts(task, prompts.astype(np.int32), prompt_lengths, None, targets)
+
+
+# --------------------------------------------------------------------------
+# Decoding in batches.
+# --------------------------------------------------------------------------
+
+
+def decode_batched(
+    fn: Callable[[Array, Array, Array | None, Array], sampling.SampleOutput],
+    prompts: Prompts,
+    batch_size: int,
+    seed: int,
+) -> sampling.SampleOutput:
+    """fn(prompts, lengths, encoder_inputs, rng) over fixed-size batches, rows concatenated.
+
+    The last batch is padded with copies of its first row (one compilation per
+    shape); the padding rows are dropped. Batch b uses rng fold_in(seed, b), so
+    two drafts see the same randomness per prompt batch.
+    """
+    outs = []
+    for b, start in enumerate(range(0, len(prompts), batch_size)):
+        stop = min(start + batch_size, len(prompts))
+        tokens, lengths, enc = prompts.rows(start, stop)
+        pad = batch_size - (stop - start)
+        if pad:
+            tokens, lengths = _pad_rows(tokens, pad), _pad_rows(lengths, pad)
+            enc = None if enc is None else _pad_rows(enc, pad)
+        rng = jax.random.fold_in(jax.random.PRNGKey(seed), b)
+        out = jax.device_get(fn(tokens, lengths, enc, rng))
+        outs.append(jax.tree_util.tree_map(lambda x, n=stop - start: np.asarray(x)[:n], out))
+    return jax.tree_util.tree_map(lambda *x: np.concatenate(x), *outs)
+
+
+def _pad_rows(x: Array, pad: int) -> Array:
+    return jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)])
+
+
+def generated_texts(vocab: Any, out: sampling.SampleOutput, prompt_lengths: np.ndarray) -> list:
+    """Decoded new tokens of each row (up to its first EOS)."""
+    from distillspec_jax import tasks
+
+    seqs = np.asarray(out.sequences)
+    shifted = np.zeros_like(seqs)
+    for i, start in enumerate(np.asarray(prompt_lengths)):
+        shifted[i, : seqs.shape[1] - start] = seqs[i, start:]
+    return tasks.decode_tokens(vocab, shifted)
+
+
+def task_metric(task: str, targets: list[str], predictions: list[str]) -> dict[str, float]:
+    """The task's own seqio metric functions, after its postprocessor."""
+    import seqio
+
+    spec = seqio.get_mixture_or_task(task)
+    post = spec.postprocess_fn or (lambda text, example=None, is_target=False: text)
+    tgt = [post(t, example=None, is_target=True) for t in targets]
+    pred = [post(p, example=None, is_target=False) for p in predictions]
+    out: dict[str, float] = {}
+    for fn in spec.metric_fns:
+        out.update({k: float(v) for k, v in fn(tgt, pred).items()})
+    return out
+
+
+def timed_decode(fn: Callable[[int], sampling.SampleOutput], num: int, repeats: int):
+    """Runs fn(i) for prompts 0..num-1 at batch 1: (outputs, seconds, compile seconds).
+
+    fn(0) runs once first (compilation and warm-up); each prompt then runs
+    `repeats` times and its fastest time counts (interference only adds time).
+    """
+    start = time.perf_counter()
+    jax.block_until_ready(fn(0))
+    compile_s = time.perf_counter() - start
+    outputs, seconds = [], 0.0
+    for i in range(num):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            out = jax.block_until_ready(fn(i))
+            times.append(time.perf_counter() - start)
+        seconds += min(times)
+        outputs.append(jax.device_get(out))
+    return outputs, seconds, compile_s
+
+
+# --------------------------------------------------------------------------
+# The evaluation.
+# --------------------------------------------------------------------------
+
+
+class Evaluator:
+    """Holds the loaded models and prompts; `run` measures every cell."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, progress: bool = True):
+        validate(config)
+        self.config, self.workdir, self.progress = config, workdir, progress
+        from distillspec_jax import tasks
+
+        for what, source in [("target", config.target)] + [
+            (f"drafts.{name}", source) for name, source in config.drafts.items()
+        ]:
+            if not source.path:
+                raise EvaluationError(f"{what}.path is empty: set it to a workdir or HF directory")
+            if not fs.exists(source.path):
+                raise EvaluationError(f"{what}.path does not exist: {source.path}")
+
+        self.vocab = tasks.get_vocabulary(vocabulary_path(config))
+        vocab_size = config.data.model_vocab_size or self.vocab.vocab_size
+        # Architectures first: a mismatch fails before any checkpoint is read.
+        self.target = model_of(config.target, vocab_size, "target")
+        self.drafts = {
+            name: model_of(source, vocab_size, f"drafts.{name}")
+            for name, source in config.drafts.items()
+        }
+        for name, draft in self.drafts.items():
+            if draft.vocab_size != self.target.vocab_size:
+                raise EvaluationError(
+                    f"drafts.{name} has vocabulary size {draft.vocab_size}, the target "
+                    f"{self.target.vocab_size}: a draft must share the target's vocabulary"
+                )
+            if models.is_encoder_decoder(draft) != models.is_encoder_decoder(self.target):
+                raise EvaluationError(
+                    f"drafts.{name} and the target are of different families (encoder-decoder "
+                    f"vs decoder-only); SD needs both to read the same prompt"
+                )
+        if self.target.vocab_size < self.vocab.vocab_size:
+            raise EvaluationError(
+                f"the target's vocabulary ({self.target.vocab_size}) is smaller than the "
+                f"tokenizer's ({self.vocab.vocab_size}): wrong data.vocab_path?"
+            )
+        self.family = "t5" if models.is_encoder_decoder(self.target) else "decoder_only"
+        task = tasks.register_from_config(config.data, self.vocab)
+        self.prompts = {
+            t: load_prompts(t, config, self.family, self.vocab) for t in task_names(task)
+        }
+        self.lenience = lenience_settings(config)
+        self.target_params = load_params(config.target, self.target, "target")
+        self.draft_params = {
+            name: load_params(source, self.drafts[name], f"draft {name}")
+            for name, source in config.drafts.items()
+        }
+        self._cost: dict[str, dict[str, float]] = {}
+
+    # -- Per-cell pieces -------------------------------------------------------
+
+    def _sd(self, draft: str, prompts: Prompts, temperature: float, gamma: int, lenience, eps):
+        cfg = self.config
+
+        def fn(tokens, lengths, enc, rng):
+            return sampling.speculative_sample(
+                self.target,
+                self.target_params,
+                self.drafts[draft],
+                self.draft_params[draft],
+                tokens,
+                lengths,
+                rng,
+                gamma=gamma,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=temperature,
+                lenience=lenience,
+                eps=eps,
+                encoder_inputs=enc,
+            )
+
+        return decode_batched(fn, prompts, cfg.batch_size, cfg.seed)
+
+    def _ar(self, prompts: Prompts, temperature: float) -> sampling.SampleOutput:
+        cfg = self.config
+
+        def fn(tokens, lengths, enc, rng):
+            return sampling.autoregressive_sample(
+                self.target,
+                self.target_params,
+                tokens,
+                lengths,
+                rng,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=temperature,
+                encoder_inputs=enc,
+            )
+
+        return decode_batched(fn, prompts, cfg.batch_size, cfg.seed + 1)
+
+    def _alpha_estimate(self, draft, prompts, ar, temperature, lenience, eps) -> float:
+        total, count = 0.0, 0
+        size = self.config.batch_size
+        for start in range(0, len(prompts), size):
+            stop = min(start + size, len(prompts))
+            _, _, enc = prompts.rows(start, stop)
+            accept, num = evaluation.token_acceptance(
+                self.target,
+                self.target_params,
+                self.drafts[draft],
+                self.draft_params[draft],
+                ar.sequences[start:stop],
+                prompts.prompt_lengths[start:stop],
+                ar.lengths[start:stop],
+                temperature=temperature,
+                lenience=lenience,
+                eps=eps,
+                encoder_inputs=enc,
+            )
+            total, count = total + float(accept.sum()), count + int(num.sum())
+        return total / max(count, 1)
+
+    def _cost_ratio(self, draft: str, prompts: Prompts) -> dict[str, float]:
+        if draft not in self._cost:
+            _, _, enc = prompts.rows(0, 1)
+            self._cost[draft] = evaluation.cost_ratio(
+                self.drafts[draft],
+                self.draft_params[draft],
+                self.target,
+                self.target_params,
+                1,
+                enc,
+                self.config.cost_steps,
+            )
+        return self._cost[draft]
+
+    def _timed(self, prompts: Prompts, temperature: float, draft: str | None, gamma: int = 1):
+        """(tokens, seconds) at batch 1 over the timed prompts: AR when draft is None."""
+        cfg = self.config
+
+        def fn(i):
+            tokens, lengths, enc = prompts.rows(i, i + 1)
+            rng = jax.random.PRNGKey(cfg.seed + i)
+            common = dict(
+                max_new_tokens=cfg.max_new_tokens, temperature=temperature, encoder_inputs=enc
+            )
+            if draft is None:
+                return sampling.autoregressive_sample(
+                    self.target, self.target_params, tokens, lengths, rng, **common
+                )
+            return sampling.speculative_sample(
+                self.target,
+                self.target_params,
+                self.drafts[draft],
+                self.draft_params[draft],
+                tokens,
+                lengths,
+                rng,
+                gamma=gamma,
+                **common,
+            )
+
+        num = min(cfg.timed_prompts, len(prompts))
+        outs, seconds, _ = timed_decode(fn, num, cfg.timing_repeats)
+        return float(sum(int(o.num_generated.sum()) for o in outs)), seconds
+
+    # -- Cells -----------------------------------------------------------------
+
+    def _cell_path(self, key: dict[str, Any]) -> str:
+        text = json.dumps(key, sort_keys=True)
+        digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+        name = f"{key['task']}_{key['draft']}_T{key['temperature']:g}_g{key['gamma']}"
+        return os.path.join(
+            self.workdir, "cells", f"{name}_{key['lenience']}{key['eps']:g}_{digest}.json"
+        )
+
+    def run(self) -> list[CellResult]:
+        cfg = self.config
+        cells = [
+            (task, temperature, draft, gamma, lenience, eps)
+            for task in self.prompts
+            for temperature in cfg.temperatures
+            for draft in cfg.drafts
+            for gamma in cfg.gammas
+            for lenience, eps in self.lenience
+        ]
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(cells), desc="evaluate", leave=False)
+        ar_cache: dict[tuple, Any] = {}
+        alpha_cache: dict[tuple, float] = {}
+        rows = []
+        for task, temperature, draft, gamma, lenience, eps in cells:
+            key = dict(
+                task=task,
+                temperature=float(temperature),
+                draft=draft,
+                gamma=int(gamma),
+                lenience=lenience,
+                eps=float(eps),
+                source=cfg.drafts[draft].path,
+                num_prompts=len(self.prompts[task]),
+                max_new_tokens=cfg.max_new_tokens,
+                timed_prompts=cfg.timed_prompts,
+                seed=cfg.seed,
+            )
+            path = self._cell_path(key)
+            if fs.exists(path):
+                rows.append(CellResult(**fs.read_json(path)))
+            else:
+                row = self._measure(
+                    task,
+                    float(temperature),
+                    draft,
+                    int(gamma),
+                    lenience,
+                    eps,
+                    ar_cache,
+                    alpha_cache,
+                )
+                fs.write_json(path, row.to_dict(), indent=1)
+                rows.append(row)
+            if bar is not None:
+                bar.set_postfix(
+                    task=task[-20:], draft=draft, tau=f"{rows[-1].block_efficiency:.2f}"
+                )
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        add_gains(rows, cfg.reference_draft or next(iter(cfg.drafts)))
+        return rows
+
+    def _measure(self, task, temperature, draft, gamma, lenience, eps, ar_cache, alpha_cache):
+        cfg = self.config
+        prompts = self.prompts[task]
+        if (task, temperature) not in ar_cache:
+            ar = self._ar(prompts, temperature)
+            ar_texts = generated_texts(self.vocab, ar, prompts.prompt_lengths)
+            ar_cache[task, temperature] = (ar, task_metric(task, prompts.targets, ar_texts), None)
+        ar, metric_ar, ar_timed = ar_cache[task, temperature]
+        alpha_key = (task, temperature, draft, lenience, eps)
+        if alpha_key not in alpha_cache:
+            alpha_cache[alpha_key] = self._alpha_estimate(
+                draft, prompts, ar, temperature, lenience, eps
+            )
+        alpha_hat = alpha_cache[alpha_key]
+        out = self._sd(draft, prompts, temperature, gamma, lenience, eps)
+        summary = evaluation.summarize(out, gamma)
+        texts = generated_texts(self.vocab, out, prompts.prompt_lengths)
+        identical = None
+        if temperature == 0.0 and lenience == "none":
+            same = [
+                np.array_equal(a[: int(la)], b[: int(lb)]) and int(la) == int(lb)
+                for a, la, b, lb in zip(
+                    out.sequences, out.lengths, ar.sequences, ar.lengths, strict=True
+                )
+            ]
+            identical = float(np.mean(same))
+        row = CellResult(
+            task=task,
+            draft=draft,
+            temperature=temperature,
+            gamma=gamma,
+            lenience=lenience,
+            eps=eps,
+            num_prompts=len(prompts),
+            block_efficiency=summary["block_efficiency"],
+            acceptance_rate=summary["acceptance_rate"],
+            accepted_fraction=summary["accepted_fraction"],
+            alpha_estimate=alpha_hat,
+            theoretical_block_efficiency=evaluation.theoretical_block_efficiency(alpha_hat, gamma),
+            accept_prob_by_position=summary["accept_prob_by_position"],
+            metric_sd=task_metric(task, prompts.targets, texts),
+            metric_ar=metric_ar,
+            greedy_identical_fraction=identical,
+            prompt_tokens=np.asarray(out.num_generated, np.int64).tolist(),
+            prompt_target_calls=np.asarray(out.num_target_calls, np.int64).tolist(),
+        )
+        if cfg.timed_prompts and lenience == "none":
+            if ar_timed is None:
+                ar_timed = self._timed(prompts, temperature, None)
+                ar_cache[task, temperature] = (ar, metric_ar, ar_timed)
+            sd_tokens, sd_seconds = self._timed(prompts, temperature, draft, gamma)
+            cost = self._cost_ratio(draft, prompts)["cost_ratio"]
+            row.timed_prompts = min(cfg.timed_prompts, len(prompts))
+            row.sd_tokens_per_s = sd_tokens / sd_seconds
+            row.ar_tokens_per_s = ar_timed[0] / ar_timed[1]
+            row.cost_ratio = cost
+            row.theoretical_speedup = evaluation.theoretical_speedup(
+                row.block_efficiency, cost, gamma
+            )
+            row.measured_speedup = evaluation.measured_speedup(sd_tokens, sd_seconds, *ar_timed)
+        return row
+
+
+def add_gains(rows: list[CellResult], reference: str) -> None:
+    """Fills each row's tau gain over the reference draft's row of the same cell."""
+    index = {(r.task, r.temperature, r.gamma, r.lenience, r.eps, r.draft): r for r in rows}
+    for row in rows:
+        ref = index.get((row.task, row.temperature, row.gamma, row.lenience, row.eps, reference))
+        if ref is None or ref is row:
+            continue
+        row.tau_gain_percent = 100 * (row.block_efficiency / ref.block_efficiency - 1)
+        row.tau_gain_interval_90 = evaluation.tau_gain_interval(
+            ref.prompt_tokens, ref.prompt_target_calls, row.prompt_tokens, row.prompt_target_calls
+        )
+
+
+# --------------------------------------------------------------------------
+# Entry points.
+# --------------------------------------------------------------------------
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> dict[str, Any]:
+    """Evaluates, then writes results.json, report.md and plots to `workdir`."""
+    from distillspec_jax import report
+
+    start = time.time()
+    fs.makedirs(workdir)
+    evaluator = Evaluator(config, workdir, progress)
+    rows = evaluator.run()
+    averages = average_rows(rows) if len(evaluator.prompts) > 1 else []
+    results = {
+        "config": config.to_dict(),
+        "target": {
+            "path": config.target.path,
+            "params": models.count_params(evaluator.target_params),
+            "model": models.describe(evaluator.target),
+        },
+        "drafts": {
+            name: {
+                "path": config.drafts[name].path,
+                "params": models.count_params(evaluator.draft_params[name]),
+                **evaluator._cost.get(name, {}),
+            }
+            for name in config.drafts
+        },
+        "reference_draft": config.reference_draft or next(iter(config.drafts)),
+        "tasks": list(evaluator.prompts),
+        "rows": [r.to_dict() for r in rows],
+        "average_rows": [r.to_dict() for r in averages],
+        "machine": {"cpu_count": os.cpu_count(), "jax_backend": jax.default_backend()},
+        "seconds": time.time() - start,
+    }
+    results["plots"] = report.evaluation_plots(results, os.path.join(workdir, "plots"))
+    fs.write_json(os.path.join(workdir, "results.json"), results, indent=1, default=str)
+    fs.write_text(os.path.join(workdir, "report.md"), report.evaluation_report(results))
+    return results
+
+
+def main(argv=None) -> None:
+    from absl import app, flags
+    from absl import logging as absl_logging
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Evaluation config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "results.json, report.md, plots and cells go here.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def _run(_):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow reads only data here.
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        try:
+            results = run(flags.FLAGS.config, flags.FLAGS.workdir)
+        except (ValueError, checkpoints.CheckpointError, FileNotFoundError) as error:
+            raise SystemExit(f"evaluate: {error}") from None
+        from distillspec_jax import report
+
+        print(report.evaluation_summary(results))
+
+    app.run(_run, argv=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""`python -m distillspec_jax.evaluate`: any pair, any task, correct tau, clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import common
+from configs import evaluate as evaluate_config
+from distillspec_jax import checkpoints, evaluate, interop, models, sampling, tasks
+
+
+def _perturbed(params, scale, seed):
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    noisy = [
+        x + scale * np.std(x) * jax.random.normal(k, x.shape)
+        for x, k in zip(leaves, keys, strict=True)
+    ]
+    return jax.tree_util.tree_unflatten(tree, noisy)
+
+
+def _workdir(path, model, params, vocab_path=""):
+    interop.write_checkpoint(params, str(path))
+    checkpoints.write_model_description(str(path), model, vocab_path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny decoder-only target, a workdir draft, a Hugging Face draft, JSONL + BBH data."""
+    root = tmp_path_factory.mktemp("evaluate")
+    vocab_path = str(root / "spm.model")
+    tasks.train_sentencepiece(tasks.gsm_symbolic_texts(200, 0), vocab_path, vocab_size=400)
+    examples = tasks.gsm_symbolic_examples(10, 10, 12, 0)["test"]
+    jsonl = root / "test.jsonl"
+    jsonl.write_text(
+        "\n".join(json.dumps({"input": e["question"], "target": e["answer"]}) for e in examples)
+    )
+    bbh = {}
+    for i, name in enumerate(("boolean_expressions", "navigate", "word_sorting")):
+        path = root / f"{name}.json"
+        part = examples[i * 4 : i * 4 + 4]
+        path.write_text(
+            json.dumps(
+                {"examples": [{"input": e["question"], "target": e["answer"]} for e in part]}
+            )
+        )
+        bbh[name] = str(path)
+    model = models.build_model("decoder_only", "tiny", vocab_size=512)
+    target_params = model.init(jax.random.PRNGKey(0))
+    target = _workdir(root / "target", model, target_params, vocab_path)
+    near = _workdir(root / "near", model, _perturbed(target_params, 0.3, 1))
+    hf_dir = str(root / "hf_draft")
+    interop.save_hf(model, _perturbed(target_params, 0.6, 2), hf_dir)
+    return dict(
+        root=root, vocab=vocab_path, jsonl=str(jsonl), bbh=bbh, target=target, near=near, hf=hf_dir
+    )
+
+
+def _config(setup, **overrides):
+    config = evaluate_config.get_config(f"target={setup['target']},drafts=near={setup['near']}")
+    config.drafts["hf"] = common.model_source(setup["hf"])
+    config.data.task = "jsonl"
+    config.data.jsonl_files = ml_collections.ConfigDict({"test": setup["jsonl"]})
+    config.data.max_input_length = 32
+    config.data.max_target_length = 32
+    config.num_prompts = 6
+    config.batch_size = 4
+    config.max_new_tokens = 10
+    config.gammas = (1, 4)
+    config.temperatures = (0.0, 1.0)
+    config.timed_prompts = 2
+    config.timing_repeats = 1
+    config.cost_steps = 4
+    config.update(overrides)
+    return config
+
+
+@pytest.mark.slow
+def test_jsonl_task_with_workdir_and_hf_drafts(setup, tmp_path, monkeypatch):
+    workdir = str(tmp_path / "eval")
+    config = _config(setup)
+    results = evaluate.run(config, workdir, progress=False)
+    rows = results["rows"]
+    assert len(rows) == 2 * 2 * 2  # drafts x temperatures x gammas.
+    assert results["reference_draft"] == "near"
+    for row in rows:
+        assert row["task"] == "jsonl" and row["num_prompts"] == 6
+        # tau is tokens produced / target calls of the per-prompt counters.
+        tau = sum(row["prompt_tokens"]) / sum(row["prompt_target_calls"])
+        assert abs(row["block_efficiency"] - tau) < 1e-6
+        assert 1.0 <= row["block_efficiency"] <= row["gamma"] + 1
+        assert 0.0 <= row["alpha_estimate"] <= 1.0
+        assert len(row["accept_prob_by_position"]) == row["gamma"]
+        assert "exact_match" in row["metric_sd"] and "exact_match" in row["metric_ar"]
+        assert row["measured_speedup"] > 0 and row["cost_ratio"] > 0
+        if row["temperature"] == 0.0:
+            assert row["greedy_identical_fraction"] == 1.0  # Lossless greedy SD == AR.
+            assert row["metric_sd"] == row["metric_ar"]
+        if row["draft"] == "near":
+            assert row["tau_gain_percent"] is None
+        else:
+            low, high = row["tau_gain_interval_90"]
+            assert low <= row["tau_gain_percent"] <= high
+    # At gamma 1 the i.i.d. theory is 1 + alpha: measured and estimated agree roughly.
+    g1 = [r for r in rows if r["gamma"] == 1 and r["temperature"] == 1.0]
+    for row in g1:
+        assert abs(row["block_efficiency"] - row["theoretical_block_efficiency"]) < 0.35
+    # The closer draft is accepted more often.
+    by = {(r["draft"], r["temperature"], r["gamma"]): r for r in rows}
+    assert by["near", 1.0, 4]["alpha_estimate"] > by["hf", 1.0, 4]["alpha_estimate"]
+    for name in ("results.json", "report.md", "plots/tau_vs_gamma.png"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    report = open(os.path.join(workdir, "report.md")).read()
+    assert "## jsonl (6 prompts)" in report and "alpha est." in report
+    # Every cell is stored; a rerun decodes nothing.
+    assert len(os.listdir(os.path.join(workdir, "cells"))) == len(rows)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished cell was decoded again")
+
+    monkeypatch.setattr(sampling, "speculative_sample", fail)
+    again = evaluate.run(config, workdir, progress=False)
+    assert [r["block_efficiency"] for r in again["rows"]] == [r["block_efficiency"] for r in rows]
+
+
+@pytest.mark.slow
+def test_bbh_mixture_gives_per_task_rows_and_the_average(setup, tmp_path):
+    config = _config(setup, split="test", num_prompts=4, gammas=(3,), temperatures=(1.0,))
+    config.data.task = "bbh"
+    config.data.bbh_files = ml_collections.ConfigDict(setup["bbh"])
+    config.timed_prompts = 0
+    results = evaluate.run(config, str(tmp_path / "bbh"), progress=False)
+    assert results["tasks"] == ["bbh_boolean_expressions", "bbh_navigate", "bbh_word_sorting"]
+    assert len(results["rows"]) == 3 * 2
+    averages = {r["draft"]: r for r in results["average_rows"]}
+    for draft in ("near", "hf"):
+        per_task = [r["block_efficiency"] for r in results["rows"] if r["draft"] == draft]
+        assert averages[draft]["block_efficiency"] == pytest.approx(np.mean(per_task))
+        assert averages[draft]["task"] == "average"
+    report = open(tmp_path / "bbh" / "report.md").read()
+    assert "Transfer table" in report and "| average |" in report
+    assert "| bbh_navigate |" in report
+
+
+def test_bad_input_fails_before_decoding(setup, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("decoding started")
+
+    monkeypatch.setattr(sampling, "speculative_sample", fail)
+    monkeypatch.setattr(sampling, "autoregressive_sample", fail)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    small = models.build_model("decoder_only", "tiny", vocab_size=64)
+    small_dir = _workdir(tmp_path / "small", small, small.init(jax.random.PRNGKey(0)))
+    cases = [
+        (dict(gammas=(0, 3)), evaluate.EvaluationError, "gammas must be integers >= 1"),
+        (dict(temperatures=(-1.0,)), evaluate.EvaluationError, "temperatures must be >= 0"),
+        (dict(reference_draft="nope"), evaluate.EvaluationError, "reference_draft 'nope'"),
+        (dict(lenience=("cubic",)), evaluate.EvaluationError, "lenience 'cubic' is unknown"),
+        (dict(split="validation"), evaluate.EvaluationError, "has no split 'validation'"),
+    ]
+    for overrides, error, match in cases:
+        with pytest.raises(error, match=match):
+            evaluate.Evaluator(_config(setup, **overrides), str(tmp_path / "out"), progress=False)
+    config = _config(setup)
+    config.data.task = "no_such_task"
+    with pytest.raises(ValueError, match="Unknown task 'no_such_task'"):
+        evaluate.Evaluator(config, str(tmp_path / "out"), progress=False)
+    config = _config(setup)
+    config.drafts["small"] = common.model_source(small_dir)
+    with pytest.raises(evaluate.EvaluationError, match="drafts.small has vocabulary size 64"):
+        evaluate.Evaluator(config, str(tmp_path / "out"), progress=False)
+    config = _config(setup)
+    config.drafts["gone"] = common.model_source(str(tmp_path / "missing"))
+    with pytest.raises(evaluate.EvaluationError, match="drafts.gone.path does not exist"):
+        evaluate.Evaluator(config, str(tmp_path / "out"), progress=False)
+    config = _config(setup)
+    config.data.model_vocab_size = 512  # The gin file's model at the target's vocabulary.
+    config.drafts["empty"] = common.model_source(str(empty), "gin/decoder_only/tiny.gin")
+    with pytest.raises(checkpoints.CheckpointError, match="checkpoint"):
+        evaluate.Evaluator(config, str(tmp_path / "out"), progress=False)
+    config = _config(setup)
+    config.drafts["bare"] = common.model_source(str(empty))
+    with pytest.raises(evaluate.EvaluationError, match="records no architecture"):
+        evaluate.Evaluator(config, str(tmp_path / "out"), progress=False)
+
+
+@pytest.mark.slow
+def test_cli_bad_input_is_one_line(setup, tmp_path):
+    arg = f"configs/evaluate.py:target={setup['target']},drafts=near={setup['near']}"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distillspec_jax.evaluate",
+            f"--config={arg}",
+            "--config.gammas=(0,)",
+            f"--workdir={tmp_path / 'cli'}",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "evaluate: gammas must be integers >= 1, got (0,)"
