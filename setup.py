@@ -11,7 +11,10 @@ setuptools.setup(
         "DistillSpec in JAX/Flax: distil a draft model toward its target so "
         "speculative decoding accepts more drafted tokens."
     ),
-    packages=setuptools.find_packages(include=["distillspec_jax", "distillspec_jax.*"]),
+    # `configs` ships too: config files import `configs.common` from any directory.
+    packages=setuptools.find_packages(
+        include=["distillspec_jax", "distillspec_jax.*", "configs", "configs.*"]
+    ),
     python_requires=">=3.11",
     install_requires=[
         f"jax=={JAX_VERSION}",

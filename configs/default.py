@@ -4,7 +4,7 @@ r"""The end-to-end DistillSpec study on the offline gsm_symbolic task (CPU defau
   python -m distillspec_jax.main --workdir /tmp/distillspec_quick \
       --config configs/default.py:quick
   python -m distillspec_jax.main --workdir /tmp/ds --config configs/default.py \
-      --config.distill.objective.divergence=tvd --config.evaluation.num_prompts=8
+      --config.distill.objective.divergence=tvd --config.evaluation.timed_prompts=8
 
 Stages: (a) train the T5 target on ground truth, (b) train the baseline draft on
 ground truth, (c) distil the draft from the target (initialised from the
@@ -85,17 +85,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Evaluate tau / alpha on validation prompts this often during distillation.
     config.distill.eval_every = 10 if quick else 25
 
-    # (d) Evaluation of both drafts against the target.
-    config.evaluation = ml_collections.ConfigDict()
-    config.evaluation.gammas = (1, 3, 5, 7)
-    config.evaluation.temperatures = (0.0, 1.0)
-    # Test prompts decoded one at a time (batch 1, the latency setting).
-    config.evaluation.num_prompts = 4 if quick else 24
-    config.evaluation.max_new_tokens = 64 if quick else 128
-    # tau only (no timing) at the largest gamma on more test prompts, decoded in batches
-    # of `tau_batch_size`: a tighter estimate of the tau gain than the timed prompts give.
-    config.evaluation.tau_prompts = 8 if quick else 128
-    config.evaluation.tau_batch_size = 4 if quick else 32
-    # Decode-step timing for the cost ratio c.
-    config.evaluation.cost_steps = 32 if quick else 64
+    # (d) Evaluation of both drafts against the target with `distillspec_jax.evaluate`
+    # (the study fills in the target / draft paths and the vocabulary).
+    config.evaluation = common.evaluation(
+        data=config.data,
+        split="test",
+        # tau, alpha and task metrics on the first N test prompts, in batches.
+        num_prompts=8 if quick else 128,
+        batch_size=4 if quick else 32,
+        max_new_tokens=64 if quick else 128,
+        gammas=(1, 3, 5, 7),
+        temperatures=(0.0, 1.0),
+        # Wall clock at batch 1 (the latency setting) on the first N of them.
+        timed_prompts=4 if quick else 24,
+        timing_repeats=2,
+        # Decode-step timing for the cost ratio c.
+        cost_steps=32 if quick else 64,
+        reference_draft="baseline",
+    )
     return config

@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, target="", drafts="", study="", quick=False)
     if args.study:
         study = default_study.get_config("quick" if args.quick else None)
-        config = common.evaluation(data=study.data)
+        config = study.evaluation
         config.data.vocab_path = os.path.join(args.study, "vocab", "spm.model")
         config.target = common.model_source(
             os.path.join(args.study, "target"), study.target.gin_file
@@ -50,10 +50,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             config.drafts[name] = common.model_source(
                 os.path.join(args.study, stage), study.baseline.gin_file
             )
-        config.reference_draft = "baseline"
-        config.max_new_tokens = study.evaluation.max_new_tokens
-        config.gammas = tuple(study.evaluation.gammas)
-        config.temperatures = tuple(study.evaluation.temperatures)
         return config
     config = common.evaluation()
     config.target = common.model_source(args.target)

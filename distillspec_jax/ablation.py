@@ -22,46 +22,57 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from distillspec_jax import evaluation, fs, main, partitioning
+from distillspec_jax import evaluate, fs, main
 
 
 def _cell_name(source: str, divergence: str, temperature: float) -> str:
     return f"{source}_{divergence}_T{temperature:g}"
 
 
+def _evaluation(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    drafts: dict[str, str],
+    temperatures,
+    gamma: int,
+    num_prompts: int,
+    max_new_tokens: int,
+    **overrides,
+) -> ml_collections.ConfigDict:
+    """An `evaluate` config for the study's target and the named draft workdirs (untimed)."""
+    study = config.study
+    ev = main.evaluation_config(study, workdir, os.path.join(workdir, "vocab", "spm.model"))
+    ev.drafts = ml_collections.ConfigDict(
+        {
+            name: {"path": os.path.join(workdir, path), "gin_file": study.baseline.gin_file}
+            for name, path in drafts.items()
+        }
+    )
+    ev.update(
+        temperatures=tuple(temperatures),
+        gammas=(gamma,),
+        num_prompts=num_prompts,
+        batch_size=num_prompts,
+        max_new_tokens=max_new_tokens,
+        timed_prompts=0,
+        **overrides,
+    )
+    return ev
+
+
 def run_grid(
-    config: ml_collections.ConfigDict, workdir: str, vocab, on_row=lambda rows: None
+    config: ml_collections.ConfigDict, workdir: str, on_row=lambda rows: None
 ) -> list[dict[str, Any]]:
-    """Distils and evaluates every cell; `on_row(rows)` after each (partial reports)."""
+    """Distils and evaluates every cell; `on_row(rows)` after each (partial reports).
+
+    Each cell is measured by `distillspec_jax.evaluate` against the baseline
+    draft on the same prompts (one shared evaluation workdir, so the baseline's
+    cells are decoded once).
+    """
     study = config.study
     vocab_path = os.path.join(workdir, "vocab", "spm.model")
-    mesh = partitioning.create_mesh(study.mesh_shape)
-    bindings = tuple(study.gin_bindings)
-    target, target_params = main._load(
-        study.target.gin_file, os.path.join(workdir, "target"), vocab.vocab_size, bindings, mesh
-    )
-    draft, baseline_params = main._load(
-        study.baseline.gin_file,
-        os.path.join(workdir, "draft_baseline"),
-        vocab.vocab_size,
-        bindings,
-        mesh,
-    )
-    enc, _ = main._test_prompts(study, vocab, config.eval.num_prompts)
-    base_tau = {}
     rows = []
     for temperature in config.temperatures:
-        out = main.speculative_on_prompts(
-            target,
-            target_params,
-            draft,
-            baseline_params,
-            enc,
-            gamma=config.eval.gamma,
-            max_new_tokens=config.eval.max_new_tokens,
-            temperature=temperature,
-        )
-        base_tau[temperature] = evaluation.block_efficiency(out)
         for source in config.sources:
             for divergence in config.divergences:
                 name = _cell_name(source, divergence, temperature)
@@ -80,82 +91,76 @@ def run_grid(
                 train_config.distill.sample_temperature = temperature
                 train_config.speculative_eval.temperature = temperature
                 summary = main.run_stage(os.path.join("ablation", name), train_config, workdir)
-                _, params = main._load(
-                    study.baseline.gin_file,
-                    os.path.join(workdir, "ablation", name),
-                    vocab.vocab_size,
-                    bindings,
-                    mesh,
+                key = name.replace(".", "p")  # A config key: no dots.
+                ev = _evaluation(
+                    config,
+                    workdir,
+                    {"baseline": "draft_baseline", key: os.path.join("ablation", name)},
+                    (temperature,),
+                    config.eval.gamma,
+                    config.eval.num_prompts,
+                    config.eval.max_new_tokens,
+                    reference_draft="baseline",
                 )
-                out = main.speculative_on_prompts(
-                    target,
-                    target_params,
-                    draft,
-                    params,
-                    enc,
-                    gamma=config.eval.gamma,
-                    max_new_tokens=config.eval.max_new_tokens,
-                    temperature=temperature,
+                result = evaluate.run(
+                    ev, os.path.join(workdir, "ablation", "evaluation"), progress=False
                 )
-                tau = evaluation.block_efficiency(out)
+                by = {r["draft"]: r for r in result["rows"]}
+                cell, base = by[key], by["baseline"]
                 rows.append(
                     {
                         "source": source,
                         "divergence": divergence,
                         "temperature": temperature,
-                        "block_efficiency": tau,
-                        "baseline_block_efficiency": base_tau[temperature],
-                        "tau_gain_percent": 100 * (tau / base_tau[temperature] - 1),
-                        "acceptance_rate": evaluation.acceptance_rate(out),
+                        "block_efficiency": cell["block_efficiency"],
+                        "baseline_block_efficiency": base["block_efficiency"],
+                        "tau_gain_percent": cell["tau_gain_percent"],
+                        "tau_gain_interval_90": cell["tau_gain_interval_90"],
+                        "acceptance_rate": cell["acceptance_rate"],
+                        "alpha_estimate": cell["alpha_estimate"],
                         "final_divergence": summary["train"].get("divergence"),
                     }
                 )
-                print(f"[ablation] {name}: tau {tau:.3f} (baseline {base_tau[temperature]:.3f})")
+                print(
+                    f"[ablation] {name}: tau {cell['block_efficiency']:.3f} "
+                    f"(baseline {base['block_efficiency']:.3f})"
+                )
                 on_row(rows)
     return rows
 
 
-def run_lossy(config: ml_collections.ConfigDict, workdir: str, vocab) -> list[dict[str, Any]]:
-    study = config.study
-    mesh = partitioning.create_mesh(study.mesh_shape)
-    bindings = tuple(study.gin_bindings)
-    target, target_params = main._load(
-        study.target.gin_file, os.path.join(workdir, "target"), vocab.vocab_size, bindings, mesh
+def run_lossy(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+    """f_{kind} lenience at each eps, both study drafts, through `evaluate`."""
+    lossy = config.lossy
+    ev = _evaluation(
+        config,
+        workdir,
+        {"baseline": "draft_baseline", "distilled": "draft_distilled"},
+        (lossy.temperature,),
+        lossy.gamma,
+        lossy.num_prompts,
+        lossy.max_new_tokens,
+        lenience=("none", lossy.kind),
+        eps=tuple(lossy.eps),
+        reference_draft="baseline",
     )
-    enc, answers = main._test_prompts(study, vocab, config.lossy.num_prompts)
-    rows = []
-    for name, stage in (("baseline", "draft_baseline"), ("distilled", "draft_distilled")):
-        draft, params = main._load(
-            study.baseline.gin_file, os.path.join(workdir, stage), vocab.vocab_size, bindings, mesh
+    result = evaluate.run(ev, os.path.join(workdir, "ablation", "lossy"), progress=False)
+    rows = [
+        {
+            "draft": r["draft"],
+            "eps": r["eps"],
+            "lenience": lossy.kind if r["lenience"] == "none" else r["lenience"],
+            "block_efficiency": r["block_efficiency"],
+            "acceptance_rate": r["acceptance_rate"],
+            "accuracy": r["metric_sd"].get("exact_match"),
+        }
+        for r in sorted(result["rows"], key=lambda r: (r["draft"], -r["eps"]))
+    ]
+    for r in rows:
+        print(
+            f"[lossy] {r['draft']} eps={r['eps']}: tau {r['block_efficiency']:.3f}, "
+            f"accuracy {r['accuracy']:.1f}%"
         )
-        for eps in config.lossy.eps:
-            out = main.speculative_on_prompts(
-                target,
-                target_params,
-                draft,
-                params,
-                enc,
-                gamma=config.lossy.gamma,
-                max_new_tokens=config.lossy.max_new_tokens,
-                temperature=config.lossy.temperature,
-                lenience=config.lossy.kind,
-                eps=eps,
-            )
-            seqs = [np.asarray(s) for s in np.asarray(out.sequences)]
-            rows.append(
-                {
-                    "draft": name,
-                    "eps": eps,
-                    "lenience": config.lossy.kind,
-                    "block_efficiency": evaluation.block_efficiency(out),
-                    "acceptance_rate": evaluation.acceptance_rate(out),
-                    "accuracy": main._accuracy(vocab, seqs, answers),
-                }
-            )
-            print(
-                f"[lossy] {name} eps={eps}: tau {rows[-1]['block_efficiency']:.3f}, "
-                f"accuracy {rows[-1]['accuracy']:.1f}%"
-            )
     return rows
 
 
@@ -224,24 +229,21 @@ def plot(grid: list[dict[str, Any]], lossy: list[dict[str, Any]], config, out_di
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    from distillspec_jax import tasks
-
     for stage in ("target", "draft_baseline", "draft_distilled"):
         if not fs.exists(os.path.join(workdir, stage, "done.json")):
             raise SystemExit(
                 f"{workdir}/{stage} is not complete: run "
                 f"`python -m distillspec_jax.main --workdir {workdir}` first"
             )
-    vocab = tasks.get_vocabulary(os.path.join(workdir, "vocab", "spm.model"))
     fs.makedirs(os.path.join(workdir, "ablation"))
     # The lossy sweep is cheap: first. The grid reports after every cell, so a
     # stopped run leaves a (marked) partial report.
-    lossy = run_lossy(config, workdir, vocab) if config.run_lossy else []
+    lossy = run_lossy(config, workdir) if config.run_lossy else []
     grid: list[dict[str, Any]] = []
     write_report(config, workdir, grid, lossy)
     if config.run_grid:
         grid = run_grid(
-            config, workdir, vocab, on_row=lambda rows: write_report(config, workdir, rows, lossy)
+            config, workdir, on_row=lambda rows: write_report(config, workdir, rows, lossy)
         )
     return write_report(config, workdir, grid, lossy, verbose=True)
 

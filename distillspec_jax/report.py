@@ -1,5 +1,9 @@
-"""The study's report: goals (tau gain with bootstrap intervals, best speedup),
-report.md, plots and the one-screen summary, from `main.evaluate`'s results."""
+"""Reports: renders result rows to report.md, plots and console summaries.
+
+Two producers: `distillspec_jax.evaluate` (rows of any target / drafts on any
+task) and the study (`main.py`: the same rows plus the training stages). This
+module computes nothing beyond picking rows: every number comes from them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from distillspec_jax import evaluation, fs
+from distillspec_jax import fs
 
 
 def distillation_curve(workdir: str) -> list[dict[str, float]]:
@@ -23,112 +27,111 @@ def distillation_curve(workdir: str) -> list[dict[str, float]]:
     ]
 
 
-def _put_gain(out: dict[str, Any], key: str, at: dict[str, dict[str, Any]]) -> None:
-    """out's tau gain (percent) and its interval at `key`, from the drafts' rows."""
-    base, dist = at["baseline"], at["distilled"]
-    out["tau_gain_percent"][key] = 100 * (dist["block_efficiency"] / base["block_efficiency"] - 1)
-    out["tau_gain_interval_90"][key] = (
-        evaluation.tau_gain_interval(
-            base["prompt_tokens"],
-            base["prompt_target_calls"],
-            dist["prompt_tokens"],
-            dist["prompt_target_calls"],
-        )
-        if "prompt_tokens" in base and "prompt_tokens" in dist
-        else None
-    )
+# --------------------------------------------------------------------------
+# The study.
+# --------------------------------------------------------------------------
+
+
+def _lossless(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["lenience"] == "none"]
 
 
 def goals(results: dict[str, Any]) -> dict[str, Any]:
-    """tau gain of the distilled draft at the largest gamma, and the best speedup."""
-    rows = results["rows"]
+    """The distilled draft's tau gain at the largest gamma (with its interval) and
+    its best measured speedup, per temperature, picked from the evaluation rows."""
+    rows = _lossless(results["rows"])
     gamma = max(r["gamma"] for r in rows)
     out: dict[str, Any] = {
         "gamma": gamma,
+        "num_prompts": rows[0]["num_prompts"],
         "tau_gain_percent": {},
         "tau_gain_interval_90": {},
         "best_speedup": {},
     }
     for temperature in sorted({r["temperature"] for r in rows}):
-        at = {
-            r["draft"]: r for r in rows if r["gamma"] == gamma and r["temperature"] == temperature
-        }
-        _put_gain(out, str(temperature), at)
-        best = max(
-            (r for r in rows if r["draft"] == "distilled" and r["temperature"] == temperature),
-            key=lambda r: r["measured_speedup"],
-        )
-        out["best_speedup"][str(temperature)] = {
-            "gamma": best["gamma"],
-            "measured_speedup": best["measured_speedup"],
-        }
-    # The same gain on the larger, untimed prompt set (when it was measured).
-    batched = results.get("tau_rows") or []
-    out["batched"] = {"num_prompts": 0, "tau_gain_percent": {}, "tau_gain_interval_90": {}}
-    for temperature in sorted({r["temperature"] for r in batched}):
-        at = {r["draft"]: r for r in batched if r["temperature"] == temperature}
-        out["batched"]["num_prompts"] = at["baseline"]["num_prompts"]
-        _put_gain(out["batched"], str(temperature), at)
-    # Met only if it holds on every prompt set measured.
-    out["tau_gain_at_least_20_percent"] = all(
-        v >= 20
-        for gains in (out["tau_gain_percent"], out["batched"]["tau_gain_percent"])
-        for v in gains.values()
-    )
-    out["distilled_sd_faster_than_ar"] = all(
+        key = str(temperature)
+        distilled = [
+            r for r in rows if r["draft"] == "distilled" and r["temperature"] == temperature
+        ]
+        at_gamma = next(r for r in distilled if r["gamma"] == gamma)
+        out["tau_gain_percent"][key] = at_gamma["tau_gain_percent"]
+        out["tau_gain_interval_90"][key] = at_gamma["tau_gain_interval_90"]
+        timed = [r for r in distilled if r.get("measured_speedup") is not None]
+        if timed:
+            best = max(timed, key=lambda r: r["measured_speedup"])
+            out["best_speedup"][key] = {
+                "gamma": best["gamma"],
+                "measured_speedup": best["measured_speedup"],
+            }
+    out["tau_gain_at_least_20_percent"] = all(v >= 20 for v in out["tau_gain_percent"].values())
+    out["distilled_sd_faster_than_ar"] = bool(out["best_speedup"]) and all(
         v["measured_speedup"] > 1 for v in out["best_speedup"].values()
     )
     return out
 
 
-def make_plots(results: dict[str, Any], out_dir: str) -> list[str]:
+def _gamma_panels(
+    results: dict[str, Any], key: str, theory_key: str, ylabel: str, path: str, hline=None
+) -> str | None:
+    """One panel per temperature: `key` (solid) and `theory_key` (dotted) vs gamma per draft."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fs.makedirs(out_dir)
-    rows, paths = results["rows"], []
+    rows = _lossless(results.get("average_rows") or results["rows"])
+    rows = [r for r in rows if r.get(key) is not None]
+    if not rows:
+        return None
     temps = sorted({r["temperature"] for r in rows})
-    for key, ylabel, fname in (
-        ("block_efficiency", "block efficiency tau", "tau_vs_gamma.png"),
-        ("measured_speedup", "wall-clock speedup over AR", "speedup_vs_gamma.png"),
-    ):
-        fig, axes = plt.subplots(1, len(temps), figsize=(5 * len(temps), 3.6), squeeze=False)
-        for ax, temperature in zip(axes[0], temps, strict=True):
-            for draft, style, color in (("baseline", "o--", "C0"), ("distilled", "s-", "C3")):
-                sel = sorted(
-                    (r for r in rows if r["draft"] == draft and r["temperature"] == temperature),
-                    key=lambda r: r["gamma"],
-                )
-                ax.plot(
-                    [r["gamma"] for r in sel],
-                    [r[key] for r in sel],
-                    style,
-                    color=color,
-                    label=draft,
-                )
-                if key == "measured_speedup":
-                    ax.plot(
-                        [r["gamma"] for r in sel],
-                        [r["theoretical_speedup"] for r in sel],
-                        style[0] + ":",
-                        color=color,
-                        alpha=0.4,
-                        label=f"{draft} (theory)",
-                    )
-            if key == "measured_speedup":
-                ax.axhline(1.0, color="gray", lw=0.8)
-            ax.set_title(f"T = {temperature:g}")
-            ax.set_xlabel("gamma (drafted tokens per block)")
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.tight_layout()
-        path = os.path.join(out_dir, fname)
-        fs.save_figure(fig, path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+    fig, axes = plt.subplots(1, len(temps), figsize=(5 * len(temps), 3.6), squeeze=False)
+    for ax, temperature in zip(axes[0], temps, strict=True):
+        for i, draft in enumerate(results["drafts"]):
+            sel = sorted(
+                (r for r in rows if r["draft"] == draft and r["temperature"] == temperature),
+                key=lambda r: r["gamma"],
+            )
+            gammas = [r["gamma"] for r in sel]
+            ax.plot(gammas, [r[key] for r in sel], "o-", color=f"C{i}", label=draft)
+            ax.plot(
+                gammas,
+                [r[theory_key] for r in sel],
+                ":",
+                color=f"C{i}",
+                alpha=0.6,
+                label=f"{draft} (theory)",
+            )
+        if hline is not None:
+            ax.axhline(hline, color="gray", lw=0.8)
+        ax.set_title(f"T = {temperature:g}")
+        ax.set_xlabel("gamma (drafted tokens per block)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fs.makedirs(os.path.dirname(path))
+    fs.save_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def make_plots(results: dict[str, Any], out_dir: str) -> list[str]:
+    """The study's plots: tau and speedup vs gamma, and tau over distillation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = evaluation_plots(results, out_dir)
+    speedup = _gamma_panels(
+        results,
+        "measured_speedup",
+        "theoretical_speedup",
+        "wall-clock speedup over AR (batch 1)",
+        os.path.join(out_dir, "speedup_vs_gamma.png"),
+        hline=1.0,
+    )
+    paths += [speedup] if speedup else []
     curve = results.get("distillation_curve") or []
     if curve:
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -173,6 +176,7 @@ def _gains_text(g: dict[str, Any]) -> str:
 
 def write_report(results: dict[str, Any], path: str) -> str:
     g = results["goals"]
+    cfg = results["config"]
     lines = [
         "# DistillSpec on gsm_symbolic (offline CPU run)",
         "",
@@ -185,33 +189,33 @@ def write_report(results: dict[str, Any], path: str) -> str:
         "",
         f"Target: {results['target']['params']:,} parameters; drafts: "
         + ", ".join(
-            f"{k} {v['params']:,} parameters (c = {v['cost_ratio']:.3f})"
+            f"{k} {v['params']:,} parameters"
+            + (f" (c = {v['cost_ratio']:.3f})" if v.get("cost_ratio") else "")
             for k, v in results["drafts"].items()
         )
         + ".",
-        f"Evaluation: {results['evaluation']['num_prompts']} test prompts decoded one at a "
-        f"time (batch 1), up to {results['evaluation']['max_new_tokens']} new tokens.",
+        f"Evaluation (`distillspec_jax.evaluate`): the first {cfg['num_prompts']} test prompts "
+        f"in batches of {cfg['batch_size']}, up to {cfg['max_new_tokens']} new tokens; "
+        f"wall clock at batch 1 on the first {cfg['timed_prompts']} of them.",
         "",
         "## Goals",
         "",
-        f"- tau gain of the distilled draft over the baseline at gamma = {g['gamma']}: "
-        + f"timed prompts ({results['evaluation']['num_prompts']}): "
+        f"- tau gain of the distilled draft over the baseline at gamma = {g['gamma']} on "
+        f"{g['num_prompts']} test prompts: "
         + _gains_text(g)
-        + (
-            f"; batched prompts ({g['batched']['num_prompts']}): " + _gains_text(g["batched"])
-            if g.get("batched", {}).get("num_prompts")
-            else ""
-        )
         + (
             " (goal >= 20%: met)"
             if g["tau_gain_at_least_20_percent"]
             else " (goal >= 20%: not met)"
         ),
         "- best measured wall-clock speedup of SD with the distilled draft over AR "
-        "target decoding: "
-        + ", ".join(
-            f"T={t}: {v['measured_speedup']:.2f}x at gamma={v['gamma']}"
-            for t, v in g["best_speedup"].items()
+        "target decoding (batch 1): "
+        + (
+            ", ".join(
+                f"T={t}: {v['measured_speedup']:.2f}x at gamma={v['gamma']}"
+                for t, v in g["best_speedup"].items()
+            )
+            or "not timed"
         )
         + (
             " (faster than AR: yes)"
@@ -220,53 +224,14 @@ def write_report(results: dict[str, Any], path: str) -> str:
         ),
         "",
         "CI: paired bootstrap over the test prompts (2000 resamples), i.e. how much the gain "
-        "depends on which prompts were drawn. Timed prompts are decoded one at a time and "
-        "timed; batched prompts (the first N test prompts, batches of "
-        f"{results['evaluation'].get('tau_batch_size', '-')}) measure tau only.",
+        "depends on which prompts were drawn.",
         "",
-        "## Block efficiency, acceptance and speedup",
+        "## Block efficiency, acceptance, task accuracy and speedup",
         "",
-        _table(
-            results["rows"],
-            [
-                ("temperature", "T", "g"),
-                ("gamma", "gamma", "d"),
-                ("draft", "draft", "s"),
-                ("block_efficiency", "tau", ".3f"),
-                ("acceptance_rate", "alpha", ".3f"),
-                ("theoretical_block_efficiency", "tau theory", ".3f"),
-                ("theoretical_speedup", "speedup theory", ".2f"),
-                ("measured_speedup", "speedup measured", ".2f"),
-                ("sd_tokens_per_s", "SD tok/s", ".0f"),
-                ("ar_tokens_per_s", "AR tok/s", ".0f"),
-                ("accuracy_sd", "acc SD %", ".1f"),
-                ("accuracy_ar", "acc AR %", ".1f"),
-                ("greedy_output_identical_to_ar", "greedy == AR", ""),
-            ],
-        ),
+        _rows_table(results["rows"]),
         "",
-        "Task accuracy is exact match of the final number; at T = 0 lossless SD reproduces "
-        "the target's greedy output token for token (column 'greedy == AR').",
+        ROW_LEGEND.format(reference=results["reference_draft"]),
         "",
-    ]
-    if results.get("tau_rows"):
-        lines += [
-            f"## Block efficiency on {g['batched']['num_prompts']} test prompts (batched, "
-            "not timed)",
-            "",
-            _table(
-                results["tau_rows"],
-                [
-                    ("temperature", "T", "g"),
-                    ("gamma", "gamma", "d"),
-                    ("draft", "draft", "s"),
-                    ("block_efficiency", "tau", ".3f"),
-                    ("acceptance_rate", "alpha", ".3f"),
-                ],
-            ),
-            "",
-        ]
-    lines += [
         "## Plots",
         "",
         *[f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in results["plots"]],
@@ -294,26 +259,23 @@ def write_report(results: dict[str, Any], path: str) -> str:
 
 def summary_screen(results: dict[str, Any]) -> str:
     g = results["goals"]
+    rows = _lossless(results["rows"])
     lines = ["", "=" * 72, "DistillSpec study complete"]
-    for temperature in sorted({r["temperature"] for r in results["rows"]}):
+    for temperature in sorted({r["temperature"] for r in rows}):
         lines.append(f"T={temperature:g}  gamma  tau(base)  tau(distilled)  speedup(distilled)")
-        for gamma in sorted({r["gamma"] for r in results["rows"]}):
+        for gamma in sorted({r["gamma"] for r in rows}):
             by = {
                 r["draft"]: r
-                for r in results["rows"]
+                for r in rows
                 if r["gamma"] == gamma and r["temperature"] == temperature
             }
+            speedup = by["distilled"].get("measured_speedup")
             lines.append(
                 f"       {gamma:5d}  {by['baseline']['block_efficiency']:9.3f}"
                 f"  {by['distilled']['block_efficiency']:14.3f}"
-                f"  {by['distilled']['measured_speedup']:17.2f}x"
+                f"  {'-' if speedup is None else f'{speedup:.2f}x':>17}"
             )
-    lines.append(f"tau gain at gamma={g['gamma']}, timed prompts: {_gains_text(g)}")
-    if g.get("batched", {}).get("num_prompts"):
-        lines.append(
-            f"tau gain at gamma={g['gamma']}, {g['batched']['num_prompts']} batched prompts: "
-            f"{_gains_text(g['batched'])}"
-        )
+    lines.append(f"tau gain at gamma={g['gamma']} on {g['num_prompts']} prompts: {_gains_text(g)}")
     lines.append(
         f"total time {results['timing']['total_s'] / 60:.1f} min; report: {results['report']}"
     )
@@ -341,10 +303,54 @@ def _metric_text(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.3g}" for k, v in sorted(metrics.items())) or "-"
 
 
+ROW_LEGEND = (
+    "tau = tokens produced per target call; alpha = accepted / verified drafts (SD "
+    "counters); alpha est. = mean of sum min(q, f(p)) over the target's own samples "
+    "(1 - TVD when lossless, argmax agreement at T = 0), independent of the counters; "
+    "tau theory = the i.i.d. formula at alpha est.; gain = tau over draft `{reference}` with a "
+    "90% paired-bootstrap interval over prompts; SD == AR = fraction of prompts whose greedy "
+    "SD output equals greedy AR; c = draft / target decode-step time; speedup = SD tokens/s "
+    "over AR tokens/s at batch 1 on the timed prompts."
+)
+
+_ROW_COLUMNS = [
+    ("draft", "draft", "s"),
+    ("temperature", "T", "g"),
+    ("gamma", "gamma", "d"),
+    ("lenience", "lenience", "s"),
+    ("eps", "eps", "g"),
+    ("block_efficiency", "tau", ".3f"),
+    ("theoretical_block_efficiency", "tau theory", ".3f"),
+    ("acceptance_rate", "alpha", ".3f"),
+    ("alpha_estimate", "alpha est.", ".3f"),
+    ("gain", "gain vs ref", "s"),
+    ("sd_metric", "metric SD", "s"),
+    ("ar_metric", "metric AR", "s"),
+    ("greedy_identical_fraction", "SD == AR", ".2f"),
+    ("cost_ratio", "c", ".3f"),
+    ("measured_speedup", "speedup", ".2f"),
+]
+
+
+def _rows_table(rows: list[dict[str, Any]]) -> str:
+    shown = [
+        {
+            **r,
+            "gain": _interval(r),
+            "sd_metric": _metric_text(r["metric_sd"]),
+            "ar_metric": _metric_text(r["metric_ar"]),
+        }
+        for r in rows
+    ]
+    head = "| " + " | ".join(c[1] for c in _ROW_COLUMNS) + " |"
+    sep = "|" + "|".join("---" for _ in _ROW_COLUMNS) + "|"
+    body = ["| " + " | ".join(_fmt(r.get(c[0]), c[2]) for c in _ROW_COLUMNS) + " |" for r in shown]
+    return "\n".join([head, sep, *body])
+
+
 def evaluation_report(results: dict[str, Any]) -> str:
     """report.md of an `evaluate` run: one table per task, and the transfer table."""
     rows, averages = results["rows"], results.get("average_rows") or []
-    ref = results["reference_draft"]
     cfg = results["config"]
     lines = [
         "# Speculative decoding evaluation",
@@ -359,62 +365,26 @@ def evaluation_report(results: dict[str, Any]) -> str:
         f"{results['seconds'] / 60:.1f} min on {results['machine']['cpu_count']} CPUs "
         f"({results['machine']['jax_backend']}).",
         "",
-        "tau = tokens produced per target call; alpha = accepted / verified drafts (SD "
-        "counters); alpha est. = mean of sum min(q, f(p)) over the target's own samples "
-        "(1 - TVD when lossless, argmax agreement at T = 0), independent of the counters; "
-        f"tau theory = the i.i.d. formula at alpha est.; gain = tau over draft `{ref}` with a "
-        "90% paired-bootstrap interval over prompts; speedup = SD tokens/s over AR tokens/s "
-        "at batch 1 on the timed prompts.",
+        ROW_LEGEND.format(reference=results["reference_draft"]),
     ]
-    columns = [
-        ("draft", "draft", "s"),
-        ("temperature", "T", "g"),
-        ("gamma", "gamma", "d"),
-        ("lenience", "lenience", "s"),
-        ("eps", "eps", "g"),
-        ("block_efficiency", "tau", ".3f"),
-        ("theoretical_block_efficiency", "tau theory", ".3f"),
-        ("acceptance_rate", "alpha", ".3f"),
-        ("alpha_estimate", "alpha est.", ".3f"),
-        ("gain", "gain vs ref", "s"),
-        ("sd_metric", "metric SD", "s"),
-        ("ar_metric", "metric AR", "s"),
-        ("greedy_identical_fraction", "SD == AR", ".2f"),
-        ("cost_ratio", "c", ".3f"),
-        ("measured_speedup", "speedup", ".2f"),
-    ]
-
-    def table(selected: list[dict[str, Any]]) -> str:
-        shown = [
-            {
-                **r,
-                "gain": _interval(r),
-                "sd_metric": _metric_text(r["metric_sd"]),
-                "ar_metric": _metric_text(r["metric_ar"]),
-            }
-            for r in selected
-        ]
-        head = "| " + " | ".join(c[1] for c in columns) + " |"
-        sep = "|" + "|".join("---" for _ in columns) + "|"
-        body = ["| " + " | ".join(_fmt(r.get(c[0]), c[2]) for c in columns) + " |" for r in shown]
-        return "\n".join([head, sep, *body])
-
     for task in results["tasks"]:
         selected = [r for r in rows if r["task"] == task]
-        lines += ["", f"## {task} ({selected[0]['num_prompts']} prompts)", "", table(selected)]
+        lines += [
+            "",
+            f"## {task} ({selected[0]['num_prompts']} prompts)",
+            "",
+            _rows_table(selected),
+        ]
+        lines += ["", "P(draft position i accepted and emitted) per block:", ""]
         for r in selected:
             hist = ", ".join(f"{p:.2f}" for p in r["accept_prob_by_position"])
             lines.append(
-                f"\nP(draft position i accepted), {r['draft']} T={r['temperature']:g} "
-                f"gamma={r['gamma']} {r['lenience']} eps={r['eps']:g}: {hist}"
+                f"- {r['draft']} T={r['temperature']:g} gamma={r['gamma']} "
+                f"{r['lenience']} eps={r['eps']:g}: {hist}"
             )
     if averages:
         gamma = max(r["gamma"] for r in averages)
-        lines += [
-            "",
-            f"## Transfer table (tau at gamma = {gamma}, lossless)",
-            "",
-        ]
+        lines += ["", f"## Transfer table (tau at gamma = {gamma}, lossless)", ""]
         drafts = list(results["drafts"])
         for temperature in sorted({r["temperature"] for r in averages}):
             lines += [
@@ -451,45 +421,15 @@ def evaluation_report(results: dict[str, Any]) -> str:
 
 
 def evaluation_plots(results: dict[str, Any], out_dir: str) -> list[str]:
-    """tau (measured and from alpha est.) vs gamma per draft, one panel per temperature."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = results.get("average_rows") or results["rows"]
-    rows = [r for r in rows if r["lenience"] == "none"]
-    if not rows:
-        return []
-    fs.makedirs(out_dir)
-    temps = sorted({r["temperature"] for r in rows})
-    fig, axes = plt.subplots(1, len(temps), figsize=(5 * len(temps), 3.6), squeeze=False)
-    for ax, temperature in zip(axes[0], temps, strict=True):
-        for i, draft in enumerate(results["drafts"]):
-            sel = sorted(
-                (r for r in rows if r["draft"] == draft and r["temperature"] == temperature),
-                key=lambda r: r["gamma"],
-            )
-            gammas = [r["gamma"] for r in sel]
-            ax.plot(gammas, [r["block_efficiency"] for r in sel], "o-", color=f"C{i}", label=draft)
-            ax.plot(
-                gammas,
-                [r["theoretical_block_efficiency"] for r in sel],
-                ":",
-                color=f"C{i}",
-                alpha=0.6,
-                label=f"{draft} (theory, alpha est.)",
-            )
-        ax.set_title(f"T = {temperature:g}")
-        ax.set_xlabel("gamma (drafted tokens per block)")
-        ax.set_ylabel("block efficiency tau")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "tau_vs_gamma.png")
-    fs.save_figure(fig, path, dpi=120)
-    plt.close(fig)
-    return [path]
+    """tau (measured, and theory from alpha est.) vs gamma per draft, a panel per T."""
+    path = _gamma_panels(
+        results,
+        "block_efficiency",
+        "theoretical_block_efficiency",
+        "block efficiency tau",
+        os.path.join(out_dir, "tau_vs_gamma.png"),
+    )
+    return [path] if path else []
 
 
 def evaluation_summary(results: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ import pytest
 
 from configs import ablation as ablation_config
 from configs import default
-from distillspec_jax import ablation, evaluation, fs, main, report
+from distillspec_jax import ablation, evaluation, fs, main, report, sampling
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +30,14 @@ def test_tau_gain_interval():
 
 
 @pytest.mark.slow
-def test_quick_study_end_to_end_and_resume(study, capsys):
+def test_quick_study_end_to_end_and_resume(study, capsys, monkeypatch):
     workdir, results = study
     config = default.get_config("quick")
     for name in (
         "report.md",
         "results.json",
-        "evaluation.json",
+        "evaluation/results.json",
+        "evaluation/report.md",
         "plots/tau_vs_gamma.png",
         "plots/speedup_vs_gamma.png",
         "plots/distillation_curve.png",
@@ -45,35 +46,37 @@ def test_quick_study_end_to_end_and_resume(study, capsys):
     rows = results["rows"]
     assert len(rows) == 2 * 2 * len(config.evaluation.gammas)
     for row in rows:
+        assert row["num_prompts"] == config.evaluation.num_prompts
         assert 1.0 <= row["block_efficiency"] <= row["gamma"] + 1
+        tau = sum(row["prompt_tokens"]) / sum(row["prompt_target_calls"])
+        assert abs(row["block_efficiency"] - tau) < 1e-9
         assert 0.0 <= row["acceptance_rate"] <= 1.0
+        assert 0.0 <= row["alpha_estimate"] <= 1.0
         assert row["measured_speedup"] > 0
+        assert row["timed_prompts"] == config.evaluation.timed_prompts
         if row["temperature"] == 0.0:  # lossless greedy SD == greedy target decoding
-            assert row["greedy_output_identical_to_ar"] is True
-            assert row["accuracy_sd"] == row["accuracy_ar"]
+            assert row["greedy_identical_fraction"] == 1.0
+            assert row["metric_sd"] == row["metric_ar"]
     assert len(results["distillation_curve"]) >= 2
     report_md = open(os.path.join(workdir, "report.md")).read()
-    assert "tau gain of the distilled draft" in report_md and "| T | gamma |" in report_md
+    assert "tau gain of the distilled draft" in report_md and "| draft | T | gamma |" in report_md
     intervals = results["goals"]["tau_gain_interval_90"]
     assert set(intervals) == set(results["goals"]["tau_gain_percent"])
     assert all(-100 < low <= high for low, high in intervals.values())
     assert "90% CI" in report_md
-    # tau on the batched (untimed) prompt set: both drafts at both temperatures.
-    tau_rows = results["tau_rows"]
-    assert len(tau_rows) == 2 * len(config.evaluation.temperatures)
-    for row in tau_rows:
-        assert row["num_prompts"] == config.evaluation.tau_prompts
-        assert len(row["prompt_tokens"]) == row["num_prompts"]
-        assert 1.0 <= row["block_efficiency"] <= row["gamma"] + 1
-    assert results["goals"]["batched"]["num_prompts"] == config.evaluation.tau_prompts
-    assert "batched, not timed" in report_md
     saved = json.load(open(os.path.join(workdir, "results.json")))
     assert saved["goals"] == results["goals"]
-    # A second run resumes: every stage and the evaluation are skipped.
+    # A second run resumes: every stage is skipped and no evaluation cell is decoded.
     capsys.readouterr()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished evaluation cell was decoded again")
+
+    monkeypatch.setattr(sampling, "speculative_sample", fail)
     again = main.run(config, workdir)
     out = capsys.readouterr().out
-    assert out.count("skipped") == 4 and again["rows"] == rows
+    assert out.count("skipped") == 3 and again["rows"] == rows
+    monkeypatch.undo()
     # Report and plots also go to a bucket URI (ram:// stands in for gs://).
     bucket = f"ram://study-{os.getpid()}"
     plots = report.make_plots(results, bucket + "/plots")
