@@ -16,11 +16,11 @@ CASES = [
     ("t5", f"task=xsum,target={target},stage={stage}")
     for target in t5.SLICES
     for stage in t5.STAGES
+    if stage != "evaluate"
 ]
 CASES += [("t5", f"task={task},target=base,stage=distill") for task in t5.LENGTHS if task != "xsum"]
 CASES += [("gpt_lm1b", f"stage={s}") for s in ("target", "draft", "distill")]
 CASES += [
-    ("bbh_transfer", "bbh_dir=/data/bbh"),
     ("model_garden", "stage=target"),
     ("model_garden", "stage=draft"),
 ]
@@ -31,7 +31,7 @@ DEVICES = {"base": 4, "large": 8, "xl": 16, "xxl": 32}
 def _devices(name, arg, config):
     if name == "t5" and "stage=draft" not in arg:
         return DEVICES[dict(kv.split("=") for kv in arg.split(","))["target"]]
-    return {"gpt_lm1b": 4, "bbh_transfer": 16}.get(name, 4 * config.mesh_shape[1])
+    return {"gpt_lm1b": 4}.get(name, 4 * config.mesh_shape[1])
 
 
 @pytest.mark.parametrize("name,arg", CASES)
@@ -69,3 +69,31 @@ def test_config_builds_and_shards(name, arg):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="target in"):
         t5.get_config("target=huge")
+
+
+# Every experiment's evaluation: an `evaluate` config over the workdirs its stages make.
+EVAL_CASES = [
+    ("t5", "task=xsum,target=xl,stage=evaluate,root=/r", "/r/target_xl", "/r/distill_xl_t1"),
+    ("t5", "task=gsm8k,target=base,stage=evaluate,temperature=0,root=/g", "/g/target_base",
+     "/g/distill_base_t0"),
+    ("gpt_lm1b", "stage=evaluate,root=/l", "/l/target", "/l/distill"),
+    ("model_garden", "stage=evaluate,root=/m", "/m/garden/large_from_xxl",
+     "/m/garden/small_from_large"),
+    ("bbh_transfer", "bbh_dir=/b,gsm8k=/g", "/g/target_xl", "/g/distill_xl_t1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,arg,target,distilled", EVAL_CASES)
+def test_evaluation_configs(name, arg, target, distilled):
+    from distillspec_jax import evaluate
+
+    module = importlib.import_module(f"configs.paper.{name}")
+    config = module.get_config(arg)
+    evaluate.validate(config)  # Every check that needs no model or data passes.
+    assert config.target.path == target
+    assert config.drafts.distilled.path == distilled and config.reference_draft == "baseline"
+    assert "stage=evaluate" in module.__doc__ or name == "bbh_transfer"
+    assert "--module evaluate" in module.__doc__
+    if name == "bbh_transfer":
+        assert config.data.task == "bbh" and len(config.data.bbh_files) == 27
+        assert config.data.bbh_files.navigate == "/b/navigate.json"

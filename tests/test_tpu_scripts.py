@@ -1,6 +1,7 @@
 """tpu_scripts/launch.sh: the dry run prints the right commands; shellcheck passes."""
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -77,7 +78,17 @@ def test_optional_steps_and_main_module():
     assert verbs == ["git", "scp", "ssh", "ssh", "ssh"]
     job = cmds[-1][-1]
     assert "distillspec_jax.main" in job and "--multihost" not in job
+    assert "--worker=0" in cmds[-1]  # A single-host program: worker 0 only.
     assert not any("--project" in c for c in cmds)
+    cmds = _commands(*BASE, "--module", "evaluate", "--no-follow")
+    assert "distillspec_jax.evaluate" in cmds[-1][-1] and "--worker=0" in cmds[-1]
+
+
+def test_help_names_existing_configs():
+    result = _launch("--help")
+    assert result.returncode == 0
+    for path in re.findall(r"configs/[\w/]+\.py", result.stdout):
+        assert os.path.exists(os.path.join(REPO, path)), path
 
 
 @pytest.mark.parametrize(

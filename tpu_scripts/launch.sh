@@ -2,7 +2,7 @@
 # Launch a distillspec_jax job on a Cloud TPU VM (single host or a pod slice).
 #
 #   tpu_scripts/launch.sh --name ds-v4 --zone us-central2-b --project my-proj \
-#       --accelerator v4-32 --create --config configs/paper/t5_xsum.py:target=xl \
+#       --accelerator v4-32 --create --config configs/paper/t5.py:task=xsum,target=xl \
 #       --workdir gs://my-bucket/distillspec/xsum_xl -- --config.distill.divergence=tvd
 #
 # Steps: [create the VM] -> copy this checkout to every worker -> virtualenv with
@@ -24,7 +24,7 @@ Flags:
   --version VERSION      TPU software version for --create (default tpu-ubuntu2204-base)
   --config FILE[:ARGS]   config file, relative to the repository (required)
   --workdir DIR          output directory, normally gs://... (required)
-  --module NAME          train (default) or main
+  --module NAME          train (default), main or evaluate
   --create               create the TPU VM first
   --delete               delete the TPU VM when the job ends
   --no-follow            start the job and return without following the log
@@ -67,8 +67,8 @@ if [[ "$delete" == 1 && "$follow" == 0 ]]; then
   echo "launch.sh: --delete needs the log followed (it would delete the VM under the job)" >&2
   exit 2
 fi
-if [[ "$module" != "train" && "$module" != "main" ]]; then
-  echo "launch.sh: --module must be 'train' or 'main', got '$module'" >&2
+if [[ "$module" != "train" && "$module" != "main" && "$module" != "evaluate" ]]; then
+  echo "launch.sh: --module must be 'train', 'main' or 'evaluate', got '$module'" >&2
   exit 2
 fi
 
@@ -99,8 +99,12 @@ run() {
 
 # The job's command line on every worker, with each argument quoted.
 job=(python -m "distillspec_jax.${module}" --config "$config" --workdir "$workdir")
+# train runs on every worker (multi-host); main and evaluate are single-host programs
+# that write their workdir from one process: worker 0 only.
+job_workers=0
 if [[ "$module" == "train" ]]; then
   job+=(--multihost)
+  job_workers=all
 fi
 job+=("${extra[@]}")
 job_line="$(printf '%q ' "${job[@]}")"
@@ -121,8 +125,8 @@ run "${gcloud_tpu[@]}" ssh "$name" --worker=all "${location[@]}" --command \
 run "${gcloud_tpu[@]}" ssh "$name" --worker=all "${location[@]}" --command \
   "cd ~/${remote_dir} && python3 -m venv .venv && . .venv/bin/activate && pip install -q -U pip && pip install -q -e '.[tpu]'"
 
-# Start the job on all workers in the background; logs in ~/distillspec_jax/run.log.
-run "${gcloud_tpu[@]}" ssh "$name" --worker=all "${location[@]}" --command \
+# Start the job in the background; logs in ~/distillspec_jax/run.log.
+run "${gcloud_tpu[@]}" ssh "$name" --worker="$job_workers" "${location[@]}" --command \
   "cd ~/${remote_dir} && . .venv/bin/activate && nohup ${job_line}> run.log 2>&1 < /dev/null &"
 
 if [[ "$follow" == 1 ]]; then

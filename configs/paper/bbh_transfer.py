@@ -1,15 +1,23 @@
-r"""Transfer: a draft distilled on GSM8K, evaluated on BIG-Bench Hard (no training).
+r"""Transfer: drafts distilled on GSM8K, evaluated on the 23 BIG-Bench Hard tasks.
 
-  tpu_scripts/launch.sh --name ds --zone us-central2-b --accelerator v4-32 \
-      --config configs/paper/bbh_transfer.py:bbh_dir=gs://BUCKET/bbh \
-      --workdir gs://BUCKET/bbh_transfer \
-      -- --config.target_checkpoint=gs://BUCKET/gsm8k/target_xl \
-         --config.init_checkpoint=gs://BUCKET/gsm8k/distill_xl_t1
+The paper's transfer table: per BBH task and on average, tau of the GSM8K
+fine-tuned draft (baseline) and of the GSM8K-distilled draft against the GSM8K
+target, with no training on BBH. Workdirs as `configs/paper/t5.py` makes them
+under `gsm8k=` (target_xl, draft, distill_xl_t1):
 
-Slice: v4-32, mesh (data=4, model=4) for the T5-XL target. num_train_steps = 0:
-the run restores the draft and reports tau and alpha on the BBH prompts.
-`bbh_dir` holds the 27 bbh/<task>.json files of BIG-Bench-Hard (23 tasks, some in
-several sizes).
+  tpu_scripts/launch.sh --name ds --zone us-central2-b --accelerator v4-32 --create \
+      --module evaluate \
+      --config configs/paper/bbh_transfer.py:bbh_dir=gs://BUCKET/bbh,gsm8k=gs://BUCKET/gsm8k \
+      --workdir gs://BUCKET/bbh_transfer
+
+or on any machine that can hold the pair:
+
+  python -m distillspec_jax.evaluate --workdir /tmp/bbh_transfer \
+      --config configs/paper/bbh_transfer.py:bbh_dir=/data/bbh,gsm8k=/ckpt/gsm8k
+
+Slice: v4-32 for the T5-XL target. `bbh_dir` holds the 27 bbh/<task>.json files of
+BIG-Bench-Hard (23 tasks, some in several sizes); report.md has one row per file
+plus the average.
 """
 
 import ml_collections
@@ -30,22 +38,28 @@ BBH_TASKS = (
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, bbh_dir="gs://BUCKET/bbh", target="xl", temperature=1.0)
-    data = common.paper_data(
-        "bbh", max_input_length=512, max_target_length=256, train_split="test", eval_split="test"
+    args = common.parse_arg(
+        arg, bbh_dir="gs://BUCKET/bbh", gsm8k="gs://BUCKET/gsm8k", target="xl", temperature=1.0
     )
+    data = common.paper_data("bbh", max_input_length=512, max_target_length=256)
     data.bbh_files = ml_collections.ConfigDict({t: f"{args.bbh_dir}/{t}.json" for t in BBH_TASKS})
-    return common.training_config(
-        mode="distill",
-        model_gin_file="gin/t5_1_1/small.gin",
-        target_gin_file=f"gin/t5_1_1/{args.target}.gin",
-        gin_bindings=("models.build_model.dtype = 'bfloat16'",),
-        data=data,
-        mesh_shape=(-1, 4),
-        batch_size=64,
-        num_train_steps=0,
-        eval_batches=16,
-        speculative_eval=common.speculative_eval(
-            num_prompts=256, gamma=7, temperature=args.temperature, max_new_tokens=256
+    return common.evaluation(
+        target=common.model_source(f"{args.gsm8k}/target_{args.target}"),
+        drafts=ml_collections.ConfigDict(
+            {
+                "baseline": common.model_source(f"{args.gsm8k}/draft"),
+                "distilled": common.model_source(
+                    f"{args.gsm8k}/distill_{args.target}_t{args.temperature:g}"
+                ),
+            }
         ),
+        reference_draft="baseline",
+        data=data,
+        split="test",
+        num_prompts=250,  # Every example of most tasks (BBH tasks have 146 to 250).
+        batch_size=50,
+        max_new_tokens=256,
+        gammas=(3, 5, 7),
+        temperatures=(0.0, 1.0),
+        timed_prompts=0,
     )

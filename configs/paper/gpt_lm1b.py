@@ -8,6 +8,11 @@ r"""The paper's decoder-only pair on LM1B: ~33M draft, ~234M target (GPT-like).
   tpu_scripts/launch.sh ... --config configs/paper/gpt_lm1b.py:stage=distill \
       --workdir gs://BUCKET/lm1b/distill -- --config.target_checkpoint=gs://BUCKET/lm1b/target \
       --config.init_checkpoint=gs://BUCKET/lm1b/draft
+  # tau / alpha / speedup of both drafts against the target (prompts: the first token of
+  # each test sentence, as LM1B has no inputs)
+  tpu_scripts/launch.sh ... --module evaluate \
+      --config configs/paper/gpt_lm1b.py:stage=evaluate,root=gs://BUCKET/lm1b \
+      --workdir gs://BUCKET/lm1b/evaluate
 
 Slice: v4-8, mesh (data=4, model=1). LM1B comes from TFDS (--config.data.tfds_data_dir).
 """
@@ -18,18 +23,38 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, stage="distill", temperature=1.0)
-    if args.stage not in ("target", "draft", "distill"):
-        raise ValueError(f"stage must be target, draft or distill; got {args.stage!r}")
+    args = common.parse_arg(arg, stage="distill", temperature=1.0, root="gs://BUCKET/lm1b")
+    if args.stage not in ("target", "draft", "distill", "evaluate"):
+        raise ValueError(f"stage must be target, draft, distill or evaluate; got {args.stage!r}")
+    data = common.paper_data(
+        "lm1b", max_input_length=0, max_target_length=128, model_vocab_size=32000
+    )
+    if args.stage == "evaluate":
+        return common.evaluation(
+            target=common.model_source(f"{args.root}/target"),
+            drafts=ml_collections.ConfigDict(
+                {
+                    "baseline": common.model_source(f"{args.root}/draft"),
+                    "distilled": common.model_source(f"{args.root}/distill"),
+                }
+            ),
+            reference_draft="baseline",
+            data=data,
+            split="test",
+            num_prompts=512,
+            batch_size=64,
+            max_new_tokens=128,
+            gammas=(1, 3, 5, 7),
+            temperatures=(0.0, 1.0),
+            timed_prompts=64,
+        )
     trained = "gpt_target_234m" if args.stage == "target" else "gpt_draft_33m"
     return common.training_config(
         mode="distill" if args.stage == "distill" else "supervised",
         model_gin_file=f"gin/decoder_only/{trained}.gin",
         target_gin_file="gin/decoder_only/gpt_target_234m.gin",
         gin_bindings=("models.build_model.dtype = 'bfloat16'",),
-        data=common.paper_data(
-            "lm1b", max_input_length=0, max_target_length=128, model_vocab_size=32000
-        ),
+        data=data,
         mesh_shape=(-1, 1),
         batch_size=256,
         num_train_steps=100_000 if args.stage != "distill" else 20_000,

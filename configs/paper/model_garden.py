@@ -13,6 +13,10 @@ DistillSpec the draft against that distilled target.
       --workdir gs://BUCKET/garden/small_from_large \
       -- --config.target_checkpoint=gs://BUCKET/garden/large_from_xxl \
          --config.init_checkpoint=gs://BUCKET/gsm8k/draft
+  # 3. both drafts (the fine-tuned one and step 2's) against the distilled T5-Large
+  tpu_scripts/launch.sh ... --accelerator v4-16 --module evaluate \
+      --config configs/paper/model_garden.py:task=gsm8k,stage=evaluate,root=gs://BUCKET \
+      --workdir gs://BUCKET/garden/evaluate
 """
 
 import ml_collections
@@ -22,7 +26,15 @@ from configs.paper import t5
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, task="gsm8k", stage="target", temperature=1.0)
+    args = common.parse_arg(arg, task="gsm8k", stage="target", temperature=1.0, root="gs://BUCKET")
+    if args.stage == "evaluate":
+        config = t5.get_config(
+            f"task={args.task},target=large,stage=evaluate,temperature={args.temperature}"
+        )
+        config.target.path = f"{args.root}/garden/large_from_xxl"
+        config.drafts.baseline.path = f"{args.root}/{args.task}/draft"
+        config.drafts.distilled.path = f"{args.root}/garden/small_from_large"
+        return config
     if args.stage == "target":  # Large learns from XXL (teacher-quality target, cheaper).
         config = t5.get_config(
             f"task={args.task},target=xxl,stage=distill,temperature={args.temperature}"
@@ -35,5 +47,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             f"task={args.task},target=large,stage=distill,temperature={args.temperature}"
         )
     else:
-        raise ValueError(f"stage must be 'target' or 'draft', got {args.stage!r}")
+        raise ValueError(f"stage must be 'target', 'draft' or 'evaluate', got {args.stage!r}")
     return config

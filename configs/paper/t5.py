@@ -20,6 +20,12 @@ T5 v1.1 checkpoints (converted with distillspec_jax.interop), then distil.
       -- --config.target_checkpoint=gs://BUCKET/xsum/target_xl \
          --config.init_checkpoint=gs://BUCKET/xsum/draft
 
+  # 4. tau, alpha, ROUGE / BLEU / accuracy and speedup of both drafts (baseline = the
+  #    fine-tuned draft, distilled = step 3's) against the target, on the target's slice
+  tpu_scripts/launch.sh ... --accelerator v4-32 --module evaluate \
+      --config configs/paper/t5.py:task=xsum,target=xl,stage=evaluate,root=gs://BUCKET/xsum \
+      --workdir gs://BUCKET/xsum/evaluate_xl_t1
+
 Slices (v4 chips; the mesh's model axis grows with the target):
   base v4-8 (data=4, model=1); large v4-16 (data=4, model=2);
   xl v4-32 (data=4, model=4); xxl v4-64 (data=4, model=8).
@@ -39,11 +45,36 @@ LENGTHS = {
 }
 # Target size -> (devices of its slice, model-parallel width).
 SLICES = {"base": (4, 1), "large": (8, 2), "xl": (16, 4), "xxl": (32, 8)}
-STAGES = ("target", "draft", "distill")
+STAGES = ("target", "draft", "distill", "evaluate")
+
+
+def evaluation_config(args, data) -> ml_collections.ConfigDict:
+    """`python -m distillspec_jax.evaluate` of step 4, over the workdirs of steps 1-3."""
+    root, temperature = args.root, args.temperature
+    return common.evaluation(
+        target=common.model_source(f"{root}/target_{args.target}"),
+        drafts=ml_collections.ConfigDict(
+            {
+                "baseline": common.model_source(f"{root}/draft"),
+                "distilled": common.model_source(f"{root}/distill_{args.target}_t{temperature:g}"),
+            }
+        ),
+        reference_draft="baseline",
+        data=data,
+        split=data.eval_split,
+        num_prompts=512,
+        batch_size=64,
+        max_new_tokens=data.max_target_length,
+        gammas=(1, 3, 5, 7),
+        temperatures=(0.0, 1.0),
+        timed_prompts=64,
+    )
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, task="xsum", target="xl", stage="distill", temperature=1.0)
+    args = common.parse_arg(
+        arg, task="xsum", target="xl", stage="distill", temperature=1.0, root="gs://BUCKET/xsum"
+    )
     if args.task not in LENGTHS or args.target not in SLICES or args.stage not in STAGES:
         raise ValueError(
             f"task in {sorted(LENGTHS)}, target in {sorted(SLICES)}, "
@@ -56,6 +87,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_target_length=targets,
         eval_split="test" if args.task == "gsm8k" else "validation",
     )
+    if args.stage == "evaluate":
+        return evaluation_config(args, data)
     _, model_width = SLICES[args.target] if args.stage != "draft" else (4, 1)
     trained = "small" if args.stage != "target" else args.target
     return common.training_config(
