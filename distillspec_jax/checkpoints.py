@@ -152,6 +152,22 @@ def restore_params(directory: str, abstract_params: Any, what: str = "target") -
     `abstract_params` (same paths and shapes), else CheckpointError says what
     differs (a vocabulary or architecture mismatch, say).
     """
+    return restore_params_at(directory, abstract_params, what)[0]
+
+
+def restore_params_at(
+    directory: str,
+    abstract_params: Any,
+    what: str = "target",
+    step: int | None = None,
+    fallback: bool = True,
+) -> tuple[Any, int]:
+    """(parameters, step): of `step`, else of the newest readable checkpoint.
+
+    With `fallback=False` an unreadable newest checkpoint is an error naming the
+    step (an export must not silently write an older model); with `step` set,
+    only that step is read.
+    """
     if not directory:
         raise CheckpointError(f"No {what} checkpoint path is configured")
     if fs.isdir(checkpoint_dir(directory)):
@@ -171,23 +187,37 @@ def restore_params(directory: str, abstract_params: Any, what: str = "target") -
         steps = sorted(manager.all_steps(), reverse=True)
         if not steps:
             raise CheckpointError(f"No {what} checkpoint found in {directory}")
-        for step in steps:
+        if step is not None:
+            if step not in steps:
+                raise CheckpointError(
+                    f"No {what} checkpoint at step {step} in {directory}; it has {sorted(steps)}"
+                )
+            steps, fallback = [step], False
+        for candidate in steps:
             try:
-                saved = manager.item_metadata(step)[PARAMS]
-            except Exception as error:  # noqa: BLE001
-                logging.warning("Skipping unreadable %s checkpoint step %d: %s", what, step, error)
-                continue
-            _check_same_tree(saved, abstract_params, what, directory)
-            try:
+                saved = manager.item_metadata(candidate)[PARAMS]
+                _check_same_tree(saved, abstract_params, what, directory)
                 restored = manager.restore(
-                    step,
+                    candidate,
                     args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(abstract_params)}),
                 )
+            except CheckpointError:
+                raise
             except Exception as error:  # noqa: BLE001
-                logging.warning("Skipping unreadable %s checkpoint step %d: %s", what, step, error)
+                first_line = str(error).strip().splitlines()[0][:200] if str(error) else ""
+                if not fallback:
+                    older = [s for s in sorted(manager.all_steps()) if s < candidate]
+                    hint = f"; pass --step {older[-1]} to use an older one" if older else ""
+                    raise CheckpointError(
+                        f"The {what} checkpoint at step {candidate} in {directory} is "
+                        f"unreadable ({type(error).__name__}: {first_line}){hint}"
+                    ) from None
+                logging.warning(
+                    "Skipping unreadable %s checkpoint step %d: %s", what, candidate, first_line
+                )
                 continue
-            logging.info("Restored %s parameters from %s step %d", what, directory, step)
-            return restored[PARAMS]
+            logging.info("Restored %s parameters from %s step %d", what, directory, candidate)
+            return restored[PARAMS], candidate
         raise CheckpointError(f"No readable {what} checkpoint in {directory}")
     finally:
         manager.close()

@@ -1,12 +1,18 @@
 """Checkpoint import and export: T5X checkpoints, Hugging Face T5 and Llama.
 
-  python -m distillspec_jax.interop import-t5x CKPT_DIR OUT_WORKDIR
-  python -m distillspec_jax.interop import-hf MODEL_DIR OUT_WORKDIR --family t5
-  python -m distillspec_jax.interop export-hf WORKDIR OUT_DIR --gin gin/t5_1_1/small.gin
+  python -m distillspec_jax.interop import-t5x CKPT_DIR OUT_WORKDIR --gin gin/t5_1_1/small.gin
+  python -m distillspec_jax.interop import-hf MODEL_DIR OUT_WORKDIR [--vocab spm.model]
+  python -m distillspec_jax.interop export-hf WORKDIR OUT_DIR [--step N]
 
 Imports write an ordinary checkpoint of this project (a workdir whose
-`checkpoints/` holds step 0) that `init_checkpoint` / `target_checkpoint` can
-point at. T5X checkpoints (`checkpoint_N/checkpoint`, a msgpack file whose
+`checkpoints/` holds step 0, and whose model.json records the architecture)
+that `init_checkpoint` / `target_checkpoint` and `evaluate` can point at.
+Exports read the architecture from the workdir's model.json (`--gin` only for
+older workdirs) and refuse an unreadable checkpoint instead of exporting an
+older step; config.json and generation_config.json make a plain
+`generate(input_ids)` in transformers give this project's greedy tokens.
+
+T5X checkpoints (`checkpoint_N/checkpoint`, a msgpack file whose
 partitioned arrays are TensorStore specs with paths relative to the checkpoint
 directory) already use this project's T5 parameter names. Hugging Face
 checkpoints (`config.json` + `model.safetensors`, PyTorch [out, in] linear
@@ -270,15 +276,62 @@ def hf_config(
         "head_dim": c.head_dim,
         "hidden_act": "silu",
         "rms_norm_eps": c.rms_norm_eps,
+        # Both spellings: transformers >= 5 reads rope_parameters, older ones rope_theta.
         "rope_theta": c.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
         "tie_word_embeddings": c.tie_embeddings,
         "attention_bias": False,
         "mlp_bias": False,
         "max_position_embeddings": 4096,
+        # Sequences start with token 0 (this project's BOS, which is also its padding
+        # id). No pad id here: transformers would mask every token equal to it when
+        # generate() is called without an attention_mask, BOS included.
         "bos_token_id": pad_token_id,
         "eos_token_id": eos_token_id,
-        "pad_token_id": pad_token_id,
+        "pad_token_id": None,
     }
+
+
+def generation_config(model: models.BaseModel, eos_token_id: int = 1) -> dict[str, Any]:
+    """generation_config.json: greedy, this project's start / end ids, pad = EOS."""
+    config = {"eos_token_id": eos_token_id, "pad_token_id": eos_token_id, "do_sample": False}
+    if models.is_encoder_decoder(model):
+        config.update(decoder_start_token_id=0, pad_token_id=0)
+    else:
+        config["bos_token_id"] = 0
+    return config
+
+
+# Llama config fields whose values this project does not implement, with the value it does.
+_LLAMA_FIXED = {
+    "hidden_act": "silu",
+    "attention_bias": False,
+    "mlp_bias": False,
+    "pretraining_tp": 1,
+}
+
+
+def _llama_rope_theta(config: dict[str, Any]) -> float:
+    """The RoPE base of a Llama config.json (top-level, or transformers >= 5's
+    rope_parameters); any RoPE scaling is refused, never dropped."""
+    params = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling") or {}
+    for where, spec in (("rope_parameters", params), ("rope_scaling", scaling)):
+        kind = spec.get("rope_type", spec.get("type", "default"))
+        if kind not in ("default", None):
+            raise ValueError(
+                f"config.json {where} has rope_type {kind!r}: only plain RoPE ('default') is "
+                f"implemented here; this model would decode wrongly"
+            )
+    thetas = {float(v) for v in (params.get("rope_theta"), config.get("rope_theta")) if v}
+    if len(thetas) > 1:
+        raise ValueError(f"config.json has conflicting RoPE bases {sorted(thetas)}")
+    if config.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(
+            f"config.json partial_rotary_factor={config['partial_rotary_factor']} is not "
+            f"implemented (rotary embedding on every head dimension only)"
+        )
+    return thetas.pop() if thetas else 10000.0
 
 
 def config_from_hf(config: dict[str, Any]) -> models.BaseModel:
@@ -302,6 +355,11 @@ def config_from_hf(config: dict[str, Any]) -> models.BaseModel:
             )
         )
     if config.get("model_type") == "llama":
+        for key, value in _LLAMA_FIXED.items():
+            if config.get(key, value) != value:
+                raise ValueError(
+                    f"config.json {key}={config[key]!r} is not implemented (only {value!r})"
+                )
         heads = config["num_attention_heads"]
         return models.DecoderOnlyModel(
             networks.DecoderOnlyConfig(
@@ -312,7 +370,7 @@ def config_from_hf(config: dict[str, Any]) -> models.BaseModel:
                 num_layers=config["num_hidden_layers"],
                 head_dim=config.get("head_dim") or config["hidden_size"] // heads,
                 mlp_dim=config["intermediate_size"],
-                rope_theta=config.get("rope_theta", 10000.0),
+                rope_theta=_llama_rope_theta(config),
                 rms_norm_eps=config.get("rms_norm_eps", 1e-6),
                 tie_embeddings=config.get("tie_word_embeddings", False),
             )
@@ -321,12 +379,14 @@ def config_from_hf(config: dict[str, Any]) -> models.BaseModel:
 
 
 def save_hf(model: models.BaseModel, params: Params, out_dir: str) -> None:
-    """Writes config.json and model.safetensors."""
+    """Writes config.json, generation_config.json and model.safetensors."""
     from safetensors.numpy import save_file
 
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_config(model), f, indent=2)
+    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+        json.dump(generation_config(model), f, indent=2)
     tensors = hf_tensors_from_params(model, params)
     if models.is_encoder_decoder(model):  # safetensors refuses shared buffers
         tensors = {k: v.copy() for k, v in tensors.items()}
@@ -353,17 +413,37 @@ def load_hf(model_dir: str) -> tuple[models.BaseModel, Params]:
 # --------------------------------------------------------------------------
 
 
-def write_checkpoint(params: Params, workdir: str) -> str:
-    """Saves `params` as step 0 of a workdir usable as init/target checkpoint."""
+def write_checkpoint(
+    params: Params, workdir: str, model: models.BaseModel | None = None, vocab_path: str = ""
+) -> str:
+    """Saves `params` as step 0 of a workdir usable as init/target checkpoint.
+
+    With `model`, the workdir also records its architecture (model.json), so
+    train / evaluate / export need no gin file for it.
+    """
     import jax
 
     from distillspec_jax import checkpoints
 
+    require_new_workdir(workdir)
     ckpt = checkpoints.Checkpointer(checkpoints.checkpoint_dir(workdir), 1, 1)
     params = jax.tree_util.tree_map(lambda x: jax.numpy.asarray(x, jax.numpy.float32), params)
     ckpt.save(0, params, None, meta={"imported": True}, force=True)
     ckpt.close()
+    if model is not None:
+        checkpoints.write_model_description(workdir, model, vocab_path)
     return workdir
+
+
+def require_new_workdir(workdir: str) -> None:
+    """Raises CheckpointError when `workdir` already holds a checkpoint."""
+    from distillspec_jax import checkpoints
+
+    directory = checkpoints.checkpoint_dir(workdir)
+    if os.path.isdir(directory) and os.listdir(directory):
+        raise checkpoints.CheckpointError(
+            f"{workdir} already holds a checkpoint ({directory}); import into a new workdir"
+        )
 
 
 def read_checkpoint(workdir: str, model: models.BaseModel) -> Params:
@@ -376,25 +456,62 @@ def read_checkpoint(workdir: str, model: models.BaseModel) -> Params:
     return checkpoints.restore_params(workdir, abstract, "model")
 
 
+def workdir_model(workdir: str, gin_file: str = "", vocab_size: int = 0) -> models.BaseModel:
+    """The architecture a workdir records (model.json), else the one `gin_file` binds."""
+    from distillspec_jax import checkpoints
+
+    record = checkpoints.read_model_description(workdir)
+    if gin_file:
+        overrides = {"vocab_size": vocab_size} if vocab_size else {}
+        return models.model_from_gin(gin_file, **overrides)
+    if record is None:
+        raise ValueError(
+            f"{workdir} records no architecture (model.json): pass --gin (and --vocab_size)"
+        )
+    return models.from_description(record["model"])
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Checkpoint import / export")
+    """Import / export commands; each bad input is one line on stderr, exit status 2."""
+    parser = argparse.ArgumentParser(
+        description="Checkpoint import / export",
+        epilog="python -m distillspec_jax.interop import-hf HF_DIR WORKDIR; "
+        "python -m distillspec_jax.interop export-hf WORKDIR OUT_DIR",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     t5x = sub.add_parser("import-t5x", help="T5X checkpoint_N directory -> workdir")
     t5x.add_argument("checkpoint_dir")
     t5x.add_argument("workdir")
     t5x.add_argument("--gin", required=True, help="gin file of the architecture, to check")
+    t5x.add_argument("--vocab", default="", help="SentencePiece model to record with it")
     hf_in = sub.add_parser("import-hf", help="Hugging Face directory -> workdir")
     hf_in.add_argument("model_dir")
     hf_in.add_argument("workdir")
+    hf_in.add_argument("--vocab", default="", help="SentencePiece model to record with it")
     hf_out = sub.add_parser("export-hf", help="workdir -> Hugging Face directory")
     hf_out.add_argument("workdir")
     hf_out.add_argument("out_dir")
-    hf_out.add_argument("--gin", required=True)
-    hf_out.add_argument("--vocab_size", type=int, default=0)
+    hf_out.add_argument("--gin", default="", help="only for a workdir without model.json")
+    hf_out.add_argument("--vocab_size", type=int, default=0, help="with --gin")
+    hf_out.add_argument("--step", type=int, default=None, help="default: the newest")
     args = parser.parse_args(argv)
-    if args.command == "import-t5x":
-        import jax
+    from distillspec_jax import checkpoints
 
+    try:
+        message = _run_command(args)
+    except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
+        parser.exit(2, f"interop {args.command}: {error}\n")
+    print(message)
+
+
+def _run_command(args: argparse.Namespace) -> str:
+    import jax
+
+    from distillspec_jax import checkpoints
+
+    if args.command in ("import-t5x", "import-hf"):
+        require_new_workdir(args.workdir)  # Before reading any weights.
+    if args.command == "import-t5x":
         model = models.model_from_gin(args.gin)
         params = load_t5x_params(args.checkpoint_dir)
         want = jax.tree_util.tree_map(
@@ -402,18 +519,24 @@ def main(argv: list[str] | None = None) -> None:
         )
         got = jax.tree_util.tree_map(lambda x: tuple(x.shape), params)
         if got != want:
-            raise SystemExit(
+            raise ValueError(
                 f"T5X checkpoint does not match {args.gin}: {_first_difference(got, want)}"
             )
-        write_checkpoint(params, args.workdir)
-    elif args.command == "import-hf":
-        _, params = load_hf(args.model_dir)
-        write_checkpoint(params, args.workdir)
-    else:
-        overrides = {"vocab_size": args.vocab_size} if args.vocab_size else {}
-        model = models.model_from_gin(args.gin, **overrides)
-        save_hf(model, read_checkpoint(args.workdir, model), args.out_dir)
-    print(f"wrote {args.workdir if args.command != 'export-hf' else args.out_dir}")
+        write_checkpoint(params, args.workdir, model, args.vocab)
+        return f"wrote {args.workdir} (step 0, architecture in model.json)"
+    if args.command == "import-hf":
+        if not os.path.exists(os.path.join(args.model_dir, "config.json")):
+            raise FileNotFoundError(f"{args.model_dir} has no config.json")
+        model, params = load_hf(args.model_dir)
+        write_checkpoint(params, args.workdir, model, args.vocab)
+        return f"wrote {args.workdir} (step 0, architecture in model.json)"
+    model = workdir_model(args.workdir, args.gin, args.vocab_size)
+    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    params, step = checkpoints.restore_params_at(
+        args.workdir, abstract, "model", step=args.step, fallback=False
+    )
+    save_hf(model, params, args.out_dir)
+    return f"wrote {args.out_dir} from step {step} of {args.workdir}"
 
 
 if __name__ == "__main__":
