@@ -81,12 +81,17 @@ def gsm_symbolic_data(**overrides: Any) -> ml_collections.ConfigDict:
     data.train_split = "train"
     data.eval_split = "validation"
     # Paper datasets: TFDS data_dir (xsum, cnn_dailymail, wmt_en_de, lm1b), local
-    # GSM8K JSONL files per split, BIG-Bench Hard JSON files per BBH task, and
-    # generic {"input", "target"} JSONL files per split.
+    # GSM8K JSONL files per split, BIG-Bench Hard JSON files per BBH task.
     data.tfds_data_dir = ""
     data.gsm8k_files = ml_collections.ConfigDict({"train": "", "test": ""})
     data.bbh_files = ml_collections.ConfigDict()
-    data.jsonl_files = ml_collections.ConfigDict()
+    # Your own data (data.task='jsonl'): one JSON object a line per split file (empty:
+    # no such split), the fields holding the prompt and the reference, and the metric
+    # ('exact_match', 'rouge' or 'bleu').
+    data.jsonl_files = ml_collections.ConfigDict({"train": "", "validation": "", "test": ""})
+    data.jsonl_input_key = "input"
+    data.jsonl_target_key = "target"
+    data.jsonl_metric = "exact_match"
     data.update(overrides)
     return data
 

@@ -269,11 +269,9 @@ def task_names(name: str) -> list[str]:
 
 
 def load_prompts(task: str, config: ml_collections.ConfigDict, family: str, vocab: Any) -> Prompts:
-    import seqio
-
     from distillspec_jax import distill, tasks
 
-    splits = seqio.get_mixture_or_task(task).splits
+    splits = tasks.task_splits(task)
     if config.split not in splits:
         raise EvaluationError(f"task {task!r} has no split {config.split!r}; it has {splits}")
     lengths = {"inputs": config.data.max_input_length, "targets": config.data.max_target_length}
@@ -515,6 +513,12 @@ class Evaluator:
         return total / max(count, 1)
 
     def _cost_ratio(self, draft: str, prompts: Prompts) -> dict[str, float]:
+        """Measured once per draft architecture: drafts of one architecture cost the
+        same per step, so timing noise cannot favour one of them."""
+        model = self.drafts[draft]
+        same = [name for name in self._cost if self.drafts[name] == model]
+        if same:
+            self._cost[draft] = self._cost[same[0]]
         if draft not in self._cost:
             _, _, enc = prompts.rows(0, 1)
             self._cost[draft] = evaluation.cost_ratio(
@@ -746,19 +750,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) 
 
 def main(argv=None) -> None:
     from absl import app, flags
-    from absl import logging as absl_logging
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Evaluation config file.", lock_config=True)
     flags.DEFINE_string("workdir", None, "results.json, report.md, plots and cells go here.")
+    flags.DEFINE_bool("verbose", False, "Show library logs (TensorFlow, orbax, seqio).")
     flags.mark_flags_as_required(["config", "workdir"])
 
     def _run(_):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow reads only data here.
-        absl_logging.set_verbosity(absl_logging.WARNING)
+        from distillspec_jax import train
+
+        train.configure_logging(flags.FLAGS.verbose)
         try:
             results = run(flags.FLAGS.config, flags.FLAGS.workdir)
         except (ValueError, checkpoints.CheckpointError, FileNotFoundError) as error:
+            if flags.FLAGS.verbose:
+                raise
             raise SystemExit(f"evaluate: {error}") from None
         from distillspec_jax import report
 

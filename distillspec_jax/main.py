@@ -181,17 +181,19 @@ def run_cli(run_fn, default_config: str, config_help: str, workdir_help: str, ar
     installed with the project, so config files import `configs.common` anywhere).
     """
     from absl import app, flags
-    from absl import logging as absl_logging
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file(
         "config", os.path.join(models.REPO_ROOT, default_config), config_help, lock_config=True
     )
     flags.DEFINE_string("workdir", None, workdir_help)
+    flags.DEFINE_bool("verbose", False, "Show library logs (TensorFlow, orbax, seqio).")
     flags.mark_flags_as_required(["workdir"])
 
     def _run(_):
-        absl_logging.set_verbosity(absl_logging.WARNING)
+        from distillspec_jax import train
+
+        train.configure_logging(flags.FLAGS.verbose)
         run_fn(flags.FLAGS.config, flags.FLAGS.workdir)
 
     app.run(_run, argv=argv)

@@ -271,14 +271,32 @@ def read_json_examples(
     with tf.io.gfile.GFile(path) as f:
         text = f.read()
     if path.endswith(".json"):
-        records = json.loads(text)
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
         records = records["examples"] if isinstance(records, dict) else records
+        numbered = list(enumerate(records, start=1))
+        where = "example"
     else:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        numbered = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((number, json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
+        where = "line"
+    if not numbered:
+        raise ValueError(f"{what} file {path} holds no examples")
     out = []
-    for i, record in enumerate(records):
-        if input_key not in record or target_key not in record:
-            raise ValueError(f"{path}: record {i} lacks {input_key!r} or {target_key!r}")
+    for number, record in numbered:
+        if not isinstance(record, dict) or input_key not in record or target_key not in record:
+            raise ValueError(
+                f"{path}: {where} {number} lacks the field {input_key!r} or {target_key!r} "
+                f"(set data.jsonl_input_key / data.jsonl_target_key to your field names)"
+            )
         out.append({"inputs": str(record[input_key]), "targets": str(record[target_key])})
     return out
 
@@ -299,15 +317,25 @@ def _file_source(
 
 
 def register_jsonl_task(
-    name: str, paths: Mapping[str, str], vocab: seqio.Vocabulary, metric: str = "exact_match"
+    name: str,
+    paths: Mapping[str, str],
+    vocab: seqio.Vocabulary,
+    metric: str = "exact_match",
+    input_key: str = "input",
+    target_key: str = "target",
 ) -> seqio.Task:
-    """A task from JSONL files of {"input": ..., "target": ...} per split."""
+    """A task from JSONL files of {input_key: ..., target_key: ...} per split."""
     metrics = {"exact_match": exact_match, "rouge": rouge, "bleu": bleu}
     if metric not in metrics:
         raise ValueError(f"Unknown metric {metric!r}; valid: {sorted(metrics)}")
+    paths = {split: path for split, path in paths.items() if path}
+    if not paths:
+        raise ValueError(
+            "data.task='jsonl' needs data.jsonl_files.train / .validation / .test paths"
+        )
     return _register(
         name,
-        _file_source(paths, "input", "target", f"{name} JSONL"),
+        _file_source(paths, input_key, target_key, f"{name} JSONL"),
         vocab,
         metric_fns=[metrics[metric]],
     )
@@ -421,6 +449,15 @@ def register_tfds_tasks(
     return tasks
 
 
+def task_splits(name: str) -> list[str]:
+    """The splits of a registered task, or those every task of a mixture has."""
+    spec = seqio.get_mixture_or_task(name)
+    if isinstance(spec, seqio.Mixture):
+        common = set.intersection(*(set(t.splits) for t in spec.tasks))
+        return sorted(common)
+    return list(spec.splits)
+
+
 def register_from_config(data: Any, vocab: seqio.Vocabulary) -> str:
     """Registers the task a data config names; returns its seqio name.
 
@@ -445,7 +482,14 @@ def register_from_config(data: Any, vocab: seqio.Vocabulary) -> str:
             seqio.MixtureRegistry.remove(name)
         seqio.MixtureRegistry.add(name, [t.name for t in bbh], default_rate=1.0)
     elif name == "jsonl":
-        register_jsonl_task(name, dict(data.jsonl_files), vocab)
+        register_jsonl_task(
+            name,
+            dict(data.jsonl_files),
+            vocab,
+            data.get("jsonl_metric", "exact_match"),
+            data.get("jsonl_input_key", "input"),
+            data.get("jsonl_target_key", "target"),
+        )
     elif name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
         raise ValueError(
             f"Unknown task {name!r}: not one of gsm_symbolic, {sorted(TFDS_TASKS)},"

@@ -63,6 +63,37 @@ def initialize_multihost() -> None:
         jax.distributed.initialize()
 
 
+# Library chatter that says nothing to a user of this project (matched per record).
+_QUIET_PATTERNS = (
+    "read_only=True",  # orbax: three lines per read-only restore.
+    "Given directory is read only",
+    "is not cached",  # seqio: uncached evaluation datasets.
+)
+
+
+class _DropChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(pattern in message for pattern in _QUIET_PATTERNS)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Quiet command-line logs by default: warnings only, without TensorFlow's
+    C++ start-up lines or the known library chatter; `verbose` shows everything."""
+    from absl import logging as absl_logging
+
+    if verbose:
+        absl_logging.set_verbosity(absl_logging.INFO)
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Before TensorFlow loads.
+    import sentencepiece
+
+    sentencepiece.set_min_log_level(2)  # "precompiled_charsmap is empty" on every load.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    absl_logging.get_absl_logger().addFilter(_DropChatter())
+    logging.getLogger().addFilter(_DropChatter())
+
+
 class MetricsWriter:
     """metrics.jsonl plus TensorBoard scalars, written by process 0 only."""
 
@@ -76,6 +107,18 @@ class MetricsWriter:
 
             self._tf = tf
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    def last(self, prefix: str) -> tuple[int, dict[str, float]] | None:
+        """(step, metrics) of the newest `prefix` record, or None."""
+        if not fs.exists(self.path):
+            return None
+        records = [json.loads(line) for line in fs.read_text(self.path).splitlines() if line]
+        records = [r for r in records if r.get("split") == prefix]
+        if not records:
+            return None
+        step = records[-1].pop("step")
+        records[-1].pop("split")
+        return step, records[-1]
 
     def write(self, step: int, metrics: dict[str, float], prefix: str) -> None:
         if not self.enabled:
@@ -131,6 +174,9 @@ def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str:
         shared = os.path.join(config.target_checkpoint, "vocab", "spm.model")
         if fs.exists(shared):  # Use exactly the target's vocabulary.
             return shared
+        record = checkpoints.read_model_description(config.target_checkpoint)
+        if record and record.get("vocab_path") and fs.exists(record["vocab_path"]):
+            return record["vocab_path"]
     if data.task != "gsm_symbolic":
         raise ValueError(
             f"data.vocab_path is required for task {data.task!r} (only the "
@@ -151,6 +197,13 @@ def build_data(config: ml_collections.ConfigDict, workdir: str, family: str):
     data = config.data
     vocab = tasks.get_vocabulary(vocabulary_path(config, workdir))
     task = tasks.register_from_config(data, vocab)
+    splits = tasks.task_splits(task)
+    for field in ("train_split", "eval_split"):
+        if data[field] not in splits:
+            raise ValueError(
+                f"data.{field}={data[field]!r}: task {task!r} has no such split; it has "
+                f"{splits} (for JSONL data set data.jsonl_files.{data[field]})"
+            )
     lengths = {"inputs": data.max_input_length, "targets": data.max_target_length}
     common = dict(
         process_index=jax.process_index(),
@@ -225,6 +278,26 @@ def speculative_metrics(
     }
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """One-line errors for settings that would otherwise fail after training started."""
+    if config.mode not in ("supervised", "distill"):
+        raise ValueError(f"config.mode must be 'supervised' or 'distill', got {config.mode!r}")
+    if config.mode == "distill":
+        spec = config.speculative_eval
+        for field, low in (("gamma", 1), ("num_prompts", 1), ("max_new_tokens", 1)):
+            if int(spec[field]) != spec[field] or spec[field] < low:
+                raise ValueError(
+                    f"speculative_eval.{field} must be an integer >= {low}, got {spec[field]}"
+                )
+        if spec.temperature < 0:
+            raise ValueError(f"speculative_eval.temperature must be >= 0, got {spec.temperature}")
+        if not config.target_checkpoint:
+            raise ValueError("mode='distill' needs target_checkpoint (the target's workdir)")
+    for field in ("batch_size", "num_train_steps", "checkpoint_every", "log_every"):
+        if config[field] < (0 if field == "num_train_steps" else 1):
+            raise ValueError(f"{field} must be positive, got {config[field]}")
+
+
 def _mean_metrics(metric_list: list[dict[str, Any]]) -> dict[str, float]:
     return {k: float(np.mean([float(m[k]) for m in metric_list])) for k in metric_list[0]}
 
@@ -253,25 +326,36 @@ def train_and_evaluate(
       progress: show a tqdm bar (process 0).
     """
     fs.makedirs(workdir)
-    if config.mode not in ("supervised", "distill"):
-        raise ValueError(f"config.mode must be 'supervised' or 'distill', got {config.mode!r}")
+    check_config(config)
 
     # -- Data and models ------------------------------------------------------
-    probe = models.model_from_gin(config.model_gin_file, config.gin_bindings)
+    # Architectures: the gin files, or (when a gin file is empty) what the init /
+    # target workdir recorded in its model.json.
+    target_record = (
+        checkpoints.read_model_description(config.target_checkpoint)
+        if config.mode == "distill" and config.target_checkpoint
+        else None
+    )
+    probe = _configured_model(config.model_gin_file, config.init_checkpoint, config, "model")
     family = family_of(probe)
     vocab_size = probe.vocab_size
     vocab_path = ""
     if train_batches is None:
         vocab, train_batches, default_eval = build_data(config, workdir, family)
         vocab_path = vocab.sentencepiece_model_file
-        vocab_size = config.data.model_vocab_size or vocab.vocab_size
+        # The model's vocabulary: configured, else the target's (a draft must match
+        # it), else the tokenizer's.
+        recorded = target_record["model"]["config"]["vocab_size"] if target_record else 0
+        vocab_size = config.data.model_vocab_size or recorded or vocab.vocab_size
         if vocab_size < vocab.vocab_size:
             raise ValueError(
                 f"data.model_vocab_size {vocab_size} is smaller than the "
                 f"tokenizer's {vocab.vocab_size}"
             )
         eval_batches = default_eval if eval_batches is None else eval_batches
-    model = models.model_from_gin(config.model_gin_file, config.gin_bindings, vocab_size=vocab_size)
+    model = _configured_model(
+        config.model_gin_file, config.init_checkpoint, config, "model", vocab_size
+    )
     if jax.process_index() == 0:  # evaluate / export read the architecture from here.
         checkpoints.write_model_description(workdir, model, vocab_path, config)
     mesh = partitioning.create_mesh(config.mesh_shape)
@@ -280,9 +364,15 @@ def train_and_evaluate(
 
     target_model = target_params = target_shardings = None
     if config.mode == "distill":
-        target_model = models.model_from_gin(
-            config.target_gin_file, config.gin_bindings, vocab_size=vocab_size
+        target_model = _configured_model(
+            config.target_gin_file, config.target_checkpoint, config, "target", vocab_size
         )
+        if target_model.vocab_size != model.vocab_size:
+            raise ValueError(
+                f"The target's vocabulary ({target_model.vocab_size}) differs from the "
+                f"draft's ({model.vocab_size}): set data.model_vocab_size="
+                f"{target_model.vocab_size}"
+            )
         target_shardings = partitioning.param_shardings(target_model, mesh)
         abstract_target = _abstract_params(target_model, target_shardings)
         target_params = checkpoints.restore_params(
@@ -371,6 +461,9 @@ def train_and_evaluate(
     preempted = False
     step = start_step
     evaluated_at = saved_at = None
+    if start_step == 0 and config.eval_every and config.num_train_steps:
+        # The starting point (a distillation's starting tau), once.
+        last_eval, evaluated_at = run_eval(0), 0
     try:
         batches = train_batches(start_step) if step < config.num_train_steps else iter(())
         train_seconds, tokens = 0.0, 0.0
@@ -403,7 +496,11 @@ def train_and_evaluate(
             if guard.should_stop():
                 preempted = True
                 break
-        if evaluated_at != step:
+        finished_before = start_step >= config.num_train_steps
+        previous = writer.last("eval") if finished_before else None
+        if previous is not None and previous[0] == step:
+            last_eval = previous[1]  # A rerun of a finished workdir: no duplicate record.
+        elif evaluated_at != step:
             last_eval = run_eval(step)
         if saved_at != step and ckpt.latest_step() != step:
             ckpt.save(step, state.params, state.opt_state, force=True)
@@ -423,6 +520,24 @@ def train_and_evaluate(
     }
 
 
+def _configured_model(
+    gin_file: str, workdir: str, config: ml_collections.ConfigDict, what: str, vocab_size: int = 0
+) -> models.BaseModel:
+    """The model a gin file binds, else the one `workdir` recorded (model.json)."""
+    if gin_file:
+        overrides = {"vocab_size": vocab_size} if vocab_size else {}
+        return models.model_from_gin(gin_file, config.gin_bindings, **overrides)
+    record = checkpoints.read_model_description(workdir) if workdir else None
+    if record is None:
+        field = "model_gin_file" if what == "model" else "target_gin_file"
+        source = "init_checkpoint" if what == "model" else "target_checkpoint"
+        raise ValueError(
+            f"{field} is empty and {source}={workdir!r} records no architecture "
+            f"(model.json): set {field}"
+        )
+    return models.from_description(record["model"])
+
+
 def _abstract_params(model: Any, shardings: Any) -> Any:
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     return jax.tree_util.tree_map(
@@ -436,6 +551,7 @@ def main(argv=None) -> None:
 
     config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Checkpoints, metrics and vocabulary go here.")
+    flags.DEFINE_bool("verbose", False, "Show library logs (TensorFlow, orbax, seqio).")
     flags.DEFINE_bool(
         "multihost",
         bool(os.environ.get("DISTILLSPEC_MULTIHOST")),
@@ -447,11 +563,13 @@ def main(argv=None) -> None:
         flag_values = flags.FLAGS
         if flag_values.multihost:
             initialize_multihost()
-        from absl import logging as absl_logging
-
-        # orbax logs every save step at INFO; keep the console to warnings.
-        absl_logging.set_verbosity(absl_logging.WARNING)
-        result = train_and_evaluate(flag_values.config, flag_values.workdir)
+        configure_logging(flag_values.verbose)
+        try:
+            result = train_and_evaluate(flag_values.config, flag_values.workdir)
+        except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
+            if flag_values.verbose:
+                raise
+            raise SystemExit(f"train: {error} (--verbose for the traceback)") from None
         if jax.process_index() == 0:
             summary = {
                 "step": result["step"],
