@@ -162,7 +162,12 @@ def load_params(source: ml_collections.ConfigDict, model: models.BaseModel, what
         from distillspec_jax import interop
 
         return interop.load_hf(source.path)[1]
-    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    # On one device, whatever sharding the checkpoint was written with.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        jax.eval_shape(model.init, jax.random.PRNGKey(0)),
+    )
     return checkpoints.restore_params(source.path, abstract, what)
 
 
@@ -771,7 +776,9 @@ def main(argv=None) -> None:
 
         print(report.evaluation_summary(results))
 
-    app.run(_run, argv=argv)
+    from distillspec_jax import train
+
+    app.run(_run, argv=argv, flags_parser=train.parse_flags)
 
 
 if __name__ == "__main__":

@@ -183,20 +183,23 @@ def run_cli(run_fn, default_config: str, config_help: str, workdir_help: str, ar
     from absl import app, flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file(
-        "config", os.path.join(models.REPO_ROOT, default_config), config_help, lock_config=True
-    )
+    from distillspec_jax import train
+
+    try:  # A default config applies the command line's overrides right here.
+        config_flags.DEFINE_config_file(
+            "config", os.path.join(models.REPO_ROOT, default_config), config_help, lock_config=True
+        )
+    except train.OVERRIDE_ERRORS as error:
+        train.exit_bad_override(error, "python -m distillspec_jax.main")
     flags.DEFINE_string("workdir", None, workdir_help)
     flags.DEFINE_bool("verbose", False, "Show library logs (TensorFlow, orbax, seqio).")
     flags.mark_flags_as_required(["workdir"])
 
     def _run(_):
-        from distillspec_jax import train
-
         train.configure_logging(flags.FLAGS.verbose)
         run_fn(flags.FLAGS.config, flags.FLAGS.workdir)
 
-    app.run(_run, argv=argv)
+    app.run(_run, argv=argv, flags_parser=train.parse_flags)
 
 
 def main(argv=None) -> None:

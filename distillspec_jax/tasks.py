@@ -606,3 +606,55 @@ def decode_tokens(vocab: seqio.Vocabulary, tokens: np.ndarray) -> list[str]:
             ids = ids[: ids.index(EOS_ID)]
         out.append(vocab.decode([i for i in ids if i != PAD_ID]))
     return out
+
+
+# --------------------------------------------------------------------------
+# Command line: a vocabulary for your own data.
+# --------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m distillspec_jax.tasks vocab OUT.model --jsonl train.jsonl [...]`.
+
+    Trains a T5-layout SentencePiece model (pad 0, EOS 1, unk 2) on the input and
+    target fields of JSONL files and prints its real size: a small corpus gives
+    fewer pieces than asked for, and the models take the real size (or
+    data.model_vocab_size, which must be at least that).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m distillspec_jax.tasks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    vocab = sub.add_parser("vocab", help="train a SentencePiece model on JSONL files")
+    vocab.add_argument("out", help="path of the .model file to write")
+    vocab.add_argument("--jsonl", nargs="+", required=True, help="JSONL files to read")
+    vocab.add_argument("--input_key", default="input")
+    vocab.add_argument("--target_key", default="target")
+    vocab.add_argument("--vocab_size", type=int, default=2048, help="upper bound")
+    vocab.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if fs.exists(args.out) and not args.overwrite:
+            raise ValueError(f"{args.out} exists (--overwrite to replace it)")
+        examples = [
+            e
+            for path in args.jsonl
+            for e in read_json_examples(path, args.input_key, args.target_key, "JSONL")
+        ]
+        texts = [text for e in examples for text in (e["inputs"], e["targets"])]
+        train_sentencepiece(texts, args.out, args.vocab_size, overwrite=True)
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"vocab: {error}\n")
+    size = get_vocabulary(args.out).vocab_size
+    print(
+        f"wrote {args.out}: {size} pieces from {len(examples)} examples"
+        + (
+            f" (asked for {args.vocab_size}; the corpus supports fewer)"
+            if size < args.vocab_size
+            else ""
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

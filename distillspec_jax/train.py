@@ -77,6 +77,34 @@ class _DropChatter(logging.Filter):
         return not any(pattern in message for pattern in _QUIET_PATTERNS)
 
 
+def _import_data_libraries_quietly() -> None:
+    """Imports TensorFlow and seqio with file descriptor 2 pointed at /dev/null.
+
+    TensorFlow 2.21 writes its C++ start-up lines (oneDNN, CUDA stubs, twice)
+    through absl before any log level applies. An import error is raised again
+    with stderr restored, so it is never hidden.
+    """
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        try:
+            import seqio  # noqa: F401  (imports tensorflow and tensorflow_text)
+        except Exception:  # noqa: BLE001
+            failed = True
+        else:
+            failed = False
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    if failed:
+        import seqio  # noqa: F401, F811  (again, loudly)
+
+
 def configure_logging(verbose: bool = False) -> None:
     """Quiet command-line logs by default: warnings only, without TensorFlow's
     C++ start-up lines or the known library chatter; `verbose` shows everything."""
@@ -86,12 +114,48 @@ def configure_logging(verbose: bool = False) -> None:
         absl_logging.set_verbosity(absl_logging.INFO)
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Before TensorFlow loads.
+    _import_data_libraries_quietly()
     import sentencepiece
 
     sentencepiece.set_min_log_level(2)  # "precompiled_charsmap is empty" on every load.
     absl_logging.set_verbosity(absl_logging.WARNING)
     absl_logging.get_absl_logger().addFilter(_DropChatter())
     logging.getLogger().addFilter(_DropChatter())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing for the command lines: a bad `--config.x=...` override (a
+    misspelled field, a wrong type) is one line and exit status 2, not a traceback."""
+    import sys
+
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        sys.stderr.write(f"{os.path.basename(argv[0])}: {error}\n")
+    except OVERRIDE_ERRORS as error:
+        exit_bad_override(error, argv[0])
+    sys.exit(2)
+
+
+# What a bad `--config.x=...` override raises inside ml_collections' flag parsing.
+OVERRIDE_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
+
+
+def exit_bad_override(error: Exception, program: str) -> None:
+    """Exits with status 2 after one line naming a bad config override."""
+    import ast
+    import sys
+
+    text = str(error)
+    try:
+        text = ast.literal_eval(text) if text[:1] in "'\"" else text
+    except (ValueError, SyntaxError):
+        pass
+    text = " ".join(str(text).split())
+    sys.stderr.write(f"{os.path.basename(program)}: bad config override: {text}\n")
+    sys.exit(2)
 
 
 class MetricsWriter:
@@ -579,7 +643,7 @@ def main(argv=None) -> None:
             }
             print(json.dumps(summary, indent=2))
 
-    app.run(run, argv=argv)
+    app.run(run, argv=argv, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
