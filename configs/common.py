@@ -241,3 +241,25 @@ def evaluation(**overrides: Any) -> ml_collections.ConfigDict:
     config.seed = 0
     config.update(overrides)
     return config
+
+
+def pair_evaluation(
+    target: str, baseline: str, distilled: str, data: ml_collections.ConfigDict, **overrides: Any
+) -> ml_collections.ConfigDict:
+    """A paper experiment's evaluation: the fine-tuned (baseline) and the distilled draft
+    against the target, all lossless cells, gains over the baseline."""
+    fields = dict(
+        target=model_source(target),
+        drafts=ml_collections.ConfigDict(
+            {"baseline": model_source(baseline), "distilled": model_source(distilled)}
+        ),
+        reference_draft="baseline",
+        data=data,
+        num_prompts=512,
+        batch_size=64,
+        max_new_tokens=data.max_target_length,
+        gammas=(1, 3, 5, 7),
+        temperatures=(0.0, 1.0),
+        timed_prompts=64,
+    )
+    return evaluation(**{**fields, **overrides})

@@ -456,10 +456,29 @@ class Evaluator:
 
     # -- Per-cell pieces -------------------------------------------------------
 
-    def _sd(self, draft: str, prompts: Prompts, temperature: float, gamma: int, lenience, eps):
-        cfg = self.config
+    def _decoder(
+        self,
+        draft: str | None,
+        temperature: float,
+        gamma: int = 1,
+        lenience: str = "none",
+        eps: float = 1.0,
+    ):
+        """fn(tokens, lengths, encoder_inputs, rng): SD with `draft`, or AR of the
+        target when `draft` is None."""
+        common = dict(max_new_tokens=self.config.max_new_tokens, temperature=temperature)
 
         def fn(tokens, lengths, enc, rng):
+            if draft is None:
+                return sampling.autoregressive_sample(
+                    self.target,
+                    self.target_params,
+                    tokens,
+                    lengths,
+                    rng,
+                    encoder_inputs=enc,
+                    **common,
+                )
             return sampling.speculative_sample(
                 self.target,
                 self.target_params,
@@ -469,31 +488,21 @@ class Evaluator:
                 lengths,
                 rng,
                 gamma=gamma,
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=temperature,
                 lenience=lenience,
                 eps=eps,
                 encoder_inputs=enc,
+                **common,
             )
 
-        return decode_batched(fn, prompts, cfg.batch_size, cfg.seed)
+        return fn
+
+    def _sd(self, draft: str, prompts: Prompts, temperature: float, gamma: int, lenience, eps):
+        fn = self._decoder(draft, temperature, gamma, lenience, eps)
+        return decode_batched(fn, prompts, self.config.batch_size, self.config.seed)
 
     def _ar(self, prompts: Prompts, temperature: float) -> sampling.SampleOutput:
-        cfg = self.config
-
-        def fn(tokens, lengths, enc, rng):
-            return sampling.autoregressive_sample(
-                self.target,
-                self.target_params,
-                tokens,
-                lengths,
-                rng,
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=temperature,
-                encoder_inputs=enc,
-            )
-
-        return decode_batched(fn, prompts, cfg.batch_size, cfg.seed + 1)
+        fn = self._decoder(None, temperature)
+        return decode_batched(fn, prompts, self.config.batch_size, self.config.seed + 1)
 
     def _alpha_estimate(self, draft, prompts, ar, temperature, lenience, eps) -> float:
         total, count = 0.0, 0
@@ -540,28 +549,10 @@ class Evaluator:
     def _timed(self, prompts: Prompts, temperature: float, draft: str | None, gamma: int = 1):
         """(tokens, seconds) at batch 1 over the timed prompts: AR when draft is None."""
         cfg = self.config
+        decode = self._decoder(draft, temperature, gamma)
 
         def fn(i):
-            tokens, lengths, enc = prompts.rows(i, i + 1)
-            rng = jax.random.PRNGKey(cfg.seed + i)
-            common = dict(
-                max_new_tokens=cfg.max_new_tokens, temperature=temperature, encoder_inputs=enc
-            )
-            if draft is None:
-                return sampling.autoregressive_sample(
-                    self.target, self.target_params, tokens, lengths, rng, **common
-                )
-            return sampling.speculative_sample(
-                self.target,
-                self.target_params,
-                self.drafts[draft],
-                self.draft_params[draft],
-                tokens,
-                lengths,
-                rng,
-                gamma=gamma,
-                **common,
-            )
+            return decode(*prompts.rows(i, i + 1), jax.random.PRNGKey(cfg.seed + i))
 
         num = min(cfg.timed_prompts, len(prompts))
         outs, seconds, _ = timed_decode(fn, num, cfg.timing_repeats)

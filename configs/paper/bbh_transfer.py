@@ -43,23 +43,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     data = common.paper_data("bbh", max_input_length=512, max_target_length=256)
     data.bbh_files = ml_collections.ConfigDict({t: f"{args.bbh_dir}/{t}.json" for t in BBH_TASKS})
-    return common.evaluation(
-        target=common.model_source(f"{args.gsm8k}/target_{args.target}"),
-        drafts=ml_collections.ConfigDict(
-            {
-                "baseline": common.model_source(f"{args.gsm8k}/draft"),
-                "distilled": common.model_source(
-                    f"{args.gsm8k}/distill_{args.target}_t{args.temperature:g}"
-                ),
-            }
-        ),
-        reference_draft="baseline",
-        data=data,
+    return common.pair_evaluation(
+        f"{args.gsm8k}/target_{args.target}",
+        f"{args.gsm8k}/draft",
+        f"{args.gsm8k}/distill_{args.target}_t{args.temperature:g}",
+        data,
         split="test",
         num_prompts=250,  # Every example of most tasks (BBH tasks have 146 to 250).
         batch_size=50,
-        max_new_tokens=256,
         gammas=(3, 5, 7),
-        temperatures=(0.0, 1.0),
         timed_prompts=0,
     )

@@ -30,23 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "lm1b", max_input_length=0, max_target_length=128, model_vocab_size=32000
     )
     if args.stage == "evaluate":
-        return common.evaluation(
-            target=common.model_source(f"{args.root}/target"),
-            drafts=ml_collections.ConfigDict(
-                {
-                    "baseline": common.model_source(f"{args.root}/draft"),
-                    "distilled": common.model_source(f"{args.root}/distill"),
-                }
-            ),
-            reference_draft="baseline",
-            data=data,
-            split="test",
-            num_prompts=512,
-            batch_size=64,
-            max_new_tokens=128,
-            gammas=(1, 3, 5, 7),
-            temperatures=(0.0, 1.0),
-            timed_prompts=64,
+        return common.pair_evaluation(
+            f"{args.root}/target", f"{args.root}/draft", f"{args.root}/distill", data, split="test"
         )
     trained = "gpt_target_234m" if args.stage == "target" else "gpt_draft_33m"
     return common.training_config(

@@ -50,24 +50,13 @@ STAGES = ("target", "draft", "distill", "evaluate")
 
 def evaluation_config(args, data) -> ml_collections.ConfigDict:
     """`python -m distillspec_jax.evaluate` of step 4, over the workdirs of steps 1-3."""
-    root, temperature = args.root, args.temperature
-    return common.evaluation(
-        target=common.model_source(f"{root}/target_{args.target}"),
-        drafts=ml_collections.ConfigDict(
-            {
-                "baseline": common.model_source(f"{root}/draft"),
-                "distilled": common.model_source(f"{root}/distill_{args.target}_t{temperature:g}"),
-            }
-        ),
-        reference_draft="baseline",
-        data=data,
+    root = args.root
+    return common.pair_evaluation(
+        f"{root}/target_{args.target}",
+        f"{root}/draft",
+        f"{root}/distill_{args.target}_t{args.temperature:g}",
+        data,
         split=data.eval_split,
-        num_prompts=512,
-        batch_size=64,
-        max_new_tokens=data.max_target_length,
-        gammas=(1, 3, 5, 7),
-        temperatures=(0.0, 1.0),
-        timed_prompts=64,
     )
 
 
