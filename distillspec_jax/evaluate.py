@@ -41,6 +41,10 @@ from distillspec_jax import checkpoints, evaluation, fs, models, sampling
 Array = jax.Array
 
 
+# Prompts per cell whose outputs are decoded to text in results.json and report.md.
+NUM_EXAMPLES = 3
+
+
 class EvaluationError(ValueError):
     """A bad evaluation config, found before any decoding."""
 
@@ -72,6 +76,8 @@ class CellResult:
     greedy_identical_fraction: float | None  # T = 0, lossless: SD == AR per prompt.
     prompt_tokens: list[int]  # Per prompt: tokens produced ...
     prompt_target_calls: list[int]  # ... and target calls (for the bootstrap).
+    # The first few prompts decoded to text: reference, AR target output, SD output.
+    examples: list[dict[str, str]] = dataclasses.field(default_factory=list)
     tau_gain_percent: float | None = None  # Over the reference draft.
     tau_gain_interval_90: list[float] | None = None
     # Timed batch-1 subset (lossless cells only).
@@ -632,8 +638,9 @@ class Evaluator:
         if (task, temperature) not in ar_cache:
             ar = self._ar(prompts, temperature)
             ar_texts = generated_texts(self.vocab, ar, prompts.prompt_lengths)
-            ar_cache[task, temperature] = (ar, task_metric(task, prompts.targets, ar_texts), None)
-        ar, metric_ar, ar_timed = ar_cache[task, temperature]
+            metric = task_metric(task, prompts.targets, ar_texts)
+            ar_cache[task, temperature] = (ar, metric, None, ar_texts)
+        ar, metric_ar, ar_timed, ar_texts = ar_cache[task, temperature]
         alpha_key = (task, temperature, draft, lenience, eps)
         if alpha_key not in alpha_cache:
             alpha_cache[alpha_key] = self._alpha_estimate(
@@ -671,11 +678,17 @@ class Evaluator:
             greedy_identical_fraction=identical,
             prompt_tokens=np.asarray(out.num_generated, np.int64).tolist(),
             prompt_target_calls=np.asarray(out.num_target_calls, np.int64).tolist(),
+            examples=[
+                {"reference": ref, "ar": ar_text, "sd": sd_text}
+                for ref, ar_text, sd_text in list(
+                    zip(prompts.targets, ar_texts, texts, strict=True)
+                )[:NUM_EXAMPLES]
+            ],
         )
         if cfg.timed_prompts and lenience == "none":
             if ar_timed is None:
                 ar_timed = self._timed(prompts, temperature, None)
-                ar_cache[task, temperature] = (ar, metric_ar, ar_timed)
+                ar_cache[task, temperature] = (ar, metric_ar, ar_timed, ar_texts)
             sd_tokens, sd_seconds = self._timed(prompts, temperature, draft, gamma)
             cost = self._cost_ratio(draft, prompts)["cost_ratio"]
             row.timed_prompts = min(cfg.timed_prompts, len(prompts))

@@ -231,6 +231,7 @@ def write_report(results: dict[str, Any], path: str) -> str:
         _rows_table(results["rows"]),
         "",
         ROW_LEGEND.format(reference=results["reference_draft"]),
+        *_examples_text(results["rows"]),
         "",
         "## Plots",
         "",
@@ -348,6 +349,34 @@ def _rows_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([head, sep, *body])
 
 
+def _clip(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _examples_text(rows: list[dict[str, Any]]) -> list[str]:
+    """Decoded outputs of the first prompts, per temperature (from the largest-gamma
+    lossless cell of the first draft): read them before trusting a metric."""
+    lines = []
+    for temperature in sorted({r["temperature"] for r in rows}):
+        cells = [r for r in rows if r["temperature"] == temperature and r["lenience"] == "none"]
+        if not cells or not cells[0].get("examples"):
+            continue
+        cell = max(cells, key=lambda r: (r["draft"] == cells[0]["draft"], r["gamma"]))
+        lines += [
+            "",
+            f"Outputs, T = {temperature:g} (SD: draft {cell['draft']}, gamma {cell['gamma']}):",
+            "",
+        ]
+        for i, ex in enumerate(cell["examples"]):
+            lines += [
+                f"{i + 1}. reference: {_clip(ex['reference'])}",
+                f"   - AR target: {_clip(ex['ar'])}",
+                f"   - SD: {_clip(ex['sd'])}",
+            ]
+    return lines
+
+
 def evaluation_report(results: dict[str, Any]) -> str:
     """report.md of an `evaluate` run: one table per task, and the transfer table."""
     rows, averages = results["rows"], results.get("average_rows") or []
@@ -375,6 +404,7 @@ def evaluation_report(results: dict[str, Any]) -> str:
             "",
             _rows_table(selected),
         ]
+        lines += _examples_text(selected)
         lines += ["", "P(draft position i accepted and emitted) per block:", ""]
         for r in selected:
             hist = ", ".join(f"{p:.2f}" for p in r["accept_prob_by_position"])

@@ -119,6 +119,13 @@ def test_jsonl_task_with_workdir_and_hf_drafts(setup, tmp_path, monkeypatch):
         assert os.path.exists(os.path.join(workdir, name)), name
     report = open(os.path.join(workdir, "report.md")).read()
     assert "## jsonl (6 prompts)" in report and "alpha est." in report
+    # The first prompts decoded to text, for reading before trusting a metric.
+    for row in rows:
+        assert len(row["examples"]) == evaluate.NUM_EXAMPLES
+        assert all(set(ex) == {"reference", "ar", "sd"} for ex in row["examples"])
+        if row["temperature"] == 0.0:
+            assert all(ex["ar"] == ex["sd"] for ex in row["examples"])
+    assert "Outputs, T = 0" in report and "AR target:" in report
     # Every cell is stored; a rerun decodes nothing.
     assert len(os.listdir(os.path.join(workdir, "cells"))) == len(rows)
 
