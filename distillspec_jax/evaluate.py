@@ -1,7 +1,7 @@
 r"""Measure any target / draft pair on any task: `python -m distillspec_jax.evaluate`.
 
-  python -m distillspec_jax.evaluate --config configs/evaluate.py --workdir OUT \
-      --config.target.path=TARGET --config.drafts.mine.path=DRAFT \
+  python -m distillspec_jax.evaluate --workdir OUT \
+      --config configs/evaluate.py:target=TARGET,drafts=base=DRAFT_A;mine=DRAFT_B \
       --config.data.task=jsonl --config.data.jsonl_files.test=my.jsonl
 
 The target and each draft are a project workdir (its `model.json` names the
@@ -175,6 +175,45 @@ def load_params(source: ml_collections.ConfigDict, model: models.BaseModel, what
         jax.eval_shape(model.init, jax.random.PRNGKey(0)),
     )
     return checkpoints.restore_params(source.path, abstract, what)
+
+
+def model_fingerprint(path: str) -> dict[str, Any]:
+    """A model source's path and what is in it (checkpoint steps, or the HF files and
+    their sizes): a model retrained in place gets new cells."""
+    if is_hf_directory(path):
+        files = [n for n in fs.listdir(path) if n.endswith((".safetensors", ".json"))]
+        sizes = {n: os.path.getsize(os.path.join(path, n)) for n in files if not fs.is_remote(path)}
+        return {"path": path, "files": sizes or files}
+    steps = fs.listdir(checkpoints.checkpoint_dir(path)) or fs.listdir(path)
+    return {"path": path, "steps": [s for s in steps if s.isdigit()]}
+
+
+# Config fields that name cells (or only pick the reference), not what a cell measures.
+GRID_FIELDS = ("drafts", "reference_draft", "gammas", "temperatures", "lenience", "eps")
+
+
+def cell_key(
+    config: ml_collections.ConfigDict,
+    task: str,
+    temperature: float,
+    draft: str,
+    gamma: int,
+    lenience: str,
+    eps: float,
+) -> dict[str, Any]:
+    """Everything that decides one cell's result: its coordinates, the models (paths and
+    checkpoint steps) and every setting but the cell grid itself."""
+    return dict(
+        task=task,
+        temperature=float(temperature),
+        draft=draft,
+        gamma=int(gamma),
+        lenience=lenience,
+        eps=float(eps),
+        target=model_fingerprint(config.target.path),
+        source=model_fingerprint(config.drafts[draft].path),
+        settings={k: v for k, v in config.to_dict().items() if k not in GRID_FIELDS},
+    )
 
 
 def vocabulary_path(config: ml_collections.ConfigDict) -> str:
@@ -593,19 +632,7 @@ class Evaluator:
         alpha_cache: dict[tuple, float] = {}
         rows = []
         for task, temperature, draft, gamma, lenience, eps in cells:
-            key = dict(
-                task=task,
-                temperature=float(temperature),
-                draft=draft,
-                gamma=int(gamma),
-                lenience=lenience,
-                eps=float(eps),
-                source=cfg.drafts[draft].path,
-                num_prompts=len(self.prompts[task]),
-                max_new_tokens=cfg.max_new_tokens,
-                timed_prompts=cfg.timed_prompts,
-                seed=cfg.seed,
-            )
+            key = cell_key(cfg, task, temperature, draft, gamma, lenience, eps)
             path = self._cell_path(key)
             if fs.exists(path):
                 rows.append(CellResult(**fs.read_json(path)))

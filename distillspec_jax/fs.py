@@ -39,6 +39,14 @@ def isdir(path: str) -> bool:
     return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
 
 
+def listdir(path: str) -> list[str]:
+    """Names in a directory (empty when it does not exist)."""
+    if not isdir(path):
+        return []
+    names = _gfile().listdir(path) if is_remote(path) else os.listdir(path)
+    return sorted(name.rstrip("/") for name in names)
+
+
 def makedirs(path: str) -> None:
     """Creates `path` and its parents; no error when it exists."""
     if is_remote(path):

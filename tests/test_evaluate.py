@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -154,6 +155,36 @@ def test_bbh_mixture_gives_per_task_rows_and_the_average(setup, tmp_path):
     report = open(tmp_path / "bbh" / "report.md").read()
     assert "Transfer table" in report and "| average |" in report
     assert "| bbh_navigate |" in report
+
+
+def test_cells_are_keyed_by_everything_that_decides_them(setup, tmp_path):
+    near = str(tmp_path / "near")
+    shutil.copytree(setup["near"], near)  # A copy: this test writes a checkpoint into it.
+    setup = {**setup, "near": near}
+    config = _config(setup)
+
+    def key(config):
+        return evaluate.cell_key(config, "jsonl", 1.0, "near", 4, "none", 1.0)
+
+    base = key(config)
+    assert key(_config(setup)) == base
+    # Other drafts or grid values do not matter; the data, lengths, seeds and models do.
+    config.drafts["extra"] = common.model_source(setup["hf"])
+    config.gammas = (2,)
+    assert key(config) == base
+    for field, value in (("max_new_tokens", 11), ("seed", 1), ("batch_size", 2)):
+        changed = _config(setup)
+        changed[field] = value
+        assert key(changed) != base, field
+    changed = _config(setup)
+    changed.data.jsonl_files.test = str(tmp_path / "other.jsonl")
+    assert key(changed) != base
+    # A checkpoint written in place (a retrained model) gives new cells.
+    target = models.build_model("decoder_only", "tiny", vocab_size=512)
+    ckpt = checkpoints.Checkpointer(checkpoints.checkpoint_dir(setup["near"]), 1, 3)
+    ckpt.save(7, target.init(jax.random.PRNGKey(3)), None, force=True)
+    ckpt.close()
+    assert key(_config(setup)) != base
 
 
 def test_bad_input_fails_before_decoding(setup, tmp_path, monkeypatch):
