@@ -560,14 +560,15 @@ def train_and_evaluate(
             if guard.should_stop():
                 preempted = True
                 break
+        # Save before the final evaluation: an evaluation that fails loses no steps.
+        if saved_at != step and ckpt.latest_step() != step:
+            ckpt.save(step, state.params, state.opt_state, force=True)
         finished_before = start_step >= config.num_train_steps
         previous = writer.last("eval") if finished_before else None
         if previous is not None and previous[0] == step:
             last_eval = previous[1]  # A rerun of a finished workdir: no duplicate record.
         elif evaluated_at != step:
             last_eval = run_eval(step)
-        if saved_at != step and ckpt.latest_step() != step:
-            ckpt.save(step, state.params, state.opt_state, force=True)
     finally:
         guard.restore()
         if bar is not None:

@@ -303,3 +303,32 @@ def test_two_processes_train_to_equal_parameters(tmp_path):
     assert not np.allclose(
         p0[kernel], np.asarray(jnp.asarray(init["decoder"]["logits_dense"]["kernel"]))
     )
+
+
+def test_evaluation_records_start_no_duplicates_and_never_cost_a_checkpoint(tmp_path, monkeypatch):
+    import json
+
+    batch = _fixed_batch("decoder_only")
+    config = _config("supervised", "decoder_only", steps=6)
+    config.eval_every, config.checkpoint_every = 3, 100
+    workdir = tmp_path / "run"
+
+    def eval_steps():
+        rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+        return [r["step"] for r in rows if r["split"] == "eval"]
+
+    _train(config, workdir, batch)
+    assert eval_steps() == [0, 3, 6]  # The starting point too.
+    again = _train(config, workdir, batch)  # A finished workdir: nothing new is written.
+    assert eval_steps() == [0, 3, 6] and again["eval"]["loss"] > 0
+    # A final evaluation that fails still leaves the last step's checkpoint.
+    config.eval_every = 0
+    failing = tmp_path / "failing"
+
+    def broken(metric_list):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(train, "_mean_metrics", broken)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        _train(config, failing, batch)
+    assert "6" in os.listdir(failing / "checkpoints")
