@@ -9,6 +9,7 @@ done markers, reports, plots, the vocabulary) comes through here.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -18,6 +19,24 @@ from typing import Any
 def is_remote(path: str) -> bool:
     """True for a URI with a scheme (gs://, ram://, ...), False for a local path."""
     return "://" in str(path)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Points file descriptor 2 at /dev/null for the block (C++ libraries' start-up
+    lines that no log level reaches). An exception still propagates unchanged."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _gfile():

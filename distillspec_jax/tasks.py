@@ -593,7 +593,15 @@ def numpy_batches(dataset: tf.data.Dataset, skip_batches: int = 0) -> Iterator[d
     """NumPy batches, after skipping `skip_batches` (to resume a data order)."""
     if skip_batches:
         dataset = dataset.skip(skip_batches)
-    for batch in dataset.as_numpy_iterator():
+    # TensorFlow Text's SentencePiece op logs "precompiled_charsmap is empty" when the
+    # pipeline's first element instantiates it: silenced, like TensorFlow's start-up.
+    with fs.quiet_stderr():
+        iterator = dataset.as_numpy_iterator()
+        first = next(iterator, None)
+    if first is None:
+        return
+    yield {k: np.asarray(v) for k, v in first.items()}
+    for batch in iterator:
         yield {k: np.asarray(v) for k, v in batch.items()}
 
 

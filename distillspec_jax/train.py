@@ -78,31 +78,14 @@ class _DropChatter(logging.Filter):
 
 
 def _import_data_libraries_quietly() -> None:
-    """Imports TensorFlow and seqio with file descriptor 2 pointed at /dev/null.
+    """Imports TensorFlow and seqio, and initialises TensorFlow's devices, with
+    stderr silenced: TensorFlow 2.21 writes its C++ start-up lines (oneDNN, CUDA
+    stubs, cuInit) before any log level applies. An import error propagates."""
+    with fs.quiet_stderr():
+        import seqio  # noqa: F401  (imports tensorflow and tensorflow_text)
+        import tensorflow as tf
 
-    TensorFlow 2.21 writes its C++ start-up lines (oneDNN, CUDA stubs, twice)
-    through absl before any log level applies. An import error is raised again
-    with stderr restored, so it is never hidden.
-    """
-    import sys
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        try:
-            import seqio  # noqa: F401  (imports tensorflow and tensorflow_text)
-        except Exception:  # noqa: BLE001
-            failed = True
-        else:
-            failed = False
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-    if failed:
-        import seqio  # noqa: F401, F811  (again, loudly)
+        tf.constant(0)  # Device initialisation happens on the first op.
 
 
 def configure_logging(verbose: bool = False) -> None:
