@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from distillspec_jax import checkpoints, evaluation, fs, models, sampling
+from distillspec_jax import checkpoints, cli, evaluation, fs, models, sampling
 
 Array = jax.Array
 
@@ -794,9 +794,7 @@ def main(argv=None) -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
     def _run(_):
-        from distillspec_jax import train
-
-        train.configure_logging(flags.FLAGS.verbose)
+        cli.configure_logging(flags.FLAGS.verbose)
         try:
             results = run(flags.FLAGS.config, flags.FLAGS.workdir)
         except (ValueError, checkpoints.CheckpointError, FileNotFoundError) as error:
@@ -807,9 +805,7 @@ def main(argv=None) -> None:
 
         print(report.evaluation_summary(results))
 
-    from distillspec_jax import train
-
-    app.run(_run, argv=argv, flags_parser=train.parse_flags)
+    app.run(_run, argv=argv, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -494,8 +494,12 @@ def main(argv: list[str] | None = None) -> None:
     hf_out.add_argument("--gin", default="", help="only for a workdir without model.json")
     hf_out.add_argument("--vocab_size", type=int, default=0, help="with --gin")
     hf_out.add_argument("--step", type=int, default=None, help="default: the newest")
+    for command in (t5x, hf_in, hf_out):
+        command.add_argument("--verbose", action="store_true", help="show library logs")
     args = parser.parse_args(argv)
-    from distillspec_jax import checkpoints
+    from distillspec_jax import checkpoints, cli
+
+    cli.configure_logging(args.verbose, data=False)
 
     try:
         message = _run_command(args)

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from distillspec_jax import evaluate, fs, models, report
+from distillspec_jax import cli, evaluate, fs, models, report
 
 STAGES = ("target", "draft_baseline", "draft_distilled")
 
@@ -183,23 +183,21 @@ def run_cli(run_fn, default_config: str, config_help: str, workdir_help: str, ar
     from absl import app, flags
     from ml_collections import config_flags
 
-    from distillspec_jax import train
-
     try:  # A default config applies the command line's overrides right here.
         config_flags.DEFINE_config_file(
             "config", os.path.join(models.REPO_ROOT, default_config), config_help, lock_config=True
         )
-    except train.OVERRIDE_ERRORS as error:
-        train.exit_bad_override(error, "python -m distillspec_jax.main")
+    except cli.OVERRIDE_ERRORS as error:
+        cli.exit_bad_override(error, "python -m distillspec_jax.main")
     flags.DEFINE_string("workdir", None, workdir_help)
     flags.DEFINE_bool("verbose", False, "Show library logs (TensorFlow, orbax, seqio).")
     flags.mark_flags_as_required(["workdir"])
 
     def _run(_):
-        train.configure_logging(flags.FLAGS.verbose)
+        cli.configure_logging(flags.FLAGS.verbose)
         run_fn(flags.FLAGS.config, flags.FLAGS.workdir)
 
-    app.run(_run, argv=argv, flags_parser=train.parse_flags)
+    app.run(_run, argv=argv, flags_parser=cli.parse_flags)
 
 
 def main(argv=None) -> None:

@@ -21,10 +21,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from distillspec_jax import fs
+
+# TensorFlow 2.21 writes C++ start-up lines (oneDNN, CUDA stubs) through absl before any
+# log level applies; this module only reads data with it. Import errors still propagate.
+with fs.quiet_stderr():
+    import seqio
+    import tensorflow as tf
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
@@ -640,7 +644,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     vocab.add_argument("--target_key", default="target")
     vocab.add_argument("--vocab_size", type=int, default=2048, help="upper bound")
     vocab.add_argument("--overwrite", action="store_true")
+    vocab.add_argument("--verbose", action="store_true", help="show library logs")
     args = parser.parse_args(argv)
+    from distillspec_jax import cli
+
+    cli.configure_logging(args.verbose)
     try:
         if fs.exists(args.out) and not args.overwrite:
             raise ValueError(f"{args.out} exists (--overwrite to replace it)")

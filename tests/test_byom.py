@@ -20,11 +20,17 @@ from distillspec_jax import interop, sampling, tasks
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Library start-up chatter that the command lines keep quiet unless --verbose.
+NOISE = ("cuInit", "cudart_stub", "oneDNN", "normalizer.cc", "read_only=True", "uncached")
+
+
 def _run(*args):
     result = subprocess.run(
         [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    for pattern in NOISE:
+        assert pattern not in result.stderr, (args[0], pattern, result.stderr[-2000:])
     return result
 
 
