@@ -4,14 +4,15 @@ r"""The end-to-end DistillSpec study on the offline gsm_symbolic task (CPU defau
   python -m distillspec_jax.main --workdir /tmp/distillspec_quick \
       --config configs/default.py:quick
   python -m distillspec_jax.main --workdir /tmp/ds --config configs/default.py \
-      --config.distill.objective.divergence=tvd --config.evaluation.timed_prompts=8
+      --config.stages.draft_distilled.distill.divergence=tvd --config.evaluation.timed_prompts=8
 
 Stages: (a) train the T5 target on ground truth, (b) train the baseline draft on
 ground truth, (c) distil the draft from the target (initialised from the
 baseline draft, as in the paper), (d) measure both drafts against the target
 (tau, alpha, wall-clock speedup, task accuracy), (e) write report.md,
 results.json and plots. Each stage resumes from its checkpoint and is skipped
-when complete.
+when complete. Every stage is a complete `distillspec_jax.train` config under
+`config.stages`; the study only resolves their paths inside its workdir.
 """
 
 import ml_collections
@@ -19,12 +20,29 @@ import ml_collections
 from configs import common
 
 
-def _stage(gin_file: str, steps: int, batch_size: int, **optimizer) -> ml_collections.ConfigDict:
-    stage = ml_collections.ConfigDict()
-    stage.gin_file = gin_file
-    stage.num_train_steps = steps
-    stage.batch_size = batch_size
-    stage.optimizer = common.optimizer(**optimizer)
+def _stage(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+    """A complete `distillspec_jax.train` config of one stage. The study's data section
+    is shared (not copied), so `--config.data.x=...` reaches every stage."""
+    defaults = dict(
+        z_loss=1e-4,
+        keep_checkpoints=2,
+        log_every=5,
+        eval_every=0,
+        eval_batches=1 if config.quick else 2,
+        # tau / alpha on validation prompts during distillation.
+        speculative_eval=common.speculative_eval(
+            num_prompts=4 if config.quick else 16,
+            gamma=7,
+            temperature=1.0,
+            max_new_tokens=32 if config.quick else 64,
+        ),
+    )
+    stage = common.training_config(**{**defaults, **fields})
+    stage.checkpoint_every = max(stage.num_train_steps // 4, 1)
+    stage.data = config.data
+    # References: `--config.seed` / `.mesh_shape` / `.gin_bindings` reach every stage.
+    for name in ("seed", "mesh_shape", "gin_bindings"):
+        stage[name] = config.get_ref(name)
     return stage
 
 
@@ -45,45 +63,66 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_input_length=96 if quick else 128,
         max_target_length=96 if quick else 128,
     )
+    target_gin = "gin/t5_1_1/cpu_draft.gin" if quick else "gin/t5_1_1/cpu_target.gin"
+    draft_gin = "gin/t5_1_1/tiny.gin" if quick else "gin/t5_1_1/cpu_draft.gin"
 
     # Supervised recipe shared by the target and the baseline draft.
     steps = 60 if quick else 400
-    supervised = dict(
-        steps=steps,
-        batch_size=16,
-        name="adamw",
-        learning_rate=3e-3,
-        schedule="cosine",
-        warmup_steps=20,
-        decay_steps=steps,
-        end_ratio=0.1,
-    )
+
+    def supervised():
+        return common.optimizer(
+            name="adamw",
+            learning_rate=3e-3,
+            schedule="cosine",
+            warmup_steps=20,
+            decay_steps=steps,
+            end_ratio=0.1,
+        )
+
+    # The three stages, each a complete training config (`--config.stages.NAME.x=...`);
+    # target_checkpoint / init_checkpoint name stages of the study's workdir.
+    config.stages = ml_collections.ConfigDict()
     # (a) The target: T5 v1.1 architecture, trained on ground truth.
-    config.target = _stage(
-        "gin/t5_1_1/cpu_draft.gin" if quick else "gin/t5_1_1/cpu_target.gin", **supervised
+    config.stages.target = _stage(
+        config,
+        mode="supervised",
+        model_gin_file=target_gin,
+        target_gin_file=target_gin,
+        batch_size=16,
+        num_train_steps=steps,
+        optimizer=supervised(),
     )
     # (b) The baseline draft ("standard SD" draft): same data and recipe, smaller model.
-    config.baseline = _stage(
-        "gin/t5_1_1/tiny.gin" if quick else "gin/t5_1_1/cpu_draft.gin", **supervised
-    )
-    # (c) DistillSpec: the draft distilled from the target, from the baseline.
-    config.distill = _stage(
-        config.baseline.gin_file,
-        steps=40 if quick else 150,
+    config.stages.draft_baseline = _stage(
+        config,
+        mode="supervised",
+        model_gin_file=draft_gin,
+        target_gin_file=target_gin,
         batch_size=16,
-        name="adamw",
-        learning_rate=3e-4,
-        schedule="constant",
-        warmup_steps=10,
+        num_train_steps=steps,
+        optimizer=supervised(),
     )
+    # (c) DistillSpec: the draft distilled from the target, from the baseline draft.
     # On-policy (student) data. JSD(0.5) had the best mean tau gain over T in {0, 1} among
     # the on-policy cells of the ablation at this scale (configs/ablation.py; README).
-    # 150 steps: 300 gave the same tau gain on 128 test prompts (README).
-    config.distill.objective = common.distill(
-        divergence="jsd", beta=0.5, source="student", sample_temperature=1.0
+    config.stages.draft_distilled = _stage(
+        config,
+        mode="distill",
+        model_gin_file=draft_gin,
+        target_gin_file=target_gin,
+        target_checkpoint="target",
+        init_checkpoint="draft_baseline",
+        batch_size=16,
+        num_train_steps=40 if quick else 150,
+        optimizer=common.optimizer(
+            name="adamw", learning_rate=3e-4, schedule="constant", warmup_steps=10
+        ),
+        distill=common.distill(
+            divergence="jsd", beta=0.5, source="student", sample_temperature=1.0
+        ),
+        # tau / alpha on validation prompts this often (and at step 0).
+        eval_every=10 if quick else 25,
     )
-    # Evaluate tau / alpha on validation prompts this often during distillation.
-    config.distill.eval_every = 10 if quick else 25
 
     # (d) Evaluation of both drafts against the target with `distillspec_jax.evaluate`
     # (the study fills in the target / draft paths and the vocabulary).

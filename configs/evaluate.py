@@ -44,11 +44,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config = study.evaluation
         config.data.vocab_path = os.path.join(args.study, "vocab", "spm.model")
         config.target = common.model_source(
-            os.path.join(args.study, "target"), study.target.gin_file
+            os.path.join(args.study, "target"), study.stages.target.model_gin_file
         )
         for name, stage in (("baseline", "draft_baseline"), ("distilled", "draft_distilled")):
             config.drafts[name] = common.model_source(
-                os.path.join(args.study, stage), study.baseline.gin_file
+                os.path.join(args.study, stage), study.stages[stage].model_gin_file
             )
         return config
     config = common.evaluation()

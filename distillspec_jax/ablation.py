@@ -44,7 +44,10 @@ def _evaluation(
     ev = main.evaluation_config(study, workdir, os.path.join(workdir, "vocab", "spm.model"))
     ev.drafts = ml_collections.ConfigDict(
         {
-            name: {"path": os.path.join(workdir, path), "gin_file": study.baseline.gin_file}
+            name: {
+                "path": os.path.join(workdir, path),
+                "gin_file": study.stages.draft_baseline.model_gin_file,
+            }
             for name, path in drafts.items()
         }
     )

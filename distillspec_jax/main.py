@@ -35,44 +35,13 @@ STAGES = ("target", "draft_baseline", "draft_distilled")
 def stage_config(
     config: ml_collections.ConfigDict, stage: str, workdir: str, vocab_path: str
 ) -> ml_collections.ConfigDict:
-    """The training config (as train.train_and_evaluate takes) of one stage."""
-    section = {
-        "target": config.target,
-        "draft_baseline": config.baseline,
-        "draft_distilled": config.distill,
-    }[stage]
-    out = ml_collections.ConfigDict()
-    out.mode = "distill" if stage == "draft_distilled" else "supervised"
-    out.model_gin_file = section.gin_file
-    out.target_gin_file = config.target.gin_file
-    out.gin_bindings = tuple(config.gin_bindings)
-    out.target_checkpoint = os.path.join(workdir, "target") if out.mode == "distill" else ""
-    out.init_checkpoint = (
-        os.path.join(workdir, "draft_baseline") if stage == "draft_distilled" else ""
-    )
-    out.data = ml_collections.ConfigDict(config.data.to_dict())
+    """The training config of one stage (`config.stages[stage]`, a complete
+    `distillspec_jax.train` config) with its paths resolved inside `workdir`."""
+    out = ml_collections.ConfigDict(config.stages[stage].to_dict())  # A copy.
     out.data.vocab_path = vocab_path
-    out.mesh_shape = tuple(config.mesh_shape)
-    out.batch_size = section.batch_size
-    out.num_train_steps = section.num_train_steps
-    out.seed = config.seed
-    out.z_loss = 1e-4
-    out.optimizer = ml_collections.ConfigDict(section.optimizer.to_dict())
-    # Read in distill mode only.
-    out.distill = ml_collections.ConfigDict(config.distill.objective.to_dict())
-    out.checkpoint_every = max(section.num_train_steps // 4, 1)
-    out.keep_checkpoints = 2
-    out.eval_every = config.distill.eval_every if out.mode == "distill" else 0
-    out.eval_batches = 1 if config.quick else 2
-    out.log_every = 5
-    out.speculative_eval = ml_collections.ConfigDict(
-        dict(
-            num_prompts=4 if config.quick else 16,
-            gamma=max(config.evaluation.gammas),
-            temperature=1.0,
-            max_new_tokens=config.evaluation.max_new_tokens // 2,
-        )
-    )
+    for field in ("target_checkpoint", "init_checkpoint"):
+        if out[field] in STAGES:  # Another stage of this study.
+            out[field] = os.path.join(workdir, out[field])
     return out
 
 
@@ -116,12 +85,16 @@ def evaluation_config(
     ev = ml_collections.ConfigDict(config.evaluation.to_dict())
     ev.data = ml_collections.ConfigDict(config.data.to_dict())
     ev.data.vocab_path = vocab_path
+    stages = config.stages
     ev.target = ml_collections.ConfigDict(
-        {"path": os.path.join(workdir, "target"), "gin_file": config.target.gin_file}
+        {"path": os.path.join(workdir, "target"), "gin_file": stages.target.model_gin_file}
     )
     ev.drafts = ml_collections.ConfigDict(
         {
-            name: {"path": os.path.join(workdir, stage), "gin_file": config.baseline.gin_file}
+            name: {
+                "path": os.path.join(workdir, stage),
+                "gin_file": stages[stage].model_gin_file,
+            }
             for name, stage in (("baseline", "draft_baseline"), ("distilled", "draft_distilled"))
         }
     )

@@ -108,3 +108,26 @@ def test_ablation_grid_and_lossy_sweep(study):
         assert lossy[(draft, 0.05)]["block_efficiency"] > lossy[(draft, 1.0)]["block_efficiency"]
     assert os.path.exists(os.path.join(workdir, "ablation", "plots", "grid_heatmap.png"))
     assert os.path.exists(os.path.join(workdir, "ablation", "ablation.md"))
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_the_study_table_from_its_workdir(study, tmp_path):
+    """`evaluate --config configs/evaluate.py:study=WORKDIR,quick` into a new workdir gives
+    the study's tau, alpha and accuracy cell for cell (untimed here)."""
+    from configs import evaluate as evaluate_config
+    from distillspec_jax import evaluate
+
+    workdir, results = study
+    config = evaluate_config.get_config(f"study={workdir},quick")
+    config.timed_prompts = 0
+    again = evaluate.run(config, str(tmp_path / "again"), progress=False)
+    assert len(again["rows"]) == len(results["rows"])
+    for got, want in zip(again["rows"], results["rows"], strict=True):
+        for key in ("draft", "temperature", "gamma", "prompt_tokens", "prompt_target_calls"):
+            assert got[key] == want[key], key
+        for key in ("block_efficiency", "acceptance_rate", "alpha_estimate", "tau_gain_percent"):
+            if want[key] is None:  # The reference draft has no gain.
+                assert got[key] is None, key
+            else:
+                assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+        assert got["metric_sd"] == want["metric_sd"]
