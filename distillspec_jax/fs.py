@@ -88,6 +88,11 @@ def read_text(path: str) -> str:
         return f.read()
 
 
+def read_bytes(path: str) -> bytes:
+    with open_file(path, "rb") as f:
+        return f.read()
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Replaces `path` with `data`, creating the parent directory.
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from distillspec_jax import models, networks
+from distillspec_jax import fs, models, networks
 
 Params = dict[str, Any]
 
@@ -435,6 +435,10 @@ def write_checkpoint(
     return workdir
 
 
+# The exported SentencePiece model (a name transformers' AutoTokenizer does not load).
+VOCAB_FILE = "sentencepiece.model"
+
+
 def require_new_workdir(workdir: str) -> None:
     """Raises CheckpointError when `workdir` already holds a checkpoint."""
     from distillspec_jax import checkpoints
@@ -540,7 +544,17 @@ def _run_command(args: argparse.Namespace) -> str:
         args.workdir, abstract, "model", step=args.step, fallback=False
     )
     save_hf(model, params, args.out_dir)
-    return f"wrote {args.out_dir} from step {step} of {args.workdir}"
+    message = f"wrote {args.out_dir} from step {step} of {args.workdir}"
+    record = checkpoints.read_model_description(args.workdir) or {}
+    vocab = record.get("vocab_path") or ""
+    if not vocab and record.get("config"):
+        vocab = record["config"].get("data", {}).get("vocab_path", "")
+    if vocab and fs.exists(vocab):
+        # Under a name transformers does not auto-load: its conversion of this project's
+        # SentencePiece models to a fast tokenizer does not reproduce their pieces.
+        fs.write_bytes(os.path.join(args.out_dir, VOCAB_FILE), fs.read_bytes(vocab))
+        message += f" with its vocabulary ({VOCAB_FILE}: encode with sentencepiece)"
+    return message
 
 
 if __name__ == "__main__":

@@ -113,7 +113,15 @@ def test_bring_your_own_models_recipe(tmp_path):
     assert all(r["greedy_identical_fraction"] == 1.0 for r in rows)
     exported = str(tmp_path / "exported")
     out = _run("distillspec_jax.interop", "export-hf", distilled, exported).stdout
-    assert f"from step 4 of {distilled}" in out
+    assert f"from step 4 of {distilled}" in out and "sentencepiece.model" in out
+    # The vocabulary travels with the export (recorded by the target import).
+    import sentencepiece
+
+    exported_vocab = sentencepiece.SentencePieceProcessor(
+        model_file=os.path.join(exported, interop.VOCAB_FILE)
+    )
+    question = data["test"][0]["question"]
+    assert exported_vocab.encode(question) == list(tasks.get_vocabulary(spm).encode(question))
     # transformers: the exported draft as the assistant of the original target.
     assistant = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
     vocab = tasks.get_vocabulary(spm)
