@@ -251,6 +251,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return write_report(config, workdir, grid, lossy, verbose=True)
 
 
+def _gain_text(cell: dict[str, Any]) -> str:
+    """'+5.0% [-1.2, +11.0] (tau 2.41)': the gain, its 90% interval when measured, tau."""
+    ci = cell.get("tau_gain_interval_90")
+    interval = f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else ""
+    return f"{cell['tau_gain_percent']:+.1f}%{interval} (tau {cell['block_efficiency']:.2f})"
+
+
 def write_report(
     config,
     workdir: str,
@@ -276,8 +283,9 @@ def write_report(
     if grid:
         lines += [
             f"Block-efficiency gain over the baseline draft at gamma = "
-            f"{config.eval.gamma}, {config.eval.num_prompts} test prompts; each cell "
-            f"distils for {config.distill_steps} steps from the baseline draft.",
+            f"{config.eval.gamma}, {config.eval.num_prompts} test prompts, with its 90% "
+            f"paired-bootstrap interval over the prompts; each cell distils for "
+            f"{config.distill_steps} steps from the baseline draft.",
             "",
         ]
         for temperature in config.temperatures:
@@ -290,14 +298,7 @@ def write_report(
             for source in config.sources:
                 cells = [_cell(grid, source, d, temperature) for d in config.divergences]
                 lines.append(
-                    f"| {source} | "
-                    + " | ".join(
-                        f"{c['tau_gain_percent']:+.1f}% (tau {c['block_efficiency']:.2f})"
-                        if c
-                        else "-"
-                        for c in cells
-                    )
-                    + " |"
+                    f"| {source} | " + " | ".join(_gain_text(c) if c else "-" for c in cells) + " |"
                 )
             lines.append("")
     if lossy:
