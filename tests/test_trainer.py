@@ -305,6 +305,7 @@ def test_two_processes_train_to_equal_parameters(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_evaluation_records_start_no_duplicates_and_never_cost_a_checkpoint(tmp_path, monkeypatch):
     import json
 
