@@ -550,11 +550,87 @@ def _run_command(args: argparse.Namespace) -> str:
     if not vocab and record.get("config"):
         vocab = record["config"].get("data", {}).get("vocab_path", "")
     if vocab and fs.exists(vocab):
-        # Under a name transformers does not auto-load: its conversion of this project's
-        # SentencePiece models to a fast tokenizer does not reproduce their pieces.
         fs.write_bytes(os.path.join(args.out_dir, VOCAB_FILE), fs.read_bytes(vocab))
-        message += f" with its vocabulary ({VOCAB_FILE}: encode with sentencepiece)"
+        message += f" with its vocabulary ({VOCAB_FILE}"
+        try:
+            save_hf_tokenizer(os.path.join(args.out_dir, VOCAB_FILE), args.out_dir)
+            message += " and a transformers tokenizer with the same ids)"
+        except (ImportError, ValueError) as error:
+            message += f"; no transformers tokenizer: {error})"
     return message
+
+
+# Strings whose ids the exported tokenizer must reproduce exactly (else none is written).
+_TOKENIZER_PROBES = (
+    "Natalia sold clips to 48 of her friends in April.\nHow many? 48/2 = 24 #### 72",
+    "  two  spaces, a\ttab\n\n and\nlines\n",
+    " leading space, ünïcödé, 中文, €5.50 and 😀",
+    "",
+)
+
+
+def save_hf_tokenizer(spm_path: str, out_dir: str) -> None:
+    """tokenizer.json + tokenizer_config.json equal to a SentencePiece model of this project.
+
+    transformers' own conversion of a SentencePiece model does not reproduce this
+    project's models (byte fallback, a "\\n" piece, spaces kept as they are), so the
+    fast tokenizer is built here: the same unigram pieces and scores with byte
+    fallback, SentencePiece's dummy prefix and space handling as normalizers, no
+    pre-tokenisation. Written only if it encodes the probe strings to the same ids.
+    Differs from SentencePiece only in that literal "</s>", "<pad>" and "<unk>" in a
+    text map to those special ids (as in any transformers tokenizer).
+
+    Raises:
+      ImportError: transformers / tokenizers are not installed.
+      ValueError: a model of another kind (normaliser, whitespace handling, type).
+    """
+    import sentencepiece
+    import transformers
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers
+    from tokenizers import models as tokenizer_models
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(fs.read_bytes(spm_path))
+    spec = proto.normalizer_spec
+    if (
+        proto.trainer_spec.model_type != sentencepiece_model_pb2.TrainerSpec.UNIGRAM
+        or spec.name != "identity"
+        or spec.remove_extra_whitespaces
+        or not spec.add_dummy_prefix
+    ):
+        raise ValueError(
+            "only unigram models with identity normalisation, kept whitespace and a dummy "
+            "prefix (as distillspec_jax.tasks trains them) are converted"
+        )
+    pieces = [(p.piece, p.score) for p in proto.pieces]
+    ids = proto.trainer_spec
+    tokenizer = Tokenizer(tokenizer_models.Unigram(pieces, unk_id=ids.unk_id, byte_fallback=True))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
+    tokenizer.decoder = decoders.Sequence(
+        [
+            decoders.Replace("\u2581", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    kinds = sentencepiece_model_pb2.ModelProto.SentencePiece
+    special = [p.piece for p in proto.pieces if p.type in (kinds.CONTROL, kinds.UNKNOWN)]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token=proto.pieces[ids.unk_id].piece,
+        eos_token=proto.pieces[ids.eos_id].piece,
+        pad_token=proto.pieces[ids.pad_id].piece,
+    )
+    reference = sentencepiece.SentencePieceProcessor(model_file=spm_path)
+    for text in _TOKENIZER_PROBES:
+        if fast(text, add_special_tokens=False).input_ids != reference.encode(text):
+            raise ValueError(f"the converted tokenizer encodes {text[:40]!r} differently")
+    fast.save_pretrained(out_dir)
 
 
 if __name__ == "__main__":

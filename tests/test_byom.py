@@ -113,18 +113,20 @@ def test_bring_your_own_models_recipe(tmp_path):
     assert all(r["greedy_identical_fraction"] == 1.0 for r in rows)
     exported = str(tmp_path / "exported")
     out = _run("distillspec_jax.interop", "export-hf", distilled, exported).stdout
-    assert f"from step 4 of {distilled}" in out and "sentencepiece.model" in out
-    # The vocabulary travels with the export (recorded by the target import).
-    import sentencepiece
-
-    exported_vocab = sentencepiece.SentencePieceProcessor(
-        model_file=os.path.join(exported, interop.VOCAB_FILE)
-    )
-    question = data["test"][0]["question"]
-    assert exported_vocab.encode(question) == list(tasks.get_vocabulary(spm).encode(question))
+    assert f"from step 4 of {distilled}" in out and "same ids" in out
+    # The vocabulary travels with the export (recorded by the target import), as the
+    # SentencePiece model and as a transformers tokenizer that gives the same ids.
+    vocab = tasks.get_vocabulary(spm)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
+    assert (hf_tokenizer.eos_token_id, hf_tokenizer.pad_token_id) == (1, 0)
+    for example in data["test"]:
+        for text in (example["question"], example["answer"], " " + example["answer"] + "\n"):
+            ids = hf_tokenizer(text, add_special_tokens=False).input_ids
+            assert ids == list(vocab.encode(text)), text
+            assert hf_tokenizer.decode(ids) == vocab.decode(ids)
+    assert os.path.exists(os.path.join(exported, interop.VOCAB_FILE))
     # transformers: the exported draft as the assistant of the original target.
     assistant = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
-    vocab = tasks.get_vocabulary(spm)
     prompt = [0, *vocab.encode(data["test"][0]["question"])[:40], 1]
     with torch.no_grad():
         theirs = hf_target.generate(
