@@ -223,15 +223,15 @@ def vocabulary_path(config: ml_collections.ConfigDict) -> str:
     path = config.target.path
     record = checkpoints.read_model_description(path) if path else None
     candidates = [record.get("vocab_path", "")] if record else []
-    candidates += [
-        os.path.join(path, name) for name in ("vocab/spm.model", "spiece.model", "tokenizer.model")
-    ]
+    # A study workdir's, an export of this project's, or a Hugging Face T5 / Llama one.
+    names = ("vocab/spm.model", "sentencepiece.model", "spiece.model", "tokenizer.model")
+    candidates += [os.path.join(path, name) for name in names]
     for candidate in candidates:
         if candidate and fs.exists(candidate):
             return candidate
     raise EvaluationError(
         "No vocabulary: set data.vocab_path (the target's workdir records none and its "
-        "directory has no vocab/spm.model, spiece.model or tokenizer.model)"
+        f"directory has none of {', '.join(names)})"
     )
 
 

@@ -187,6 +187,19 @@ def test_cells_are_keyed_by_everything_that_decides_them(setup, tmp_path):
     assert key(_config(setup)) != base
 
 
+def test_vocabulary_found_in_an_exported_directory(setup, tmp_path):
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    (exported / "config.json").write_text("{}")
+    shutil.copy(setup["vocab"], exported / "sentencepiece.model")
+    config = _config(setup)
+    config.target.path, config.data.vocab_path = str(exported), ""
+    assert evaluate.vocabulary_path(config) == str(exported / "sentencepiece.model")
+    config.target.path = str(tmp_path)
+    with pytest.raises(evaluate.EvaluationError, match="No vocabulary: set data.vocab_path"):
+        evaluate.vocabulary_path(config)
+
+
 def test_bad_input_fails_before_decoding(setup, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("decoding started")
