@@ -24,6 +24,7 @@ import ml_collections
 
 from configs import common
 from configs import default as default_study
+from distillspec_jax import main
 
 
 def _drafts(text: str) -> ml_collections.ConfigDict:
@@ -39,18 +40,10 @@ def _drafts(text: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, target="", drafts="", study="", quick=False)
-    if args.study:
+    if args.study:  # Exactly the evaluation the study runs on its workdir.
         study = default_study.get_config("quick" if args.quick else None)
-        config = study.evaluation
-        config.data.vocab_path = os.path.join(args.study, "vocab", "spm.model")
-        config.target = common.model_source(
-            os.path.join(args.study, "target"), study.stages.target.model_gin_file
-        )
-        for name, stage in (("baseline", "draft_baseline"), ("distilled", "draft_distilled")):
-            config.drafts[name] = common.model_source(
-                os.path.join(args.study, stage), study.stages[stage].model_gin_file
-            )
-        return config
+        vocab_path = os.path.join(args.study, "vocab", "spm.model")
+        return main.evaluation_config(study, args.study, vocab_path)
     config = common.evaluation()
     config.target = common.model_source(args.target)
     config.drafts = _drafts(args.drafts)

@@ -141,7 +141,15 @@ def write_model_description(
 def read_model_description(workdir: str) -> dict[str, Any] | None:
     """The `model.json` record of a workdir, or None when it has none."""
     path = os.path.join(workdir, MODEL_FILE)
-    return fs.read_json(path) if fs.exists(path) else None
+    return fs.read_json(path) if workdir and fs.exists(path) else None
+
+
+def recorded_model(workdir: str) -> Any:
+    """The model whose architecture a workdir records (model.json), or None."""
+    from distillspec_jax import models
+
+    record = read_model_description(workdir)
+    return models.from_description(record["model"]) if record else None
 
 
 def restore_params(directory: str, abstract_params: Any, what: str = "target") -> Any:

@@ -152,9 +152,9 @@ def model_of(source: ml_collections.ConfigDict, vocab_size: int, what: str) -> m
         from distillspec_jax import interop
 
         return interop.config_from_hf(fs.read_json(os.path.join(path, "config.json")))
-    record = checkpoints.read_model_description(path)
-    if record is not None:
-        return models.from_description(record["model"])
+    recorded = checkpoints.recorded_model(path)
+    if recorded is not None:
+        return recorded
     if source.get("gin_file"):
         return models.model_from_gin(source.gin_file, vocab_size=vocab_size)
     raise EvaluationError(

@@ -464,15 +464,15 @@ def workdir_model(workdir: str, gin_file: str = "", vocab_size: int = 0) -> mode
     """The architecture a workdir records (model.json), else the one `gin_file` binds."""
     from distillspec_jax import checkpoints
 
-    record = checkpoints.read_model_description(workdir)
     if gin_file:
         overrides = {"vocab_size": vocab_size} if vocab_size else {}
         return models.model_from_gin(gin_file, **overrides)
-    if record is None:
+    recorded = checkpoints.recorded_model(workdir)
+    if recorded is None:
         raise ValueError(
             f"{workdir} records no architecture (model.json): pass --gin (and --vocab_size)"
         )
-    return models.from_description(record["model"])
+    return recorded
 
 
 def main(argv: list[str] | None = None) -> None:

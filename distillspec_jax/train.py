@@ -301,10 +301,8 @@ def train_and_evaluate(
     # -- Data and models ------------------------------------------------------
     # Architectures: the gin files, or (when a gin file is empty) what the init /
     # target workdir recorded in its model.json.
-    target_record = (
-        checkpoints.read_model_description(config.target_checkpoint)
-        if config.mode == "distill" and config.target_checkpoint
-        else None
+    recorded_target = (
+        checkpoints.recorded_model(config.target_checkpoint) if config.mode == "distill" else None
     )
     probe = _configured_model(config.model_gin_file, config.init_checkpoint, config, "model")
     family = family_of(probe)
@@ -315,7 +313,7 @@ def train_and_evaluate(
         vocab_path = vocab.sentencepiece_model_file
         # The model's vocabulary: configured, else the target's (a draft must match
         # it), else the tokenizer's.
-        recorded = target_record["model"]["config"]["vocab_size"] if target_record else 0
+        recorded = recorded_target.vocab_size if recorded_target else 0
         vocab_size = config.data.model_vocab_size or recorded or vocab.vocab_size
         if vocab_size < vocab.vocab_size:
             raise ValueError(
@@ -498,15 +496,15 @@ def _configured_model(
     if gin_file:
         overrides = {"vocab_size": vocab_size} if vocab_size else {}
         return models.model_from_gin(gin_file, config.gin_bindings, **overrides)
-    record = checkpoints.read_model_description(workdir) if workdir else None
-    if record is None:
+    recorded = checkpoints.recorded_model(workdir)
+    if recorded is None:
         field = "model_gin_file" if what == "model" else "target_gin_file"
         source = "init_checkpoint" if what == "model" else "target_checkpoint"
         raise ValueError(
             f"{field} is empty and {source}={workdir!r} records no architecture "
             f"(model.json): set {field}"
         )
-    return models.from_description(record["model"])
+    return recorded
 
 
 def _abstract_params(model: Any, shardings: Any) -> Any:
