@@ -31,15 +31,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict(
         dict(gamma=7, num_prompts=8 if args.quick else 32, max_new_tokens=64 if args.quick else 128)
     )
-    # Lossy SD sweep (f_exp lenience) with the study's drafts.
+    # Lossy SD sweep (f_exp lenience) with the study's drafts; whole solutions (the
+    # study's target length) so that exact match and ROUGE-L see complete answers.
     config.lossy = ml_collections.ConfigDict(
         dict(
             kind="exp",
             eps=(1.0, 0.5, 0.2, 0.1, 0.05),
             temperature=1.0,
             gamma=7,
-            num_prompts=8 if args.quick else 32,
-            max_new_tokens=64 if args.quick else 128,
+            num_prompts=8 if args.quick else 128,
+            max_new_tokens=config.study.data.max_target_length,
         )
     )
     return config

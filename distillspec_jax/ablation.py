@@ -6,11 +6,13 @@ r"""The paper's ablations at the CPU default's scale.
 1. Grid: data source {fixed, teacher, student, mixture(0.5)} x divergence
    {FKL, RKL, JSD(0.5), TVD} x T {0, 1}. Each cell distils the draft from the
    study's baseline draft against its target (generated data at temperature T)
-   and reports the block-efficiency gain over the baseline draft at T:
-   `ablation/grid.md`, `ablation/plots/grid_heatmap.png`.
+   and reports the block-efficiency gain at T over a compute-matched control
+   (the baseline draft trained on ground truth for as many steps, with the
+   study's control optimizer): `ablation/ablation.md`,
+   `ablation/plots/grid_heatmap.png`.
 2. Lossy SD: f_exp lenience, eps in {1, 0.5, 0.2, 0.1, 0.05}, with the study's
-   distilled and baseline drafts: task accuracy against tau,
-   `ablation/plots/lossy_accuracy_vs_tau.png`.
+   distilled and baseline drafts: exact match and ROUGE-L against tau, with
+   90% intervals, `ablation/plots/lossy_accuracy_vs_tau.png`.
 Cells resume: a finished cell is skipped.
 """
 
@@ -74,6 +76,11 @@ def run_grid(
     """
     study = config.study
     vocab_path = os.path.join(workdir, "vocab", "spm.model")
+    control = os.path.join("ablation", f"control_{config.distill_steps}")
+    control_config = main.stage_config(study, "draft_control", workdir, vocab_path)
+    control_config.num_train_steps = config.distill_steps
+    control_config.checkpoint_every = config.distill_steps
+    main.run_stage(control, control_config, workdir)
     rows = []
     for temperature in config.temperatures:
         for source in config.sources:
@@ -98,25 +105,25 @@ def run_grid(
                 ev = _evaluation(
                     config,
                     workdir,
-                    {"baseline": "draft_baseline", key: os.path.join("ablation", name)},
+                    {"control": control, key: os.path.join("ablation", name)},
                     (temperature,),
                     config.eval.gamma,
                     config.eval.num_prompts,
                     config.eval.max_new_tokens,
-                    reference_draft="baseline",
+                    reference_draft="control",
                 )
                 result = evaluate.run(
                     ev, os.path.join(workdir, "ablation", "evaluation"), progress=False
                 )
                 by = {r["draft"]: r for r in result["rows"]}
-                cell, base = by[key], by["baseline"]
+                cell, base = by[key], by["control"]
                 rows.append(
                     {
                         "source": source,
                         "divergence": divergence,
                         "temperature": temperature,
                         "block_efficiency": cell["block_efficiency"],
-                        "baseline_block_efficiency": base["block_efficiency"],
+                        "control_block_efficiency": base["block_efficiency"],
                         "tau_gain_percent": cell["tau_gain_percent"],
                         "tau_gain_interval_90": cell["tau_gain_interval_90"],
                         "acceptance_rate": cell["acceptance_rate"],
@@ -126,7 +133,7 @@ def run_grid(
                 )
                 print(
                     f"[ablation] {name}: tau {cell['block_efficiency']:.3f} "
-                    f"(baseline {base['block_efficiency']:.3f})"
+                    f"(control {base['block_efficiency']:.3f})"
                 )
                 on_row(rows)
     return rows
@@ -156,13 +163,16 @@ def run_lossy(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
             "block_efficiency": r["block_efficiency"],
             "acceptance_rate": r["acceptance_rate"],
             "accuracy": r["metric_sd"].get("exact_match"),
+            "accuracy_interval_90": r.get("metric_sd_interval_90", {}).get("exact_match"),
+            "rougeL": r["metric_sd"].get("rougeL_vs_reference"),
+            "rougeL_interval_90": r.get("metric_sd_interval_90", {}).get("rougeL_vs_reference"),
         }
         for r in sorted(result["rows"], key=lambda r: (r["draft"], -r["eps"]))
     ]
     for r in rows:
         print(
             f"[lossy] {r['draft']} eps={r['eps']}: tau {r['block_efficiency']:.3f}, "
-            f"accuracy {r['accuracy']:.1f}%"
+            f"accuracy {r['accuracy']:.1f}%, ROUGE-L {r['rougeL']:.1f}"
         )
     return rows
 
@@ -201,29 +211,36 @@ def plot(grid: list[dict[str, Any]], lossy: list[dict[str, Any]], config, out_di
                 for j in range(values.shape[1]):
                     label = "-" if np.isnan(values[i, j]) else f"{values[i, j]:+.0f}%"
                     ax.text(j, i, label, ha="center", va="center")
-            ax.set_title(f"tau gain over baseline draft, T = {temperature:g}")
+            ax.set_title(f"tau gain over the control draft, T = {temperature:g}")
             fig.colorbar(image, ax=ax, shrink=0.8)
         fig.tight_layout()
         paths.append(os.path.join(out_dir, "grid_heatmap.png"))
         fs.save_figure(fig, paths[-1], dpi=120)
         plt.close(fig)
     if lossy:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        for name, style in (("baseline", "o--"), ("distilled", "s-")):
-            sel = [r for r in lossy if r["draft"] == name]
-            ax.plot(
-                [r["block_efficiency"] for r in sel],
-                [r["accuracy"] for r in sel],
-                style,
-                label=f"{name} draft",
-            )
-            for r in sel:
-                ax.annotate(f"eps={r['eps']:g}", (r["block_efficiency"], r["accuracy"]), fontsize=7)
-        ax.set_xlabel("block efficiency tau")
-        ax.set_ylabel("task accuracy (%)")
-        ax.set_title(f"lossy SD (f_{config.lossy.kind}), T = {config.lossy.temperature:g}")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        # Quality against tau, one panel per quality measure, with 90% intervals.
+        panels = (("accuracy", "exact match (%)"), ("rougeL", "ROUGE-L F vs reference"))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, (key, label) in zip(axes, panels, strict=True):
+            for name, style in (("baseline", "o--"), ("distilled", "s-")):
+                sel = [r for r in lossy if r["draft"] == name and r.get(key) is not None]
+                if not sel:
+                    continue
+                taus = [r["block_efficiency"] for r in sel]
+                values = [r[key] for r in sel]
+                ax.plot(taus, values, style, label=f"{name} draft")
+                intervals = [r.get(f"{key}_interval_90") for r in sel]
+                if all(intervals):
+                    lows = [v - i[0] for v, i in zip(values, intervals, strict=True)]
+                    highs = [i[1] - v for v, i in zip(values, intervals, strict=True)]
+                    ax.errorbar(taus, values, yerr=[lows, highs], fmt="none", capsize=3, alpha=0.5)
+                for r in sel:
+                    ax.annotate(f"eps={r['eps']:g}", (r["block_efficiency"], r[key]), fontsize=7)
+            ax.set_xlabel("block efficiency tau")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.suptitle(f"lossy SD (f_{config.lossy.kind}), T = {config.lossy.temperature:g}")
         fig.tight_layout()
         paths.append(os.path.join(out_dir, "lossy_accuracy_vs_tau.png"))
         fs.save_figure(fig, paths[-1], dpi=120)
@@ -258,6 +275,13 @@ def _gain_text(cell: dict[str, Any]) -> str:
     return f"{cell['tau_gain_percent']:+.1f}%{interval} (tau {cell['block_efficiency']:.2f})"
 
 
+def _with_interval(row: dict[str, Any], key: str) -> str:
+    value, ci = row.get(key), row.get(f"{key}_interval_90")
+    if value is None:
+        return "-"
+    return f"{value:.1f}" + (f" ({ci[0]:.1f}..{ci[1]:.1f})" if ci else "")
+
+
 def write_report(
     config,
     workdir: str,
@@ -282,7 +306,9 @@ def write_report(
         lines += [f"Partial grid: {len(grid)} of {total} cells measured (missing cells: -).", ""]
     if grid:
         lines += [
-            f"Block-efficiency gain over the baseline draft at gamma = "
+            f"Block-efficiency gain over the compute-matched control (the baseline draft "
+            f"trained {config.distill_steps} more steps on ground truth, tau "
+            f"{grid[0]['control_block_efficiency']:.3f} at the first T) at gamma = "
             f"{config.eval.gamma}, {config.eval.num_prompts} test prompts, with its 90% "
             f"paired-bootstrap interval over the prompts; each cell distils for "
             f"{config.distill_steps} steps from the baseline draft.",
@@ -305,12 +331,13 @@ def write_report(
         lines += [
             "## Lossy speculative decoding",
             "",
-            "| draft | eps | tau | alpha | accuracy % |",
-            "|---|---|---|---|---|",
+            "| draft | eps | tau | alpha | exact match % (90% CI) | ROUGE-L (90% CI) |",
+            "|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {r['draft']} | {r['eps']:g} | {r['block_efficiency']:.3f} | "
-            f"{r['acceptance_rate']:.3f} | {r['accuracy']:.1f} |"
+            f"{r['acceptance_rate']:.3f} | {_with_interval(r, 'accuracy')} | "
+            f"{_with_interval(r, 'rougeL')} |"
             for r in lossy
         ]
         lines.append("")

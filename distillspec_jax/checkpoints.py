@@ -12,11 +12,15 @@ before is used. Directories may be local paths or gs:// URIs.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from distillspec_jax import fs
@@ -152,6 +156,16 @@ def recorded_model(workdir: str) -> Any:
     return models.from_description(record["model"]) if record else None
 
 
+def abstract_params_on_one_device(model: Any) -> Any:
+    """The model's parameter shapes placed on one device: restoring with them reads a
+    checkpoint whatever sharding it was written with."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        jax.eval_shape(model.init, jax.random.PRNGKey(0)),
+    )
+
+
 def restore_params(directory: str, abstract_params: Any, what: str = "target") -> Any:
     """Parameters from the newest readable checkpoint in `directory`.
 
@@ -258,3 +272,147 @@ def _check_same_tree(saved: Any, expected: Any, what: str, directory: str) -> No
             f"The {what} checkpoint in {directory} does not match the configured "
             f"architecture (vocabulary or sizes differ): " + "; ".join(d for d in details if d)
         )
+
+
+# --------------------------------------------------------------------------
+# Shipped checkpoints: parameters in bfloat16 with a manifest of checksums.
+# --------------------------------------------------------------------------
+
+MANIFEST_FILE = "MANIFEST.json"
+RETRAIN_HINT = "pass --config.retrain=True to train every stage from scratch instead"
+
+
+def file_sha256(path: str) -> str:
+    return hashlib.sha256(fs.read_bytes(path)).hexdigest()
+
+
+def _flat(params: Any) -> dict[str, np.ndarray]:
+    from flax import traverse_util
+
+    return traverse_util.flatten_dict(jax.device_get(params), sep="/")
+
+
+def write_pretrained(
+    out_dir: str,
+    stage_dirs: dict[str, str],
+    vocab_path: str,
+    stage_info: dict[str, dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Writes the newest checkpoint of each stage as `out_dir/STAGE.npz` (bfloat16,
+    stored as uint16 bits), the vocabulary as `spm.model` and `MANIFEST.json`: per
+    stage its step, architecture and `stage_info[stage]` (its "recipe": the config
+    fields `install_pretrained` checks; training time, final metrics), and the
+    sha256 of every file.
+
+    Returns:
+      The manifest.
+    """
+    from distillspec_jax import models
+
+    fs.makedirs(out_dir)
+    manifest: dict[str, Any] = {"stages": {}, "files": {}, **(extra or {})}
+    for stage, stage_dir in stage_dirs.items():
+        model = recorded_model(stage_dir)
+        if model is None:
+            raise CheckpointError(f"{stage_dir} records no architecture ({MODEL_FILE})")
+        params, step = restore_params_at(
+            stage_dir, abstract_params_on_one_device(model), stage, fallback=False
+        )
+        arrays = {
+            name: np.asarray(value, jnp.bfloat16).view(np.uint16)
+            for name, value in _flat(params).items()
+        }
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        fs.write_bytes(os.path.join(out_dir, f"{stage}.npz"), buffer.getvalue())
+        manifest["stages"][stage] = {
+            "step": int(step),
+            "params": models.count_params(params),
+            "model": models.describe(model),
+            **stage_info[stage],
+        }
+    fs.write_bytes(os.path.join(out_dir, "spm.model"), fs.read_bytes(vocab_path))
+    for name in [f"{stage}.npz" for stage in stage_dirs] + ["spm.model"]:
+        manifest["files"][name] = file_sha256(os.path.join(out_dir, name))
+    fs.write_json(os.path.join(out_dir, MANIFEST_FILE), manifest, indent=2, default=str)
+    return manifest
+
+
+def read_pretrained_manifest(pretrained_dir: str) -> dict[str, Any]:
+    path = os.path.join(pretrained_dir, MANIFEST_FILE)
+    if not fs.exists(path):
+        raise CheckpointError(
+            f"No shipped checkpoints at {pretrained_dir} ({path} is missing); {RETRAIN_HINT}"
+        )
+    return fs.read_json(path)
+
+
+def verified_pretrained_file(pretrained_dir: str, name: str) -> str:
+    """The path of a shipped file after checking its sha256 against the manifest."""
+    manifest = read_pretrained_manifest(pretrained_dir)
+    path = os.path.join(pretrained_dir, name)
+    expected = manifest["files"].get(name)
+    if expected is None or not fs.exists(path):
+        raise CheckpointError(f"Shipped checkpoint file {path} is missing; {RETRAIN_HINT}")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"Shipped checkpoint file {path} is corrupt (sha256 {actual[:12]}..., manifest "
+            f"says {expected[:12]}...); restore it with git checkout, or {RETRAIN_HINT}"
+        )
+    return path
+
+
+def recipe_differences(shipped: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Dotted names of the fields where two (nested) recipes differ."""
+    out = []
+    for key in sorted(set(shipped) | set(wanted)):
+        a, b = shipped.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{sub}" for sub in recipe_differences(a, b)]
+        elif a != b and not (isinstance(a, list | tuple) and list(a) == list(b or ())):
+            out.append(key)
+    return out
+
+
+def install_pretrained(
+    pretrained_dir: str, stage: str, stage_dir: str, recipe: dict[str, Any], vocab_path: str
+) -> dict[str, Any]:
+    """Makes `stage_dir` a finished stage from the shipped checkpoint of `stage`.
+
+    The file is verified against its checksum, and the stage's training recipe
+    must be the one that made it (else the error names the differing fields);
+    the parameters are written as an ordinary float32 checkpoint at the shipped
+    step with the workdir's `model.json`, so everything downstream reads it like
+    a stage trained here.
+
+    Returns:
+      The stage's manifest entry.
+    """
+    from distillspec_jax import models
+
+    manifest = read_pretrained_manifest(pretrained_dir)
+    entry = manifest["stages"].get(stage)
+    if entry is None:
+        raise CheckpointError(f"{pretrained_dir} ships no {stage!r} checkpoint; {RETRAIN_HINT}")
+    differ = recipe_differences(entry["recipe"], recipe)
+    if differ:
+        raise CheckpointError(
+            f"The {stage} stage's config differs from the recipe of the shipped checkpoint "
+            f"in {', '.join(differ)}; {RETRAIN_HINT}"
+        )
+    path = verified_pretrained_file(pretrained_dir, f"{stage}.npz")
+    from flax import traverse_util
+
+    with np.load(io.BytesIO(fs.read_bytes(path))) as stored:
+        flat = {name: stored[name].view(jnp.bfloat16).astype(np.float32) for name in stored.files}
+    params = traverse_util.unflatten_dict(flat, sep="/")
+    model = models.from_description(entry["model"])
+    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    _check_same_tree(params, expected, stage, pretrained_dir)
+    checkpointer = Checkpointer(checkpoint_dir(stage_dir), async_save=False)
+    checkpointer.save(entry["step"], params, None, meta={"pretrained": pretrained_dir}, force=True)
+    checkpointer.close()
+    write_model_description(stage_dir, model, vocab_path)
+    return entry

@@ -78,6 +78,8 @@ class CellResult:
     prompt_target_calls: list[int]  # ... and target calls (for the bootstrap).
     # The first few prompts decoded to text: reference, AR target output, SD output.
     examples: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    # 90% bootstrap intervals (prompts resampled) of the per-prompt means of metric_sd.
+    metric_sd_interval_90: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     tau_gain_percent: float | None = None  # Over the reference draft.
     tau_gain_interval_90: list[float] | None = None
     # Timed batch-1 subset (lossless cells only).
@@ -168,12 +170,7 @@ def load_params(source: ml_collections.ConfigDict, model: models.BaseModel, what
         from distillspec_jax import interop
 
         return interop.load_hf(source.path)[1]
-    # On one device, whatever sharding the checkpoint was written with.
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        jax.eval_shape(model.init, jax.random.PRNGKey(0)),
-    )
+    abstract = checkpoints.abstract_params_on_one_device(model)
     return checkpoints.restore_params(source.path, abstract, what)
 
 
@@ -420,6 +417,34 @@ def task_metric(task: str, targets: list[str], predictions: list[str]) -> dict[s
     return out
 
 
+def metrics_with_rouge(task: str, targets: list[str], predictions: list[str]):
+    """(metrics, intervals): the task's metrics plus the mean ROUGE-L F of each output
+    against its reference, and 90% bootstrap intervals of their per-prompt means."""
+    per = per_prompt_metrics(task, targets, predictions)
+    metrics = task_metric(task, targets, predictions)
+    metrics["rougeL_vs_reference"] = float(np.mean(per["rougeL_vs_reference"]))
+    return metrics, {name: evaluation.mean_interval(v) for name, v in per.items()}
+
+
+def per_prompt_metrics(task: str, targets: list[str], predictions: list[str]) -> dict:
+    """The task's metrics per prompt, and ROUGE-L F (percent) of each output's text
+    against its reference: {name: [value per prompt]}."""
+    from rouge_score import rouge_scorer
+
+    per = [task_metric(task, [t], [p]) for t, p in zip(targets, predictions, strict=True)]
+    out = {name: [m[name] for m in per] for name in per[0]} if per else {}
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    pairs = zip(targets, predictions, strict=True)
+    out["rougeL_vs_reference"] = [100 * scorer.score(t, p)["rougeL"].fmeasure for t, p in pairs]
+    return out
+
+
+def new_tokens(out: sampling.SampleOutput, prompt_lengths: np.ndarray) -> list[np.ndarray]:
+    """Each row's generated tokens (EOS included when it was written)."""
+    seqs, num = np.asarray(out.sequences), np.asarray(out.num_generated)
+    return [seqs[i, s : s + n] for i, (s, n) in enumerate(zip(prompt_lengths, num, strict=True))]
+
+
 def timed_decode(fn: Callable[[int], sampling.SampleOutput], num: int, repeats: int):
     """Runs fn(i) for prompts 0..num-1 at batch 1: (outputs, seconds, compile seconds).
 
@@ -498,6 +523,7 @@ class Evaluator:
             for name, source in config.drafts.items()
         }
         self._cost: dict[str, dict[str, float]] = {}
+        self.quality: list[dict[str, Any]] = []  # Filled by run (target_quality).
 
     # -- Per-cell pieces -------------------------------------------------------
 
@@ -613,6 +639,52 @@ class Evaluator:
             self.workdir, "cells", f"{name}_{key['lenience']}{key['eps']:g}_{digest}.json"
         )
 
+    def target_quality(self, ar_cache: dict[tuple, Any]) -> list[dict[str, Any]]:
+        """Is the target well formed? Per task and temperature, from its own AR outputs:
+        EOS before the cap, no repetition loop, the task's metrics and ROUGE-L against
+        the reference, each with a 90% bootstrap interval over prompts (cached)."""
+        cfg = self.config
+        out = []
+        for task, prompts in self.prompts.items():
+            for temperature in cfg.temperatures:
+                key = dict(
+                    kind="target_quality",
+                    task=task,
+                    temperature=float(temperature),
+                    target=model_fingerprint(cfg.target.path),
+                    settings={k: v for k, v in cfg.to_dict().items() if k not in GRID_FIELDS},
+                )
+                digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+                path = os.path.join(
+                    self.workdir, "cells", f"{task}_target_T{temperature:g}_{digest}.json"
+                )
+                if fs.exists(path):
+                    out.append(fs.read_json(path))
+                    continue
+                if (task, temperature) in ar_cache:
+                    ar, _, _, texts = ar_cache[task, temperature]
+                else:
+                    ar = self._ar(prompts, float(temperature))
+                    texts = generated_texts(self.vocab, ar, prompts.prompt_lengths)
+                per = per_prompt_metrics(task, prompts.targets, texts)
+                record = {
+                    "task": task,
+                    "temperature": float(temperature),
+                    "num_prompts": len(prompts),
+                    "max_new_tokens": cfg.max_new_tokens,
+                    **evaluation.output_form(new_tokens(ar, prompts.prompt_lengths)),
+                    "metrics": {
+                        name: {
+                            "mean": float(np.mean(values)),
+                            "interval_90": evaluation.mean_interval(values),
+                        }
+                        for name, values in per.items()
+                    },
+                }
+                fs.write_json(path, record, indent=1)
+                out.append(record)
+        return out
+
     def run(self) -> list[CellResult]:
         cfg = self.config
         cells = [
@@ -657,6 +729,7 @@ class Evaluator:
         if bar is not None:
             bar.close()
         add_gains(rows, cfg.reference_draft or next(iter(cfg.drafts)))
+        self.quality = self.target_quality(ar_cache)
         return rows
 
     def _measure(self, task, temperature, draft, gamma, lenience, eps, ar_cache, alpha_cache):
@@ -665,7 +738,7 @@ class Evaluator:
         if (task, temperature) not in ar_cache:
             ar = self._ar(prompts, temperature)
             ar_texts = generated_texts(self.vocab, ar, prompts.prompt_lengths)
-            metric = task_metric(task, prompts.targets, ar_texts)
+            metric, _ = metrics_with_rouge(task, prompts.targets, ar_texts)
             ar_cache[task, temperature] = (ar, metric, None, ar_texts)
         ar, metric_ar, ar_timed, ar_texts = ar_cache[task, temperature]
         alpha_key = (task, temperature, draft, lenience, eps)
@@ -677,6 +750,7 @@ class Evaluator:
         out = self._sd(draft, prompts, temperature, gamma, lenience, eps)
         summary = evaluation.summarize(out, gamma)
         texts = generated_texts(self.vocab, out, prompts.prompt_lengths)
+        metric_sd, metric_sd_interval = metrics_with_rouge(task, prompts.targets, texts)
         identical = None
         if temperature == 0.0 and lenience == "none":
             same = [
@@ -700,7 +774,8 @@ class Evaluator:
             alpha_estimate=alpha_hat,
             theoretical_block_efficiency=evaluation.theoretical_block_efficiency(alpha_hat, gamma),
             accept_prob_by_position=summary["accept_prob_by_position"],
-            metric_sd=task_metric(task, prompts.targets, texts),
+            metric_sd=metric_sd,
+            metric_sd_interval_90=metric_sd_interval,
             metric_ar=metric_ar,
             greedy_identical_fraction=identical,
             prompt_tokens=np.asarray(out.num_generated, np.int64).tolist(),
@@ -773,6 +848,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) 
         },
         "reference_draft": config.reference_draft or next(iter(config.drafts)),
         "tasks": list(evaluator.prompts),
+        "target_quality": evaluator.quality,
         "rows": [r.to_dict() for r in rows],
         "average_rows": [r.to_dict() for r in averages],
         "machine": {"cpu_count": os.cpu_count(), "jax_backend": jax.default_backend()},

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -402,3 +402,53 @@ def compare_with_autoregressive(
         measured_over_theoretical=measured / theory,
     )
     return summary
+
+
+# --------------------------------------------------------------------------
+# Is a model's output well formed? (Read before trusting any tau.)
+# --------------------------------------------------------------------------
+
+
+def repeats_ngram(tokens: Any, max_repeats: int = 4) -> bool:
+    """True when some token n-gram occurs more than `max_repeats` times in a row.
+
+    An n-gram at i repeated k+1 times in a row is tokens[i + n] == tokens[i] for
+    k*n consecutive positions, so per n this is one longest-run scan.
+    """
+    tokens = np.asarray(tokens)
+    for n in range(1, len(tokens) // (max_repeats + 1) + 1):
+        same = np.concatenate([[False], tokens[n:] == tokens[:-n], [False]])
+        edges = np.flatnonzero(np.diff(same.astype(np.int8)))
+        longest = int(np.max(edges[1::2] - edges[::2])) if len(edges) else 0
+        if longest >= max_repeats * n:
+            return True
+    return False
+
+
+def mean_interval(values: Any, level: float = 0.9, samples: int = 2000) -> list[float]:
+    """Bootstrap interval of a per-prompt mean (prompts resampled), [low, high]."""
+    values = np.asarray(values, np.float64)
+    idx = np.random.default_rng(0).integers(0, len(values), (samples, len(values)))
+    low, high = np.quantile(values[idx].mean(1), [(1 - level) / 2, (1 + level) / 2])
+    return [float(low), float(high)]
+
+
+def output_form(new_tokens: Sequence[Any], eos_id: int = 1, max_repeats: int = 4) -> dict:
+    """Per-output form checks: ended with EOS before the cap, free of repetition loops.
+
+    Args:
+      new_tokens: the generated tokens of each output (EOS included when written).
+
+    Returns:
+      Fractions over outputs (`eos_fraction`, `repetition_free_fraction`), their
+      bootstrap intervals, and the mean number of new tokens.
+    """
+    eos = [float(len(t) > 0 and int(t[-1]) == eos_id) for t in new_tokens]
+    free = [float(not repeats_ngram(t, max_repeats)) for t in new_tokens]
+    return {
+        "eos_fraction": float(np.mean(eos)),
+        "eos_fraction_interval_90": mean_interval(eos),
+        "repetition_free_fraction": float(np.mean(free)),
+        "repetition_free_fraction_interval_90": mean_interval(free),
+        "mean_new_tokens": float(np.mean([len(t) for t in new_tokens])),
+    }

@@ -6,10 +6,17 @@ Stages, each in its own sub-directory of DIR, resumed from its checkpoint
 when interrupted and skipped when complete:
   target/            (a) the target, trained on ground truth;
   draft_baseline/    (b) the baseline ("standard SD") draft, on ground truth;
-  draft_distilled/   (c) the DistillSpec draft, distilled from the target;
-  evaluation/        (d) both drafts against the target (`distillspec_jax.evaluate`:
+  draft_control/     (c) the compute-matched control: the baseline draft trained on
+                         ground truth for as many more steps as distillation takes;
+  draft_distilled/   (d) the DistillSpec draft, distilled from the target;
+  evaluation/        (e) the drafts against the target (`distillspec_jax.evaluate`:
                          results.json, report.md, cells/ reused on rerun);
-  report.md, results.json, plots/*.png   (e) the report.
+  report.md, results.json, plots/*.png   (f) the report.
+
+With `config.pretrained_dir` set (the full default), (a) and (b) are installed
+from the shipped checkpoints (checksums verified, recipe checked) instead of
+trained; `--config.retrain=True` trains them. `configs/default.py:pretrain`
+trains (a) and (b) only and writes them to `config.pretrained_dir`.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import ml_collections
 
 from distillspec_jax import cli, evaluate, fs, models, report
 
-STAGES = ("target", "draft_baseline", "draft_distilled")
+STAGES = ("target", "draft_baseline", "draft_control", "draft_distilled")
+# The stages `:pretrain` trains and the study can start from (shipped checkpoints).
+PRETRAINED_STAGES = ("target", "draft_baseline")
 
 
 # --------------------------------------------------------------------------
@@ -53,6 +62,11 @@ def run_stage(name: str, train_config: ml_collections.ConfigDict, workdir: str) 
     done = os.path.join(stage_dir, "done.json")
     if fs.exists(done):
         summary = fs.read_json(done)
+        if summary.get("source") == "pretrained":
+            raise SystemExit(
+                f"[{name}] {stage_dir} holds the shipped checkpoint; training it from "
+                f"scratch (--config.retrain=True) needs a fresh workdir"
+            )
         if summary.get("step") == train_config.num_train_steps:
             print(f"[{name}] complete (step {summary['step']}), skipped")
             return summary
@@ -64,10 +78,79 @@ def run_stage(name: str, train_config: ml_collections.ConfigDict, workdir: str) 
             f"command again to resume"
         )
     summary = {
+        "source": "trained",
         "step": result["step"],
         "train": result["train"],
         "eval": result["eval"],
         "seconds": time.time() - start,
+    }
+    fs.write_json(done, summary, indent=2)
+    return summary
+
+
+def pretrained_recipe(train_config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The fields of a stage's config that decide its trained parameters: a shipped
+    checkpoint stands in for the stage only when they are the ones that made it."""
+    data = train_config.data
+    return {
+        "mode": train_config.mode,
+        "model_gin_file": train_config.model_gin_file,
+        "gin_bindings": list(train_config.gin_bindings),
+        "batch_size": train_config.batch_size,
+        "num_train_steps": train_config.num_train_steps,
+        "seed": train_config.seed,
+        "z_loss": train_config.z_loss,
+        "optimizer": train_config.optimizer.to_dict(),
+        "data": {
+            k: data[k]
+            for k in ("task", "train_size", "seed", "max_input_length", "max_target_length")
+        },
+    }
+
+
+def resolve_pretrained_dir(path: str) -> str:
+    """A repository-relative shipped-checkpoint directory made absolute."""
+    if os.path.isabs(path) or fs.is_remote(path):
+        return path
+    return os.path.join(models.REPO_ROOT, path)
+
+
+def install_stage(
+    name: str, train_config: ml_collections.ConfigDict, workdir: str, pretrained_dir: str
+) -> dict[str, Any]:
+    """Makes stage `name` of the workdir the shipped checkpoint (once; then skipped)."""
+    from distillspec_jax import checkpoints
+
+    stage_dir = os.path.join(workdir, name)
+    done = os.path.join(stage_dir, "done.json")
+    if fs.exists(done):
+        summary = fs.read_json(done)
+        if summary.get("source") == "pretrained":
+            print(f"[{name}] shipped checkpoint (step {summary['step']}), installed")
+            return summary
+    if fs.exists(done) or fs.listdir(checkpoints.checkpoint_dir(stage_dir)):
+        raise SystemExit(
+            f"[{name}] {stage_dir} holds a stage trained here, not the shipped checkpoint: "
+            f"use a fresh workdir, or --config.retrain=True to keep training from scratch"
+        )
+    try:
+        entry = checkpoints.install_pretrained(
+            pretrained_dir,
+            name,
+            stage_dir,
+            pretrained_recipe(train_config),
+            train_config.data.vocab_path,
+        )
+    except checkpoints.CheckpointError as error:
+        raise SystemExit(f"[{name}] {error}") from None
+    summary = {
+        "source": "pretrained",
+        "pretrained_dir": pretrained_dir,
+        "step": entry["step"],
+        "train": entry.get("train", {}),
+        "eval": entry.get("eval", {}),
+        "seconds": 0.0,
+        "pretrain_seconds": entry.get("seconds"),
     }
     fs.write_json(done, summary, indent=2)
     return summary
@@ -95,10 +178,15 @@ def evaluation_config(
                 "path": os.path.join(workdir, stage),
                 "gin_file": stages[stage].model_gin_file,
             }
-            for name, stage in (("baseline", "draft_baseline"), ("distilled", "draft_distilled"))
+            for name, stage in (
+                ("baseline", "draft_baseline"),
+                ("control", "draft_control"),
+                ("distilled", "draft_distilled"),
+            )
         }
     )
-    ev.reference_draft = "baseline"
+    # Gains are over the compute-matched control (same steps, optimizer and batch).
+    ev.reference_draft = "control"
     return ev
 
 
@@ -108,19 +196,46 @@ def evaluation_config(
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    from distillspec_jax import tasks
+    from distillspec_jax import checkpoints, tasks
 
     start = time.time()
     fs.makedirs(workdir)
     data = config.data
     vocab_path = data.vocab_path or os.path.join(workdir, "vocab", "spm.model")
-    tasks.train_sentencepiece(
-        tasks.gsm_symbolic_texts(data.train_size, data.seed), vocab_path, data.vocab_size
-    )
-    timing = {}
-    for stage in STAGES:
-        summary = run_stage(stage, stage_config(config, stage, workdir, vocab_path), workdir)
+    shipped = ""
+    if config.pretrained_dir and not (config.retrain or config.pretrain):
+        shipped = resolve_pretrained_dir(config.pretrained_dir)
+        if data.vocab_path:
+            raise SystemExit(
+                "data.vocab_path is set, but the shipped checkpoints come with their own "
+                "vocabulary: pass --config.retrain=True to train with yours"
+            )
+        try:  # The workdir keeps its own copy of the (verified) shipped vocabulary.
+            shipped_vocab = checkpoints.verified_pretrained_file(shipped, "spm.model")
+        except checkpoints.CheckpointError as error:
+            raise SystemExit(str(error)) from None
+        if not fs.exists(vocab_path):
+            fs.write_bytes(vocab_path, fs.read_bytes(shipped_vocab))
+    else:
+        tasks.train_sentencepiece(
+            tasks.gsm_symbolic_texts(data.train_size, data.seed), vocab_path, data.vocab_size
+        )
+    timing, stages = {}, {}
+    for stage in PRETRAINED_STAGES if config.pretrain else STAGES:
+        stage_cfg = stage_config(config, stage, workdir, vocab_path)
+        if shipped and stage in PRETRAINED_STAGES:
+            summary = install_stage(stage, stage_cfg, workdir, shipped)
+        else:
+            summary = run_stage(stage, stage_cfg, workdir)
         timing[stage + "_s"] = summary.get("seconds", 0.0)
+        stages[stage] = {
+            "source": summary.get("source", "trained"),
+            "step": summary["step"],
+            "seconds": summary.get("seconds"),
+            "pretrain_seconds": summary.get("pretrain_seconds"),
+        }
+    if config.pretrain:
+        return write_pretrained(config, workdir, vocab_path)
     eval_start = time.time()
     results = evaluate.run(
         evaluation_config(config, workdir, vocab_path), os.path.join(workdir, "evaluation")
@@ -135,6 +250,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             "jax_backend": jax.default_backend(),
         },
         timing=timing,
+        stages=stages,
+        lengths=tasks.length_coverage(
+            vocab_path,
+            tasks.gsm_symbolic_examples(
+                data.train_size, data.validation_size, data.test_size, data.seed
+            ),
+            {"question": data.max_input_length, "answer_cot": data.max_target_length},
+        ),
         distillation_curve=report.distillation_curve(workdir),
         wall_seconds_this_invocation=time.time() - start,
     )
@@ -145,6 +268,38 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     fs.write_json(os.path.join(workdir, "results.json"), results, indent=2, default=str)
     print(report.summary_screen(results))
     return results
+
+
+def write_pretrained(config: ml_collections.ConfigDict, workdir: str, vocab_path: str):
+    """Writes the trained target and baseline draft as shipped checkpoints."""
+    from distillspec_jax import checkpoints
+
+    if not config.pretrained_dir:
+        raise SystemExit("config.pretrained_dir is empty: nowhere to write the checkpoints")
+    out_dir = resolve_pretrained_dir(config.pretrained_dir)
+    stages = {stage: os.path.join(workdir, stage) for stage in PRETRAINED_STAGES}
+    summaries = {stage: fs.read_json(os.path.join(d, "done.json")) for stage, d in stages.items()}
+    info = {
+        stage: {
+            "recipe": pretrained_recipe(stage_config(config, stage, workdir, vocab_path)),
+            "seconds": summaries[stage].get("seconds"),
+            "train": summaries[stage]["train"],
+            "eval": summaries[stage]["eval"],
+        }
+        for stage in stages
+    }
+    command = "python -m distillspec_jax.main --config configs/default.py:pretrain --workdir DIR"
+    machine = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "jax_backend": jax.default_backend(),
+    }
+    manifest = checkpoints.write_pretrained(
+        out_dir, stages, vocab_path, info, extra={"command": command, "machine": machine}
+    )
+    sizes = sum(os.path.getsize(os.path.join(out_dir, n)) for n in manifest["files"])
+    print(f"Wrote {', '.join(stages)} to {out_dir} ({sizes / 2**20:.1f} MiB)")
+    return manifest
 
 
 def run_cli(run_fn, default_config: str, config_help: str, workdir_help: str, argv=None) -> None:

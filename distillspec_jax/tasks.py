@@ -186,6 +186,33 @@ def gsm_symbolic_examples(
     return {"train": tuple(train), "validation": tuple(validation), "test": tuple(test)}
 
 
+def length_coverage(
+    vocab_path: str, examples: Mapping[str, Sequence[Mapping[str, str]]], keys: Mapping[str, int]
+) -> dict[str, dict[str, Any]]:
+    """Fractions of texts that fit their maximum length (EOS included), per split.
+
+    Args:
+      vocab_path: the SentencePiece model.
+      examples: split -> examples (dicts of texts).
+      keys: field -> maximum length in tokens, e.g. {"question": 208, "answer_cot": 288}.
+
+    Returns:
+      field -> {"max_length", "longest", and per split the fraction untruncated}.
+    """
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_proto=fs.read_bytes(vocab_path))
+    out: dict[str, dict[str, Any]] = {}
+    for key, max_length in keys.items():
+        record: dict[str, Any] = {"max_length": int(max_length), "longest": 0}
+        for split, items in examples.items():
+            lengths = np.array([len(processor.encode(e[key])) + 1 for e in items])
+            record[split] = float(np.mean(lengths <= max_length)) if len(lengths) else 1.0
+            record["longest"] = max(record["longest"], int(lengths.max(initial=0)))
+        out[key] = record
+    return out
+
+
 def gsm_symbolic_texts(train_size: int, seed: int) -> Iterator[str]:
     """Training-split text for the vocabulary."""
     for example in gsm_symbolic_examples(train_size, 1, 1, seed)["train"]:

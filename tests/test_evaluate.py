@@ -263,3 +263,24 @@ def test_cli_bad_input_is_one_line(setup, tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "evaluate: gammas must be integers >= 1, got (0,)"
+
+
+def test_repetition_and_eos_checks_on_hand_made_outputs():
+    from distillspec_jax import evaluation
+
+    loop = [5, 6, 7] * 5  # A 3-gram five times in a row: more than 4 repeats.
+    assert evaluation.repeats_ngram([9, 9] + loop + [1])
+    assert not evaluation.repeats_ngram([9, 9] + [5, 6, 7] * 4 + [1])  # Only 4 times.
+    assert evaluation.repeats_ngram([4] * 5) and not evaluation.repeats_ngram([4] * 4)
+    assert not evaluation.repeats_ngram(list(range(40)))
+    # "24=24=24=24=24=" tokenised as 2 4 = ...: the 3-gram repeats 5 times.
+    assert evaluation.repeats_ngram([2, 4, 11] * 5)
+    form = evaluation.output_form(
+        [np.array([3, 4, 1]), np.array(loop), np.array([7, 8, 9, 1])], eos_id=1
+    )
+    assert form["eos_fraction"] == pytest.approx(2 / 3)
+    assert form["repetition_free_fraction"] == pytest.approx(2 / 3)
+    assert form["mean_new_tokens"] == pytest.approx((3 + 15 + 4) / 3)
+    low, high = form["eos_fraction_interval_90"]
+    assert 0 <= low <= 2 / 3 <= high <= 1
+    assert evaluation.mean_interval([1.0] * 10) == [1.0, 1.0]

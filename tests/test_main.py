@@ -44,7 +44,15 @@ def test_quick_study_end_to_end_and_resume(study, capsys, monkeypatch):
     ):
         assert os.path.exists(os.path.join(workdir, name)), name
     rows = results["rows"]
-    assert len(rows) == 2 * 2 * len(config.evaluation.gammas)
+    # Baseline, compute-matched control and distilled draft; gains are over the control.
+    assert len(rows) == 3 * 2 * len(config.evaluation.gammas)
+    assert results["reference_draft"] == "control"
+    assert {r["draft"] for r in rows} == {"baseline", "control", "distilled"}
+    # The control is the baseline trained on ground truth as long as distillation ran.
+    assert (
+        results["stages"]["draft_control"]["step"] == config.stages.draft_distilled.num_train_steps
+    )
+    assert all(s["source"] == "trained" for s in results["stages"].values())
     for row in rows:
         assert row["num_prompts"] == config.evaluation.num_prompts
         assert 1.0 <= row["block_efficiency"] <= row["gamma"] + 1
@@ -60,6 +68,18 @@ def test_quick_study_end_to_end_and_resume(study, capsys, monkeypatch):
     assert len(results["distillation_curve"]) >= 2
     report_md = open(os.path.join(workdir, "report.md")).read()
     assert "tau gain of the distilled draft" in report_md and "| draft | T | gamma |" in report_md
+    # The target's own outputs are checked (EOS, loops, metrics with intervals) ...
+    quality = {q["temperature"]: q for q in results["target_quality"]}
+    assert set(quality) == {0.0, 1.0}
+    for q in quality.values():
+        assert 0 <= q["eos_fraction"] <= 1 and 0 <= q["repetition_free_fraction"] <= 1
+        low, high = q["metrics"]["exact_match"]["interval_90"]
+        assert low <= q["metrics"]["exact_match"]["mean"] <= high
+        assert 0 <= q["metrics"]["rougeL_vs_reference"]["mean"] <= 100
+    assert "Is the target well formed?" in report_md
+    # ... and the report states how many texts the lengths leave untruncated.
+    assert set(results["lengths"]) == {"question", "answer_cot"}
+    assert "untruncated" in report_md
     intervals = results["goals"]["tau_gain_interval_90"]
     assert set(intervals) == set(results["goals"]["tau_gain_percent"])
     assert all(-100 < low <= high for low, high in intervals.values())
@@ -75,7 +95,7 @@ def test_quick_study_end_to_end_and_resume(study, capsys, monkeypatch):
     monkeypatch.setattr(sampling, "speculative_sample", fail)
     again = main.run(config, workdir)
     out = capsys.readouterr().out
-    assert out.count("skipped") == 3 and again["rows"] == rows
+    assert out.count("skipped") == 4 and again["rows"] == rows
     monkeypatch.undo()
     # Report and plots also go to a bucket URI (ram:// stands in for gs://).
     bucket = f"ram://study-{os.getpid()}"

@@ -229,3 +229,19 @@ def test_packed_batches_carry_segments(vocab, family):
     starts = np.flatnonzero(np.diff(segments[row]) != 0) + 1
     starts = [s for s in starts if segments[row, s] > 0]
     assert all(batch["decoder_positions"][row, s] == 0 for s in starts)
+
+
+def test_length_coverage_counts_eos(tmp_path):
+    vocab = tasks.train_sentencepiece(
+        tasks.gsm_symbolic_texts(100, 0), str(tmp_path / "spm.model"), vocab_size=400
+    )
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_file=vocab)
+    texts = ["one two three", "four", "five six seven eight nine ten"]
+    lengths = [len(processor.encode(t)) + 1 for t in texts]
+    cut = sorted(lengths)[1]  # Two of three fit.
+    examples = {"train": [{"q": t} for t in texts], "test": [{"q": texts[1]}]}
+    got = tasks.length_coverage(vocab, examples, {"q": cut})
+    assert got["q"]["train"] == pytest.approx(2 / 3) and got["q"]["test"] == 1.0
+    assert got["q"]["longest"] == max(lengths) and got["q"]["max_length"] == cut

@@ -1,0 +1,98 @@
+"""Shipped checkpoints: written in bfloat16 with checksums, installed as a finished
+stage, refused (one line naming the retrain flag) when corrupt, missing or made by
+another recipe; and the repository's own shipped checkpoints match the default."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from distillspec_jax import checkpoints, main, models, tasks
+
+RECIPE = {"num_train_steps": 7, "optimizer": {"learning_rate": 1e-3}, "gin_bindings": []}
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """A stage workdir with a tiny model at step 7, written as shipped checkpoints."""
+    root = tmp_path_factory.mktemp("shipped")
+    stage_dir = str(root / "workdir" / "target")
+    model = models.build_model("t5", "tiny")
+    params = model.init(jax.random.PRNGKey(3))
+    saver = checkpoints.Checkpointer(checkpoints.checkpoint_dir(stage_dir), async_save=False)
+    saver.save(7, params, None, force=True)
+    saver.close()
+    checkpoints.write_model_description(stage_dir, model)
+    vocab = tasks.train_sentencepiece(
+        tasks.gsm_symbolic_texts(100, 0), str(root / "spm.model"), vocab_size=400
+    )
+    out_dir = str(root / "pretrained")
+    manifest = checkpoints.write_pretrained(
+        out_dir, {"target": stage_dir}, vocab, {"target": {"recipe": RECIPE}}
+    )
+    return model, params, out_dir, manifest
+
+
+def test_write_then_install_gives_the_bfloat16_rounded_parameters(shipped, tmp_path):
+    model, params, out_dir, manifest = shipped
+    assert manifest["stages"]["target"]["step"] == 7
+    assert set(manifest["files"]) == {"target.npz", "spm.model"}
+    # bfloat16 storage: about half the float32 bytes.
+    size = os.path.getsize(os.path.join(out_dir, "target.npz"))
+    assert size < 0.6 * 4 * models.count_params(params)
+    stage_dir = str(tmp_path / "target")
+    vocab = str(tmp_path / "spm.model")
+    checkpoints.install_pretrained(out_dir, "target", stage_dir, RECIPE, vocab)
+    assert checkpoints.recorded_model(stage_dir) == model
+    restored, step = checkpoints.restore_params_at(
+        stage_dir, checkpoints.abstract_params_on_one_device(model), "target"
+    )
+    assert step == 7
+    for got, want in zip(
+        jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(params), strict=True
+    ):
+        rounded = np.asarray(want, jax.numpy.bfloat16).astype(np.float32)
+        np.testing.assert_array_equal(np.asarray(got), rounded)
+
+
+def test_corrupt_missing_or_other_recipe_is_refused_naming_the_retrain_flag(shipped, tmp_path):
+    _, _, out_dir, _ = shipped
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in os.listdir(out_dir):
+        (copy / name).write_bytes(open(os.path.join(out_dir, name), "rb").read())
+    # Another recipe: the differing fields are named.
+    other = {**RECIPE, "num_train_steps": 8, "optimizer": {"learning_rate": 3e-3}}
+    with pytest.raises(checkpoints.CheckpointError, match="num_train_steps, optimizer") as e:
+        checkpoints.install_pretrained(str(copy), "target", str(tmp_path / "a"), other, "")
+    assert "--config.retrain=True" in str(e.value) and "\n" not in str(e.value)
+    # One flipped byte: the checksum catches it before anything is read.
+    data = bytearray((copy / "target.npz").read_bytes())
+    data[len(data) // 2] ^= 1
+    (copy / "target.npz").write_bytes(bytes(data))
+    with pytest.raises(checkpoints.CheckpointError, match="corrupt.*--config.retrain=True"):
+        checkpoints.install_pretrained(str(copy), "target", str(tmp_path / "b"), RECIPE, "")
+    os.remove(copy / "target.npz")
+    with pytest.raises(checkpoints.CheckpointError, match="missing.*--config.retrain=True"):
+        checkpoints.install_pretrained(str(copy), "target", str(tmp_path / "c"), RECIPE, "")
+    with pytest.raises(checkpoints.CheckpointError, match="No shipped checkpoints"):
+        checkpoints.verified_pretrained_file(str(tmp_path / "nowhere"), "spm.model")
+
+
+def test_repository_checkpoints_verify_and_match_the_default_recipe():
+    """The shipped files are intact and were made by the default config's stages: a
+    changed recipe without regenerated checkpoints fails here, not in a user's run."""
+    config = default.get_config()
+    shipped_dir = main.resolve_pretrained_dir(config.pretrained_dir)
+    manifest = checkpoints.read_pretrained_manifest(shipped_dir)
+    for name in manifest["files"]:
+        checkpoints.verified_pretrained_file(shipped_dir, name)
+    total = sum(os.path.getsize(os.path.join(shipped_dir, n)) for n in manifest["files"])
+    assert total <= 60 * 2**20
+    for stage in main.PRETRAINED_STAGES:
+        recipe = main.pretrained_recipe(main.stage_config(config, stage, "/w", "/v"))
+        shipped_recipe = json.loads(json.dumps(manifest["stages"][stage]["recipe"]))
+        assert checkpoints.recipe_differences(shipped_recipe, recipe) == [], stage
