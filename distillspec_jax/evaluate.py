@@ -89,6 +89,9 @@ class CellResult:
     cost_ratio: float | None = None
     theoretical_speedup: float | None = None
     measured_speedup: float | None = None
+    # Predicted from the measured times of the calls SD makes (multi-token calls
+    # included): what the wall clock should show if the loop itself cost nothing.
+    cost_model_speedup: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -599,22 +602,41 @@ class Evaluator:
 
     def _cost_ratio(self, draft: str, prompts: Prompts) -> dict[str, float]:
         """Measured once per draft architecture: drafts of one architecture cost the
-        same per step, so timing noise cannot favour one of them."""
+        same per step, so timing noise cannot favour one of them. Also the draft's
+        2-token call and the target's (gamma+1)-token calls (the cost model)."""
         model = self.drafts[draft]
         same = [name for name in self._cost if self.drafts[name] == model]
         if same:
             self._cost[draft] = self._cost[same[0]]
         if draft not in self._cost:
             _, _, enc = prompts.rows(0, 1)
-            self._cost[draft] = evaluation.cost_ratio(
+            steps = self.config.cost_steps
+            cost = evaluation.cost_ratio(
                 self.drafts[draft],
                 self.draft_params[draft],
                 self.target,
                 self.target_params,
                 1,
                 enc,
-                self.config.cost_steps,
+                steps,
             )
+            cost["draft_two_token_s"] = evaluation.decode_step_time(
+                model, self.draft_params[draft], 1, steps, enc, tokens_per_call=2
+            )
+            self._cost[draft] = cost
+        if "target_verify_s" not in self._cost[draft]:
+            _, _, enc = prompts.rows(0, 1)
+            self._cost[draft]["target_verify_s"] = {
+                str(g): evaluation.decode_step_time(
+                    self.target,
+                    self.target_params,
+                    1,
+                    self.config.cost_steps,
+                    enc,
+                    tokens_per_call=int(g) + 1,
+                )
+                for g in self.config.gammas
+            }
         return self._cost[draft]
 
     def _timed(self, prompts: Prompts, temperature: float, draft: str | None, gamma: int = 1):
@@ -656,7 +678,7 @@ class Evaluator:
                 )
                 digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
                 path = os.path.join(
-                    self.workdir, "cells", f"{task}_target_T{temperature:g}_{digest}.json"
+                    self.workdir, "target_quality", f"{task}_T{temperature:g}_{digest}.json"
                 )
                 if fs.exists(path):
                     out.append(fs.read_json(path))
@@ -792,7 +814,16 @@ class Evaluator:
                 ar_timed = self._timed(prompts, temperature, None)
                 ar_cache[task, temperature] = (ar, metric_ar, ar_timed, ar_texts)
             sd_tokens, sd_seconds = self._timed(prompts, temperature, draft, gamma)
-            cost = self._cost_ratio(draft, prompts)["cost_ratio"]
+            costs = self._cost_ratio(draft, prompts)
+            cost = costs["cost_ratio"]
+            row.cost_model_speedup = evaluation.cost_model_speedup(
+                row.block_efficiency,
+                gamma,
+                costs["target_step_s"],
+                costs["draft_step_s"],
+                costs["draft_two_token_s"],
+                costs["target_verify_s"][str(gamma)],
+            )
             row.timed_prompts = min(cfg.timed_prompts, len(prompts))
             row.sd_tokens_per_s = sd_tokens / sd_seconds
             row.ar_tokens_per_s = ar_timed[0] / ar_timed[1]
