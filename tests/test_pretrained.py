@@ -96,3 +96,29 @@ def test_repository_checkpoints_verify_and_match_the_default_recipe():
         recipe = main.pretrained_recipe(main.stage_config(config, stage, "/w", "/v"))
         shipped_recipe = json.loads(json.dumps(manifest["stages"][stage]["recipe"]))
         assert checkpoints.recipe_differences(shipped_recipe, recipe) == [], stage
+
+
+@pytest.mark.slow
+def test_pretrain_command_then_study_from_the_shipped_checkpoints(tmp_path, capsys):
+    """`:pretrain` writes the target and baseline draft; a study then installs them
+    (no training of those stages) and trains only the control and the distilled draft;
+    rerunning with --config.retrain=True in that workdir is refused."""
+    shipped_dir = str(tmp_path / "shipped")
+    config = default.get_config("quick,pretrain")
+    config.pretrained_dir = shipped_dir
+    manifest = main.run(config, str(tmp_path / "pretrain"))
+    assert set(manifest["stages"]) == {"target", "draft_baseline"}
+    assert manifest["stages"]["target"]["seconds"] > 0
+    config = default.get_config("quick")
+    config.pretrained_dir = shipped_dir
+    config.evaluation.gammas = (3,)
+    config.evaluation.timed_prompts = 0
+    capsys.readouterr()
+    results = main.run(config, str(tmp_path / "study"))
+    assert results["stages"]["target"]["source"] == "pretrained"
+    assert results["stages"]["draft_baseline"]["source"] == "pretrained"
+    assert results["stages"]["draft_control"]["source"] == "trained"
+    assert "supervised target" not in capsys.readouterr().err
+    config.retrain = True
+    with pytest.raises(SystemExit, match="fresh workdir"):
+        main.run(config, str(tmp_path / "study"))
