@@ -21,6 +21,7 @@ trains (a) and (b) only and writes them to `config.pretrained_dir`.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -55,8 +56,9 @@ def stage_config(
 
 
 def run_stage(name: str, train_config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains one stage unless its `done.json` says it is complete."""
-    from distillspec_jax import train
+    """Trains one stage unless its `done.json` says it is complete (with the same recipe:
+    a stage trained with another config is refused, never silently reused)."""
+    from distillspec_jax import checkpoints, train
 
     stage_dir = os.path.join(workdir, name)
     done = os.path.join(stage_dir, "done.json")
@@ -66,6 +68,15 @@ def run_stage(name: str, train_config: ml_collections.ConfigDict, workdir: str) 
             raise SystemExit(
                 f"[{name}] {stage_dir} holds the shipped checkpoint; training it from "
                 f"scratch (--config.retrain=True) needs a fresh workdir"
+            )
+        recorded = summary.get("recipe")
+        differ = recorded and checkpoints.recipe_differences(
+            recorded, json.loads(json.dumps(pretrained_recipe(train_config)))
+        )
+        if differ:
+            raise SystemExit(
+                f"[{name}] {stage_dir} was trained with another config ({', '.join(differ)} "
+                f"differ): use a fresh workdir, or delete {stage_dir} to retrain it"
             )
         if summary.get("step") == train_config.num_train_steps:
             print(f"[{name}] complete (step {summary['step']}), skipped")
@@ -79,6 +90,7 @@ def run_stage(name: str, train_config: ml_collections.ConfigDict, workdir: str) 
         )
     summary = {
         "source": "trained",
+        "recipe": pretrained_recipe(train_config),
         "step": result["step"],
         "train": result["train"],
         "eval": result["eval"],
@@ -92,7 +104,7 @@ def pretrained_recipe(train_config: ml_collections.ConfigDict) -> dict[str, Any]
     """The fields of a stage's config that decide its trained parameters: a shipped
     checkpoint stands in for the stage only when they are the ones that made it."""
     data = train_config.data
-    return {
+    recipe = {
         "mode": train_config.mode,
         "model_gin_file": train_config.model_gin_file,
         "gin_bindings": list(train_config.gin_bindings),
@@ -106,6 +118,11 @@ def pretrained_recipe(train_config: ml_collections.ConfigDict) -> dict[str, Any]
             for k in ("task", "train_size", "seed", "max_input_length", "max_target_length")
         },
     }
+    if train_config.init_checkpoint:  # The stage it starts from (by name).
+        recipe["init_checkpoint"] = os.path.basename(train_config.init_checkpoint.rstrip("/"))
+    if train_config.mode == "distill":
+        recipe["distill"] = train_config.distill.to_dict()
+    return recipe
 
 
 def resolve_pretrained_dir(path: str) -> str:
