@@ -119,6 +119,10 @@ def test_pretrain_command_then_study_from_the_shipped_checkpoints(tmp_path, caps
     assert results["stages"]["draft_baseline"]["source"] == "pretrained"
     assert results["stages"]["draft_control"]["source"] == "trained"
     assert "supervised target" not in capsys.readouterr().err
+    # A finished stage is never reused under another recipe.
+    config.stages.draft_control.optimizer.learning_rate = 1e-2
+    with pytest.raises(SystemExit, match=r"draft_control.*another config \(optimizer"):
+        main.run(config, str(tmp_path / "study"))
     config.retrain = True
     with pytest.raises(SystemExit, match="fresh workdir"):
         main.run(config, str(tmp_path / "study"))
