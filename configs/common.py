@@ -159,6 +159,40 @@ def speculative_eval(**overrides: Any) -> ml_collections.ConfigDict:
     return cfg
 
 
+def partitioning(**overrides: Any) -> ml_collections.ConfigDict:
+    """How parameters are split over the (data, model) mesh (partitioning.logical_axis_rules)."""
+    cfg = ml_collections.ConfigDict()
+    # FSDP: parameters and optimizer state split over `data` too (their embed
+    # dimension), not only over `model`; batches stay split over `data`.
+    cfg.fsdp = False
+    # The same for the frozen target of distillation (it has no optimizer state).
+    cfg.target_fsdp = False
+    cfg.update(overrides)
+    return cfg
+
+
+# Config arguments of the paper configs that choose the memory layout of a run.
+MEMORY_ARGS = {"scan": True, "remat": "none", "fsdp": False}
+
+
+def memory_layout(args: ml_collections.ConfigDict) -> dict[str, Any]:
+    """training_config fields for the `MEMORY_ARGS` of a paper config: layers as one
+    nn.scan, the train step's remat policy ('none', 'full', 'save_dots'), FSDP."""
+    return {
+        "gin_bindings": (
+            "models.build_model.dtype = 'bfloat16'",
+            f"models.build_model.scan_layers = {bool(args.scan)}",
+            f"models.build_model.remat_policy = '{args.remat}'",
+        ),
+        "partitioning": partitioning(fsdp=bool(args.fsdp), target_fsdp=bool(args.fsdp)),
+    }
+
+
+def memory_arg_string(args: ml_collections.ConfigDict) -> str:
+    """The `MEMORY_ARGS` of `args` as a config argument string (to pass them on)."""
+    return ",".join(f"{k}={args[k]}" for k in MEMORY_ARGS)
+
+
 def training_config(**fields: Any) -> ml_collections.ConfigDict:
     """A complete `python -m distillspec_jax.train` config with defaults; `fields` override.
 
@@ -181,6 +215,10 @@ def training_config(**fields: Any) -> ml_collections.ConfigDict:
     config.data = gsm_symbolic_data()
     # (data, model) mesh; -1 takes all remaining devices.
     config.mesh_shape = (-1, 1)
+    config.partitioning = partitioning()
+    # The slice the config is written for (e.g. 'v4-64'); `python -m
+    # distillspec_jax.plan` plans it on that many simulated devices. Informational.
+    config.accelerator = ""
     # Global batch size (split over the `data` mesh axis and the processes).
     config.batch_size = 128
     config.num_train_steps = 10_000

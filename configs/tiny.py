@@ -40,6 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # (data, model) mesh; -1 takes all remaining devices.
     config.mesh_shape = (-1, 1)
+    # Parameter partitioning (FSDP) of the trained model and of the frozen target.
+    config.partitioning = common.partitioning()
     # Global batch size (split over the `data` mesh axis and the processes).
     config.batch_size = 8
     config.num_train_steps = 20

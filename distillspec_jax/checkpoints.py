@@ -12,6 +12,7 @@ before is used. Directories may be local paths or gs:// URIs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from distillspec_jax import fs
+from distillspec_jax import fs, models
 
 # Items of one checkpoint step: the parameters and optimizer state are saved
 # apart so that a frozen target can be read without its optimizer state.
@@ -132,7 +133,6 @@ def write_model_description(
     workdir: str, model: Any, vocab_path: str = "", config: Any = None
 ) -> str:
     """Writes `workdir/model.json`: the architecture, vocabulary path and run config."""
-    from distillspec_jax import models
 
     record = {"model": models.describe(model), "vocab_path": vocab_path}
     if config is not None:
@@ -150,7 +150,6 @@ def read_model_description(workdir: str) -> dict[str, Any] | None:
 
 def recorded_model(workdir: str) -> Any:
     """The model whose architecture a workdir records (model.json), or None."""
-    from distillspec_jax import models
 
     record = read_model_description(workdir)
     return models.from_description(record["model"]) if record else None
@@ -218,11 +217,18 @@ def restore_params_at(
         for candidate in steps:
             try:
                 saved = manager.item_metadata(candidate)[PARAMS]
-                _check_same_tree(saved, abstract_params, what, directory)
+                # A checkpoint of the other layer layout (scanned / unscanned) is
+                # read in its own layout, then converted.
+                as_saved = abstract_params
+                if models.layers_scanned(saved) != models.layers_scanned(abstract_params):
+                    as_saved = models.relayout(abstract_params, models.layers_scanned(saved))
+                _check_same_tree(saved, as_saved, what, directory)
                 restored = manager.restore(
                     candidate,
-                    args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(abstract_params)}),
+                    args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(as_saved)}),
                 )
+                if as_saved is not abstract_params:
+                    restored = {PARAMS: _relayout_like(restored[PARAMS], abstract_params)}
             except CheckpointError:
                 raise
             except Exception as error:  # noqa: BLE001
@@ -243,6 +249,15 @@ def restore_params_at(
         raise CheckpointError(f"No readable {what} checkpoint in {directory}")
     finally:
         manager.close()
+
+
+def _relayout_like(params: Any, abstract_params: Any) -> Any:
+    """`params` converted to the layer layout of `abstract_params`, placed on its shardings."""
+    convert = functools.partial(models.relayout, scanned=models.layers_scanned(abstract_params))
+    shardings = jax.tree_util.tree_map(lambda s: s.sharding, abstract_params)
+    if any(s is None for s in jax.tree_util.tree_leaves(shardings, is_leaf=lambda s: s is None)):
+        return convert(params)
+    return jax.jit(convert, out_shardings=shardings)(params)
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -308,7 +323,6 @@ def write_pretrained(
     Returns:
       The manifest.
     """
-    from distillspec_jax import models
 
     fs.makedirs(out_dir)
     manifest: dict[str, Any] = {"stages": {}, "files": {}, **(extra or {})}
@@ -390,7 +404,6 @@ def install_pretrained(
     Returns:
       The stage's manifest entry.
     """
-    from distillspec_jax import models
 
     manifest = read_pretrained_manifest(pretrained_dir)
     entry = manifest["stages"].get(stage)

@@ -197,6 +197,7 @@ def params_from_hf_tensors(model: models.BaseModel, tensors: dict[str, np.ndarra
     for hf_name, (path, transpose) in names.items():
         value = np.asarray(tensors[hf_name], np.float32)
         _set(params, path, value.T if transpose else value)
+    params = models.params_for(model, params)  # Names map layer by layer.
     expected = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     got = jax.tree_util.tree_map(lambda x: x.shape, params)
     want = jax.tree_util.tree_map(lambda x: tuple(x.shape), expected)
@@ -226,6 +227,7 @@ def _first_difference(got: Any, want: Any) -> str:
 def hf_tensors_from_params(model: models.BaseModel, params: Params) -> dict[str, np.ndarray]:
     """Hugging Face tensors (float32, PyTorch layout) from our parameter tree."""
     tensors = {}
+    params = models.relayout(params, scanned=False)
     for hf_name, (path, transpose) in _name_map(model).items():
         value = np.asarray(_get(params, path), np.float32)
         tensors[hf_name] = np.ascontiguousarray(value.T if transpose else value)
@@ -521,7 +523,7 @@ def _run_command(args: argparse.Namespace) -> str:
         require_new_workdir(args.workdir)  # Before reading any weights.
     if args.command == "import-t5x":
         model = models.model_from_gin(args.gin)
-        params = load_t5x_params(args.checkpoint_dir)
+        params = models.params_for(model, load_t5x_params(args.checkpoint_dir))
         want = jax.tree_util.tree_map(
             lambda x: tuple(x.shape), jax.eval_shape(model.init, jax.random.PRNGKey(0))
         )

@@ -17,6 +17,7 @@ after each. Rolling back is only moving a row's position back.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -55,9 +56,7 @@ PACKING_FEATURES = {
 }
 
 
-def cache_length(cache: Cache) -> int:
-    """Length M of a cache built by `init_cache` (its self-attention buffers)."""
-    return int(cache["layers_0"]["key"].shape[1])
+cache_length = networks.cache_length
 
 
 def check_decode_args(tokens: Array, positions: Array, max_length: int) -> None:
@@ -338,3 +337,80 @@ def from_description(description: Mapping[str, Any]) -> BaseModel:
 
 def count_params(params: Params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+# --------------------------------------------------------------------------
+# Scanned and unscanned parameter layouts.
+# --------------------------------------------------------------------------
+
+_LAYER_KEY = re.compile(r"layers_(\d+)")
+
+
+def layers_scanned(tree: Any) -> bool:
+    """Whether a parameter (or cache) tree stacks its layers under a `layers` key."""
+    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return any(getattr(key, "key", None) == "layers" for path, _ in paths for key in path)
+
+
+def _stack_leaves(*leaves: Any) -> Any:
+    first = leaves[0]
+    if isinstance(first, jax.ShapeDtypeStruct):
+        sharding = first.sharding
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            sharding = jax.sharding.NamedSharding(
+                sharding.mesh, jax.sharding.PartitionSpec(None, *sharding.spec)
+            )
+        return jax.ShapeDtypeStruct(
+            (len(leaves),) + tuple(first.shape), first.dtype, sharding=sharding
+        )
+    return jnp.stack(leaves)
+
+
+def _unstack_leaf(leaf: Any, index: int) -> Any:
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        sharding = leaf.sharding
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            spec = tuple(sharding.spec)[1:]
+            sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+        return jax.ShapeDtypeStruct(tuple(leaf.shape[1:]), leaf.dtype, sharding=sharding)
+    return leaf[index]
+
+
+def relayout(tree: Any, scanned: bool) -> Any:
+    """A parameter tree in the scanned or the unscanned layer layout.
+
+    Unscanned, each layer is a subtree `layers_i`; scanned, one subtree
+    `layers` holds every parameter stacked on a leading axis (nn.scan's
+    layout). Leaves may be arrays or ShapeDtypeStructs (whose shardings gain or
+    lose the leading, unsplit layer axis). A tree already in the requested
+    layout is returned as it is.
+    """
+    if not isinstance(tree, Mapping):
+        return tree
+    out: dict[str, Any] = {}
+    layers: dict[int, Any] = {}
+    for key, value in tree.items():
+        match = _LAYER_KEY.fullmatch(key)
+        if scanned and match:
+            layers[int(match.group(1))] = value
+        elif not scanned and key == "layers" and isinstance(value, Mapping):
+            depth = int(jax.tree_util.tree_leaves(value)[0].shape[0])
+            for i in range(depth):
+                out[f"layers_{i}"] = jax.tree_util.tree_map(
+                    lambda leaf, i=i: _unstack_leaf(leaf, i), value
+                )
+        else:
+            out[key] = relayout(value, scanned)
+    if layers:
+        if sorted(layers) != list(range(len(layers))):
+            raise ValueError(f"Layer subtrees are not numbered 0..n-1: {sorted(layers)}")
+        out["layers"] = jax.tree_util.tree_map(
+            _stack_leaves, *[layers[i] for i in range(len(layers))]
+        )
+    return out
+
+
+def params_for(model: BaseModel, params: Params) -> Params:
+    """`params` (either layout) in the layout `model`'s config asks for."""
+    scanned = bool(model.config.scan_layers)
+    return params if layers_scanned(params) == scanned else relayout(params, scanned)

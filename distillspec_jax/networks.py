@@ -36,6 +36,21 @@ Cache = dict[str, Any]
 
 NEG_INF = -1e10
 
+# What a rematerialised layer keeps from its forward pass for the backward pass:
+# "none" keeps everything (no remat), "full" keeps only the layer's inputs,
+# "save_dots" keeps the matmul outputs without batch dimensions (the projections)
+# and recomputes the elementwise work and attention.
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _check_remat_policy(policy: str) -> None:
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"Unknown remat_policy {policy!r}; valid: {sorted(REMAT_POLICIES)}")
+
 
 # --------------------------------------------------------------------------
 # Configs and presets.
@@ -60,6 +75,13 @@ class T5Config:
     relative_attention_max_distance: int = 128
     # Activation / cache dtype ("float32" or "bfloat16"); params stay float32.
     dtype: str = "float32"
+    # Layers as one nn.scan (parameters stacked on a leading "layers" axis: one
+    # layer is compiled, not num_layers) and the train step's rematerialisation.
+    scan_layers: bool = False
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        _check_remat_policy(self.remat_policy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +100,11 @@ class DecoderOnlyConfig:
     tie_embeddings: bool = False
     dropout_rate: float = 0.0
     dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        _check_remat_policy(self.remat_policy)
 
 
 # Public T5 v1.1 dimensions (Raffel et al. 2020; google/t5-v1_1-* configs).
@@ -399,7 +426,7 @@ class Attention(nn.Module):
         x: Array,
         positions: Array,
         cache: Cache | None,
-        bias_fn: Callable[[Array, Array], Array | None] = lambda q, k: None,
+        bias: Array | None = None,
         segment_ids: Array | None = None,
     ) -> tuple[Array, Cache | None]:
         """Causal self-attention, teacher-forced or through a cache.
@@ -408,8 +435,8 @@ class Attention(nn.Module):
           x: [B, K, E] inputs.
           positions: [B, K] absolute positions; with a cache they run
             consecutively from each row's write position.
-          cache: None, or {"key", "value": [B, M, Hkv, D]}.
-          bias_fn: (q_positions [B, K], k_positions [B or 1, M]) -> bias or None.
+          cache: None, or {"key", "value": [B, M, Hkv, D]} (other entries ignored).
+          bias: [B or 1, H, K, K or M] added to the logits, or None.
           segment_ids: [B, K] packed-sequence ids (teacher forcing only): tokens
             attend within their own segment; positions restart per segment.
 
@@ -418,7 +445,7 @@ class Attention(nn.Module):
         """
         key, value = self.kv(x, positions)
         if cache is None:
-            k_positions, new_cache = positions, None
+            new_cache = None
             index = jnp.arange(x.shape[1])
             mask = (index[None, :] <= index[:, None])[None, None]  # causal by index
             if segment_ids is not None:
@@ -431,16 +458,9 @@ class Attention(nn.Module):
                 _write_rows(cache["value"], value, positions[:, 0]),
                 ("batch", "length", "heads", "kv"),
             )
-            k_positions = jnp.arange(key.shape[1])[None, :]
             new_cache = {"key": key, "value": value}
-            mask = _causal_mask(positions, k_positions)
-        out = self(
-            x,
-            (key, value),
-            q_positions=positions,
-            mask=mask,
-            bias=bias_fn(positions, k_positions),
-        )
+            mask = _causal_mask(positions, jnp.arange(key.shape[1])[None, :])
+        out = self(x, (key, value), q_positions=positions, mask=mask, bias=bias)
         return out, new_cache
 
 
@@ -482,6 +502,111 @@ class GatedMLP(nn.Module):
         hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic)
         out = Dense(self.out_features, ("mlp", "embed"), dtype=self.dtype, name=down_name)(hidden)
         return _constrain(out, ("batch", "length", "embed"))
+
+
+# --------------------------------------------------------------------------
+# Layer stacks: a Python list of layers, or one scanned layer.
+# --------------------------------------------------------------------------
+
+
+def layer_stack(
+    layer_cls: type[nn.Module], config: Any, num_layers: int, static_argnums: tuple[int, ...]
+) -> Any:
+    """The layers of a stack, built in a parent's `setup` and run by `run_stack`.
+
+    Layers are called `layer(x, *args) -> (x, y)`. Unscanned, this is a list
+    (Flax names its entries `layers_0`, `layers_1`, ...); with
+    `config.scan_layers` it is one layer module (named `layers` by the parent)
+    that `run_stack` scans, so its parameters carry a leading `layers` axis.
+    `static_argnums` (self = 0, x = 1) are the Python-valued args that
+    rematerialisation must not trace.
+    """
+    cls = layer_cls
+    if config.remat_policy != "none":
+        cls = nn.remat(
+            cls,
+            policy=REMAT_POLICIES[config.remat_policy],
+            static_argnums=static_argnums,
+            prevent_cse=not config.scan_layers,  # scan already keeps XLA from merging.
+        )
+    if not config.scan_layers:
+        return [cls(config) for _ in range(num_layers)]
+    return cls(config)
+
+
+def _scan_body(layer: nn.Module, carry: tuple, *args: Any) -> tuple[tuple, Any]:
+    """One scanned layer; a stacked cache rides in the carry and is updated in place.
+
+    Slicing the cache per layer as a scanned input and stacking the new one as
+    an output would copy the whole cache on every decode call; carried, only
+    this layer's keys/values are written (a dynamic-update-slice in the loop).
+    """
+    x, caches, index = carry
+    if caches is None:
+        x, y = layer(x, None, *args)
+        return (x, None, index + 1), y
+    take = functools.partial(jax.lax.dynamic_index_in_dim, index=index, keepdims=False)
+    x, new = layer(x, jax.tree_util.tree_map(take, caches), *args)
+    caches = {
+        **caches,
+        **{k: jax.lax.dynamic_update_index_in_dim(caches[k], v, index, 0) for k, v in new.items()},
+    }
+    return (x, caches, index + 1), None
+
+
+def run_stack(layers: Any, x: Array, cache: Any, *args: Any, num_layers: int) -> tuple[Array, Any]:
+    """Runs a `layer_stack` as `layer(x, layer_cache, *args)` per layer.
+
+    Args:
+      layers: what `layer_stack` built.
+      x: the input of the first layer.
+      cache: None, or the per-layer caches: {"layers_i": ...} for a list, the
+        stacked arrays [layers, ...] for a scanned stack.
+      *args: the same for every layer.
+      num_layers: length of the stack.
+
+    Returns:
+      (x, out): with a cache, out holds the new caches (same layout as
+      `cache`, for the entries the layers returned); without one, each layer's
+      second output ({"layers_i": y}, or stacked when scanned).
+    """
+    if isinstance(layers, list | tuple):
+        outs = {}
+        for i, layer in enumerate(layers):
+            name = f"layers_{i}"
+            x, outs[name] = layer(x, None if cache is None else cache[name], *args)
+        return x, outs
+    scan = nn.scan(
+        _scan_body,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=nn.broadcast,
+        length=num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    (x, new_cache, _), ys = scan(layers, (x, cache, 0), *args)
+    return x, (ys if cache is None else new_cache)
+
+
+def _layer_caches(cache: Cache | None, scanned: bool) -> Any:
+    """The per-layer part of a cache as `run_stack` takes it."""
+    if cache is None:
+        return None
+    return cache["layers"] if scanned else cache
+
+
+def _merge_layer_caches(cache: Cache, new: Any, scanned: bool) -> Cache:
+    """`cache` with the self-attention keys/values `run_stack` returned."""
+    if scanned:
+        return {**cache, "layers": new}
+    return {**cache, **{name: {**cache[name], **kv} for name, kv in new.items()}}
+
+
+def cache_length(cache: Cache) -> int:
+    """Length M of a cache's self-attention buffers (either layout)."""
+    if "layers" in cache:
+        return int(cache["layers"]["key"].shape[2])
+    return int(cache["layers_0"]["key"].shape[1])
 
 
 # --------------------------------------------------------------------------
@@ -575,12 +700,15 @@ class T5EncoderLayer(nn.Module):
         self.mlp = _t5_mlp(self.config, dtype)
         self.dropout = nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))
 
-    def __call__(self, x: Array, bias: Array, mask: Array, deterministic: bool) -> Array:
+    def __call__(
+        self, x: Array, cache: None, bias: Array, mask: Array, deterministic: bool
+    ) -> tuple[Array, None]:
+        del cache  # Encoder layers keep none (run_stack's uniform signature).
         h = self.pre_attention_layer_norm(x)
         h = self.attention(h, self.attention.kv(h), q_positions=None, mask=mask, bias=bias)
         x = x + self.dropout(h, deterministic)
         h = self.mlp(self.pre_mlp_layer_norm(x), deterministic)
-        return x + self.dropout(h, deterministic)
+        return x + self.dropout(h, deterministic), None
 
 
 class T5DecoderLayer(nn.Module):
@@ -598,22 +726,32 @@ class T5DecoderLayer(nn.Module):
         self.mlp = _t5_mlp(self.config, dtype)
         self.dropout = nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))
 
-    def cross_kv(self, encoded: Array) -> tuple[Array, Array]:
-        return self.encoder_decoder_attention.kv(encoded)
-
     def __call__(
         self,
         x: Array,
-        positions: Array,
-        cross_kv: tuple[Array, Array],
-        cross_mask: Array,
-        bias_fn: Callable,
         cache: Cache | None,
+        positions: Array | None,
+        bias: Array | None,
+        encoded: Array | None,
+        cross_mask: Array | None,
         deterministic: bool,
-        segment_ids: Array | None = None,
-    ) -> tuple[Array, Cache | None]:
+        segment_ids: Array | None,
+        cross_only: bool,
+    ) -> tuple[Array, Any]:
+        """One decoder layer: (x, new self-attention {"key", "value"} or None).
+
+        Teacher-forced (cache None) the cross keys/values come from `encoded`;
+        decoding they come from the cache. `cross_only` returns just this
+        layer's cross keys/values of `encoded` (what `init_cache` stores).
+        """
+        if cross_only:
+            return x, self.encoder_decoder_attention.kv(encoded)
+        if cache is None:
+            cross_kv = self.encoder_decoder_attention.kv(encoded)
+        else:
+            cross_kv = (cache["cross_key"], cache["cross_value"])
         h, new_cache = self.self_attention.self_attend(
-            self.pre_self_attention_layer_norm(x), positions, cache, bias_fn, segment_ids
+            self.pre_self_attention_layer_norm(x), positions, cache, bias, segment_ids
         )
         x = x + self.dropout(h, deterministic)
         h = self.encoder_decoder_attention(
@@ -636,7 +774,7 @@ class T5Encoder(nn.Module):
             cfg.num_heads,
             bidirectional=True,
         )
-        self.layers = [T5EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers)]
+        self.layers = layer_stack(T5EncoderLayer, cfg, cfg.num_encoder_layers, (5,))
         self.encoder_norm = RMSNorm(dtype=jnp.dtype(cfg.dtype))
         self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
@@ -651,6 +789,7 @@ class T5Encoder(nn.Module):
 
         Packed inputs give `segment_ids` and per-segment `positions` [B, Le].
         """
+        cfg = self.config
         x = _constrain(self.shared_embedding(tokens), ("batch", "length", "embed"))
         x = self.dropout(x, deterministic)
         if positions is None:
@@ -660,8 +799,9 @@ class T5Encoder(nn.Module):
         mask = valid[:, None, :, None] & valid[:, None, None, :]
         if segment_ids is not None:
             mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-        for layer in self.layers:
-            x = layer(x, bias, mask, deterministic)
+        x, _ = run_stack(
+            self.layers, x, None, bias, mask, deterministic, num_layers=cfg.num_encoder_layers
+        )
         return self.dropout(self.encoder_norm(x), deterministic)
 
 
@@ -677,26 +817,35 @@ class T5Decoder(nn.Module):
             cfg.num_heads,
             bidirectional=False,
         )
-        self.layers = [T5DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
+        self.layers = layer_stack(T5DecoderLayer, cfg, cfg.num_decoder_layers, (7, 9))
         self.decoder_norm = RMSNorm(dtype=jnp.dtype(cfg.dtype))
         self.logits_dense = Dense(cfg.vocab_size, ("embed", "vocab"), dtype=jnp.dtype(cfg.dtype))
         self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
-    def cross_kv(self, encoded: Array) -> list[tuple[Array, Array]]:
-        return [layer.cross_kv(encoded) for layer in self.layers]
+    def cross_kv(self, encoded: Array) -> Any:
+        """Every layer's cross keys/values of `encoded`: stacked [layers, B, Le, H, D]
+        pairs (scanned), or {"layers_i": (keys, values)}."""
+        args = (None, None, encoded, None, True, None, True)
+        num_layers = self.config.num_decoder_layers
+        return run_stack(self.layers, jnp.zeros(()), None, *args, num_layers=num_layers)[1]
 
     def __call__(
         self,
         tokens: Array,
         positions: Array,
-        cross_kv: list[tuple[Array, Array]],
+        encoded: Array | None,
         encoder_mask: Array,
         cache: Cache | None,
         deterministic: bool,
         segment_ids: Array | None = None,
         encoder_segment_ids: Array | None = None,
     ) -> tuple[Array, Cache | None]:
-        """Decoder tokens [B, K] at positions [B, K] -> float32 logits [B, K, V]."""
+        """Decoder tokens [B, K] at positions [B, K] -> float32 logits [B, K, V].
+
+        Teacher-forced: `encoded` [B, Le, E] and no cache; decoding: the cache
+        (which holds the cross keys/values) and no `encoded`.
+        """
+        scanned = self.config.scan_layers
         x = _constrain(self.shared_embedding(tokens), ("batch", "length", "embed"))
         x = self.dropout(x, deterministic)
         cross_mask = encoder_mask[:, None, None, :]
@@ -704,23 +853,26 @@ class T5Decoder(nn.Module):
             cross_mask = cross_mask & (
                 segment_ids[:, None, :, None] == encoder_segment_ids[:, None, None, :]
             )
-        new_cache = {}
-        for i, layer in enumerate(self.layers):
-            x, layer_cache = layer(
-                x,
-                positions,
-                cross_kv[i],
-                cross_mask,
-                self.relpos_bias,
-                None if cache is None else cache[f"layers_{i}"],
-                deterministic,
-                segment_ids,
-            )
-            new_cache[f"layers_{i}"] = layer_cache
+        # One relative-position bias for every layer (keys: the whole cache buffer).
+        k_positions = positions if cache is None else jnp.arange(cache_length(cache))[None, :]
+        bias = self.relpos_bias(positions, k_positions)
+        x, new_kv = run_stack(
+            self.layers,
+            x,
+            _layer_caches(cache, scanned),
+            positions,
+            bias,
+            encoded,
+            cross_mask,
+            deterministic,
+            segment_ids,
+            False,
+            num_layers=self.config.num_decoder_layers,
+        )
         x = self.dropout(self.decoder_norm(x), deterministic)
         logits = self.logits_dense(x).astype(jnp.float32)
         logits = _constrain(logits, ("batch", "length", "vocab"))
-        return logits, (None if cache is None else new_cache)
+        return logits, (None if cache is None else _merge_layer_caches(cache, new_kv, scanned))
 
 
 class T5Transformer(nn.Module):
@@ -759,7 +911,7 @@ class T5Transformer(nn.Module):
         logits, _ = self.decoder(
             decoder_input_tokens,
             positions,
-            self.decoder.cross_kv(encoded),
+            encoded,
             encoder_input_tokens > 0,
             None,
             deterministic,
@@ -773,40 +925,28 @@ class T5Transformer(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         batch = encoder_input_tokens.shape[0]
-        encoded = self.encode(encoder_input_tokens)
+        cross = self.decoder.cross_kv(self.encode(encoder_input_tokens))
         shape = (batch, max_length, cfg.num_heads, cfg.head_dim)
         cache = {"encoder_mask": encoder_input_tokens > 0}
-        for i, (key, value) in enumerate(self.decoder.cross_kv(encoded)):
-            cache[f"layers_{i}"] = {
+        if cfg.scan_layers:
+            shape = (cfg.num_decoder_layers,) + shape
+            cross = {"": cross}
+        for name, (key, value) in cross.items():
+            layer = {
                 "key": jnp.zeros(shape, dtype),
                 "value": jnp.zeros(shape, dtype),
                 "cross_key": key.astype(dtype),
                 "cross_value": value.astype(dtype),
             }
+            cache[name or "layers"] = layer
         return cache
 
     def decode(self, tokens: Array, positions: Array, cache: Cache) -> tuple[Array, Cache]:
         """Feeds tokens [B, K] from each row's position [B]; see models.DecodeModel."""
-        num_layers = self.config.num_decoder_layers
-        cross_kv = [
-            (cache[f"layers_{i}"]["cross_key"], cache[f"layers_{i}"]["cross_value"])
-            for i in range(num_layers)
-        ]
-        self_cache = {
-            f"layers_{i}": {
-                "key": cache[f"layers_{i}"]["key"],
-                "value": cache[f"layers_{i}"]["value"],
-            }
-            for i in range(num_layers)
-        }
         q_positions = positions[:, None] + jnp.arange(tokens.shape[1])[None, :]
-        logits, new_self = self.decoder(
-            tokens, q_positions, cross_kv, cache["encoder_mask"], self_cache, deterministic=True
+        return self.decoder(
+            tokens, q_positions, None, cache["encoder_mask"], cache, deterministic=True
         )
-        new_cache = {"encoder_mask": cache["encoder_mask"]}
-        for i in range(num_layers):
-            new_cache[f"layers_{i}"] = {**cache[f"layers_{i}"], **new_self[f"layers_{i}"]}
-        return logits, new_cache
 
 
 # --------------------------------------------------------------------------
@@ -844,10 +984,10 @@ class LlamaLayer(nn.Module):
     def __call__(
         self,
         x: Array,
-        positions: Array,
         cache: Cache | None,
+        positions: Array,
         deterministic: bool,
-        segment_ids: Array | None = None,
+        segment_ids: Array | None,
     ) -> tuple[Array, Cache | None]:
         h, new_cache = self.self_attn.self_attend(
             self.input_layernorm(x), positions, cache, segment_ids=segment_ids
@@ -871,7 +1011,7 @@ class DecoderOnlyTransformer(nn.Module):
             dtype=dtype,
             embedding_init=nn.initializers.normal(stddev=0.02),
         )
-        self.layers = [LlamaLayer(cfg) for _ in range(cfg.num_layers)]
+        self.layers = layer_stack(LlamaLayer, cfg, cfg.num_layers, (4,))
         self.norm = RMSNorm(cfg.rms_norm_eps, dtype)
         if not cfg.tie_embeddings:
             self.lm_head = Dense(cfg.vocab_size, ("embed", "vocab"), dtype=dtype)
@@ -884,22 +1024,23 @@ class DecoderOnlyTransformer(nn.Module):
         deterministic: bool,
         segment_ids: Array | None = None,
     ) -> tuple[Array, Cache | None]:
+        scanned = self.config.scan_layers
         x = _constrain(self.embed_tokens(tokens), ("batch", "length", "embed"))
-        new_cache = {}
-        for i, layer in enumerate(self.layers):
-            x, new_cache[f"layers_{i}"] = layer(
-                x,
-                positions,
-                None if cache is None else cache[f"layers_{i}"],
-                deterministic,
-                segment_ids,
-            )
+        x, new_kv = run_stack(
+            self.layers,
+            x,
+            _layer_caches(cache, scanned),
+            positions,
+            deterministic,
+            segment_ids,
+            num_layers=self.config.num_layers,
+        )
         x = self.norm(x)
         logits = (
             self.embed_tokens.attend(x) if self.config.tie_embeddings else self.lm_head(x)
         ).astype(jnp.float32)
         return _constrain(logits, ("batch", "length", "vocab")), (
-            None if cache is None else new_cache
+            None if cache is None else _merge_layer_caches(cache, new_kv, scanned)
         )
 
     def __call__(
@@ -922,6 +1063,11 @@ class DecoderOnlyTransformer(nn.Module):
     def init_cache(self, batch_size: int, max_length: int) -> Cache:
         cfg = self.config
         shape = (batch_size, max_length, cfg.num_kv_heads, cfg.head_dim)
+        if cfg.scan_layers:
+            shape = (cfg.num_layers,) + shape
+            return {
+                "layers": {"key": jnp.zeros(shape, cfg.dtype), "value": jnp.zeros(shape, cfg.dtype)}
+            }
         zeros = functools.partial(jnp.zeros, shape, jnp.dtype(cfg.dtype))
         return {f"layers_{i}": {"key": zeros(), "value": zeros()} for i in range(cfg.num_layers)}
 

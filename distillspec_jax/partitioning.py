@@ -1,4 +1,4 @@
-"""Device mesh, logical axis rules and shardings (T5X-style 1D parameter partitioning).
+"""Device mesh, logical axis rules and shardings (T5X-style 1-D, or 2-D FSDP, partitioning).
 
 Parameters and activations carry logical axis names (`networks.py`); the rules
 below map them to the two mesh axes `data` and `model`. Shardings of parameters
@@ -33,6 +33,35 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("relpos_buckets", None),
     ("layers", None),
 )
+
+
+def logical_axis_rules(fsdp: bool = False) -> tuple[tuple[str, str | None], ...]:
+    """The rules, with parameters' `embed` dimension split over `data` under `fsdp`.
+
+    FSDP (T5X's `parameter_partitioning_dims=2`, MaxText's `fsdp` axis): every
+    parameter and optimizer-state array with an embed dimension is split over
+    both mesh axes, so a data-parallel replica holds 1 / (data x model) of it;
+    XLA all-gathers a layer's weights where it is used. Activations are
+    unchanged: Flax assigns a mesh axis to the first logical name of an array
+    that claims it, and `batch` comes before `embed` in every activation.
+    """
+    if not fsdp:
+        return LOGICAL_AXIS_RULES
+    rules = list(LOGICAL_AXIS_RULES)
+    rules.insert(rules.index(("embed", None)), ("embed", "data"))
+    return tuple(rules)
+
+
+def config_rules(config: Any, target: bool = False) -> tuple[tuple[str, str | None], ...]:
+    """Rules of a training config's trained model (or of its frozen target).
+
+    `config.partitioning.fsdp` / `.target_fsdp`; configs without the section
+    get the 1-D rules.
+    """
+    section = config.get("partitioning") if hasattr(config, "get") else None
+    if section is None:
+        return LOGICAL_AXIS_RULES
+    return logical_axis_rules(bool(section.target_fsdp if target else section.fsdp))
 
 
 def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:

@@ -341,7 +341,9 @@ def train_and_evaluate(
                 f"draft's ({model.vocab_size}): set data.model_vocab_size="
                 f"{target_model.vocab_size}"
             )
-        target_shardings = partitioning.param_shardings(target_model, mesh)
+        target_shardings = partitioning.param_shardings(
+            target_model, mesh, partitioning.config_rules(config, target=True)
+        )
         abstract_target = _abstract_params(target_model, target_shardings)
         target_params = checkpoints.restore_params(
             config.target_checkpoint, abstract_target, "target"
@@ -361,6 +363,7 @@ def train_and_evaluate(
         extra_shardings=target_shardings,
         microbatches=opt_cfg.microbatches,
         seed=config.seed,
+        rules=partitioning.config_rules(config),
     )
 
     # -- State: resume, warm start, or fresh ----------------------------------

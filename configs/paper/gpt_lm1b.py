@@ -15,6 +15,7 @@ r"""The paper's decoder-only pair on LM1B: ~33M draft, ~234M target (GPT-like).
       --workdir gs://BUCKET/lm1b/evaluate
 
 Slice: v4-8, mesh (data=4, model=1). LM1B comes from TFDS (--config.data.tfds_data_dir).
+Config arguments scan, remat and fsdp choose the memory layout (see configs/paper/t5.py).
 """
 
 import ml_collections
@@ -23,7 +24,9 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, stage="distill", temperature=1.0, root="gs://BUCKET/lm1b")
+    args = common.parse_arg(
+        arg, stage="distill", temperature=1.0, root="gs://BUCKET/lm1b", **common.MEMORY_ARGS
+    )
     if args.stage not in ("target", "draft", "distill", "evaluate"):
         raise ValueError(f"stage must be target, draft, distill or evaluate; got {args.stage!r}")
     data = common.paper_data(
@@ -38,9 +41,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         mode="distill" if args.stage == "distill" else "supervised",
         model_gin_file=f"gin/decoder_only/{trained}.gin",
         target_gin_file="gin/decoder_only/gpt_target_234m.gin",
-        gin_bindings=("models.build_model.dtype = 'bfloat16'",),
+        **common.memory_layout(args),
         data=data,
         mesh_shape=(-1, 1),
+        accelerator="v4-8",
         batch_size=256,
         num_train_steps=100_000 if args.stage != "distill" else 20_000,
         optimizer=common.optimizer(

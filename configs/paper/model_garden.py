@@ -26,7 +26,10 @@ from configs.paper import t5
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, task="gsm8k", stage="target", temperature=1.0, root="gs://BUCKET")
+    args = common.parse_arg(
+        arg, task="gsm8k", stage="target", temperature=1.0, root="gs://BUCKET", **common.MEMORY_ARGS
+    )
+    memory = common.memory_arg_string(args)
     if args.stage == "evaluate":
         config = t5.get_config(
             f"task={args.task},target=large,stage=evaluate,temperature={args.temperature}"
@@ -37,14 +40,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         return config
     if args.stage == "target":  # Large learns from XXL (teacher-quality target, cheaper).
         config = t5.get_config(
-            f"task={args.task},target=xxl,stage=distill,temperature={args.temperature}"
+            f"task={args.task},target=xxl,stage=distill,temperature={args.temperature},{memory}"
         )
         config.model_gin_file = "gin/t5_1_1/large.gin"
         config.distill.source = "mixture"
         config.distill.mixture_other = "fixed"
     elif args.stage == "draft":  # Small learns from the distilled Large.
         config = t5.get_config(
-            f"task={args.task},target=large,stage=distill,temperature={args.temperature}"
+            f"task={args.task},target=large,stage=distill,temperature={args.temperature},{memory}"
         )
     else:
         raise ValueError(f"stage must be 'target', 'draft' or 'evaluate', got {args.stage!r}")

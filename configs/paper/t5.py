@@ -26,6 +26,11 @@ T5 v1.1 checkpoints (converted with distillspec_jax.interop), then distil.
       --config configs/paper/t5.py:task=xsum,target=xl,stage=evaluate,root=gs://BUCKET/xsum \
       --workdir gs://BUCKET/xsum/evaluate_xl_t1
 
+Config arguments scan (layers as one nn.scan; default True), remat ('none', 'full' or
+'save_dots') and fsdp (parameters of the trained model and the target split over
+`data` too) choose the memory layout;
+`python -m distillspec_jax.plan --config ...` shows what a choice needs per chip.
+
 Slices (v4 chips; the mesh's model axis grows with the target):
   base v4-8 (data=4, model=1); large v4-16 (data=4, model=2);
   xl v4-32 (data=4, model=4); xxl v4-64 (data=4, model=8).
@@ -62,7 +67,13 @@ def evaluation_config(args, data) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(
-        arg, task="xsum", target="xl", stage="distill", temperature=1.0, root="gs://BUCKET/xsum"
+        arg,
+        task="xsum",
+        target="xl",
+        stage="distill",
+        temperature=1.0,
+        root="gs://BUCKET/xsum",
+        **common.MEMORY_ARGS,
     )
     if args.task not in LENGTHS or args.target not in SLICES or args.stage not in STAGES:
         raise ValueError(
@@ -78,15 +89,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     if args.stage == "evaluate":
         return evaluation_config(args, data)
-    _, model_width = SLICES[args.target] if args.stage != "draft" else (4, 1)
+    devices, model_width = SLICES[args.target] if args.stage != "draft" else (4, 1)
     trained = "small" if args.stage != "target" else args.target
     return common.training_config(
         mode="distill" if args.stage == "distill" else "supervised",
         model_gin_file=f"gin/t5_1_1/{trained}.gin",
         target_gin_file=f"gin/t5_1_1/{args.target}.gin",
-        gin_bindings=("models.build_model.dtype = 'bfloat16'",),
+        **common.memory_layout(args),
         data=data,
         mesh_shape=(-1, model_width),
+        accelerator=f"v4-{2 * devices}",  # v4 type names count TensorCores, 2 per chip.
         batch_size=128,
         num_train_steps=20_000 if args.stage == "distill" else 50_000,
         optimizer=common.optimizer(

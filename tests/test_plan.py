@@ -1,0 +1,113 @@
+"""`python -m distillspec_jax.plan`: per-device memory and compile plan on simulated devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from configs import tiny
+from distillspec_jax import models, plan
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_accelerator_names():
+    assert plan.parse_accelerator("v4-64") == ("v4", 32)
+    assert plan.parse_accelerator("v5p-128") == ("v5p", 64)
+    assert plan.parse_accelerator("v5litepod-16") == ("v5e", 16)
+    assert plan.parse_accelerator("v5e-8") == ("v5e", 8)
+    with pytest.raises(ValueError, match="Unknown accelerator"):
+        plan.parse_accelerator("v9-8")
+
+
+def _distill_config(**fields):
+    config = tiny.get_config("mode=distill")
+    config.mesh_shape = (2, 4)
+    config.batch_size = 16
+    for key, value in fields.items():
+        config[key] = value
+    return config
+
+
+def _part(result, name):
+    (part,) = [p for p in result["parts"] if p["name"] == name]
+    return part
+
+
+def test_plan_of_a_distillation_config():
+    devices = jax.devices()[:8]
+    result = plan.plan(_distill_config(), devices)
+    assert result["mesh"] == {"data": 2, "model": 4}
+    step, sampler = _part(result, "distill step"), _part(result, "speculative sampler")
+    model = models.model_from_gin("gin/t5_1_1/tiny.gin", vocab_size=512)
+    num_params = models.count_params(jax.eval_shape(model.init, jax.random.PRNGKey(0)))
+    assert result["parameters"] == {"trained": num_params, "target": num_params}
+    # Per device: at most all float32 parameters, at least a 1/4 split (model axis).
+    assert num_params * 4 / 4 <= step["params"] <= num_params * 4
+    assert step["opt_state"] >= step["params"]  # Adam: two moments.
+    # XLA's inputs hold the state, the frozen target and the batch.
+    assert step["arguments"] >= step["params"] + step["opt_state"] + step["target_params"]
+    assert step["aliased"] > 0  # The state is donated.
+    assert sampler["kv_cache"] > 0 and sampler["temporaries"] > 0
+    for part in (step, sampler):
+        assert part["total"] == (
+            part["arguments"] + part["outputs"] - part["aliased"] + part["temporaries"]
+        )
+        assert part["compile_seconds"] > 0
+    text = plan.format_plan({**result, "chip": "v4", "chip_memory_gib": 32.0})
+    assert "distill step" in text and "yes" in text
+
+    # FSDP splits the parameters and moments over `data` too; remat trades
+    # activation memory for recompute.
+    fsdp = _distill_config()
+    fsdp.partitioning.fsdp = True
+    fsdp_step = _part(plan.plan(fsdp, devices), "distill step")
+    assert fsdp_step["params"] < step["params"] and fsdp_step["opt_state"] < step["opt_state"]
+    remat = _distill_config(gin_bindings=("models.build_model.remat_policy = 'full'",))
+    remat.mode = "supervised"
+    plain = _distill_config()
+    plain.mode = "supervised"
+    assert (
+        _part(plan.plan(remat, devices), "train step")["temporaries"]
+        < _part(plan.plan(plain, devices), "train step")["temporaries"]
+    )
+
+
+def test_plan_command(tmp_path):
+    out = tmp_path / "plan.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distillspec_jax.plan",
+            "--config",
+            "configs/tiny.py:mode=distill",
+            "--accelerator",
+            "v5e-4",
+            f"--json={out}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "4 devices, mesh (data=4, model=1)" in proc.stdout
+    assert "speculative sampler" in proc.stdout and "v5e (16 GiB per chip)" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["num_devices"] == 4 and len(result["parts"]) == 2
+    bad = subprocess.run(
+        [sys.executable, "-m", "distillspec_jax.plan", "--config", "configs/tiny.py"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines()[-1].startswith("plan: mesh_shape (-1, 1) leaves")
