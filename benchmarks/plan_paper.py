@@ -6,7 +6,7 @@ Runs `python -m distillspec_jax.plan` (one process per experiment: each needs
 its own number of simulated devices) on the config's default memory layout
 (scanned layers, no remat, 1-D parameter sharding). Where that does not fit a
 chip, it tries, in order, remat=full, then FSDP as well, then gradient
-accumulation (microbatches 2, 4, 8), and records the first that fits. Writes
+accumulation (microbatches 2, 4, 8), and records the first that fits in 90% of a chip. Writes
 the JSON and prints a Markdown table (the README's).
 """
 
@@ -73,14 +73,19 @@ def plan_one(config: str, args: str, flags: tuple[str, ...]) -> dict:
         return result
 
 
+# A plan "fits" with a tenth of the chip to spare (the runtime, fragmentation, and the
+# TPU compiler's buffer assignment differing from the CPU compiler's).
+HEADROOM = 0.9
+
+
 def fits(result: dict) -> bool:
-    limit = result["chip_memory_gib"] * 1024**3
+    limit = HEADROOM * result["chip_memory_gib"] * 1024**3
     return all(part["total"] <= limit for part in result["parts"])
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| experiment | slice | mesh | settings | part | compile s | GiB per device | fits |",
+        "| experiment | slice | mesh | settings | part | compile s | GiB per device | fits 90% |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -99,7 +104,9 @@ def table(rows: list[dict]) -> str:
                         part["name"],
                         f"{part['compile_seconds']:.0f}",
                         f"{part['total'] / 1024**3:.1f} / {row['chip_memory_gib']:g}",
-                        "yes" if part["total"] <= row["chip_memory_gib"] * 1024**3 else "no",
+                        "yes"
+                        if part["total"] <= HEADROOM * row["chip_memory_gib"] * 1024**3
+                        else "no",
                     ]
                 )
                 + " |"

@@ -24,6 +24,7 @@ an assistant model in transformers or vLLM.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -494,6 +495,9 @@ def main(argv: list[str] | None = None) -> None:
     hf_in.add_argument("model_dir")
     hf_in.add_argument("workdir")
     hf_in.add_argument("--vocab", default="", help="SentencePiece model to record with it")
+    hf_in.add_argument(
+        "--scan_layers", action="store_true", help="store the layers stacked (nn.scan layout)"
+    )
     hf_out = sub.add_parser("export-hf", help="workdir -> Hugging Face directory")
     hf_out.add_argument("workdir")
     hf_out.add_argument("out_dir")
@@ -538,6 +542,9 @@ def _run_command(args: argparse.Namespace) -> str:
         if not os.path.exists(os.path.join(args.model_dir, "config.json")):
             raise FileNotFoundError(f"{args.model_dir} has no config.json")
         model, params = load_hf(args.model_dir)
+        if args.scan_layers:
+            model = type(model)(dataclasses.replace(model.config, scan_layers=True))
+            params = models.params_for(model, params)
         write_checkpoint(params, args.workdir, model, args.vocab)
         return f"wrote {args.workdir} (step 0, architecture in model.json)"
     model = workdir_model(args.workdir, args.gin, args.vocab_size)

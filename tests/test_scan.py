@@ -165,3 +165,21 @@ def test_hugging_face_export_and_import_with_scanned_layers(family):
     imported = interop.params_from_hf_tensors(scanned, from_plain)
     assert models.layers_scanned(imported)
     assert _max_diff(models.relayout(imported, False), params) == 0.0
+
+
+def test_import_hf_scanned_then_export_gives_the_same_tensors(tmp_path, capsys):
+    from distillspec_jax import checkpoints
+
+    model = models.build_model("decoder_only", "tiny")
+    params = jax.tree_util.tree_map(np.asarray, model.init(jax.random.PRNGKey(0)))
+    interop.save_hf(model, params, str(tmp_path / "hf"))
+    work = str(tmp_path / "work")
+    interop.main(["import-hf", str(tmp_path / "hf"), work, "--scan_layers"])
+    recorded = checkpoints.recorded_model(work)
+    assert recorded.config.scan_layers
+    stored = interop.read_checkpoint(work, recorded)
+    assert models.layers_scanned(stored)
+    interop.main(["export-hf", work, str(tmp_path / "out")])
+    capsys.readouterr()
+    _, exported = interop.load_hf(str(tmp_path / "out"))
+    assert _max_diff(exported, params) == 0.0
