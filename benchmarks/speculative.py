@@ -1,30 +1,45 @@
-r"""Speculative vs autoregressive decoding speed on a random-weight model pair.
+r"""Speculative vs autoregressive decoding speed, with random and with realistic acceptance.
 
-  python -m benchmarks.speculative                 # full grid, JSON to benchmarks/results/
-  python -m benchmarks.speculative --quick         # gamma {1, 3}, batch 1
+  python -m benchmarks.speculative                      # random-weight pair, JSON out
+  python -m benchmarks.speculative --pair derived       # controlled acceptance 0.6 / 0.8
+  python -m benchmarks.speculative --pair trained       # the shipped gsm_symbolic pair
+  python -m benchmarks.speculative --quick              # gamma {1, 3}, batch 1
 
-The default pair is a Llama-style decoder-only target (d=256, 4 layers, vocab
-2048) and draft (d=128, 2 layers) with random weights, whose measured per-token
-cost ratio is well below 1/8. Random weights mean the draft rarely agrees with
-the target at T=0; the benchmark measures the machinery (tau, alpha, c, and
-how close measured speedup comes to tau / (c*gamma + 1)), not a trained pair.
-It also reports the pure loop overhead: SD with draft == target at gamma = 1,
-whose theoretical speedup is exactly 2 / 2 = 1.
+Pairs:
+  cpu / gpu  a Llama-style decoder-only target and a smaller draft with random
+             weights: the draft rarely agrees with the target at T = 0, so these
+             rows measure the machinery, not a realistic pair.
+  derived    a random target of 8 layers and a draft made of its own first layer
+             (same embedding, final norm and head). The target's later layers
+             add their residual branches scaled by lambda, chosen by bisection so
+             that the measured acceptance rate is each of --alphas (at each T):
+             acceptance is controlled, the draft is 1/8 of the layers.
+  trained    the shipped T5 target and baseline draft (pretrained/gsm_symbolic)
+             on gsm_symbolic test questions, or a study's `--workdir` pair
+             (target, draft_distilled), with EOS.
+
+Every row reports tau, alpha, the measured speedup over AR target decoding,
+measured / theoretical (tau / (c gamma + 1)) and measured / cost model (the
+speedup predicted from measured call times of the sampler's own calls). The
+loop overhead rows run SD with draft == target at gamma = 1 (theory: 1.0).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distillspec_jax import evaluation, models
+from distillspec_jax import evaluation, models, sampling
 
 # Decoder-only pairs (random weights). "cpu": sized for a 2-core machine;
 # "gpu": a ~1.1B target with the ~33M draft preset, sized for one accelerator.
@@ -100,122 +115,253 @@ def print_table(rows, columns):
         print(" ".join(_fmt(row.get(c)) for c in columns))
 
 
-def run(
-    gammas,
-    temperatures,
-    batches,
-    max_new_tokens,
-    prompt_len,
-    repeats,
-    pair="cpu",
-    on_row=lambda results: None,
-):
-    """Runs the grid; `on_row(results)` is called after each measured row."""
+@dataclasses.dataclass
+class Setup:
+    """One (target, draft) pair to time, with its prompts."""
+
+    name: str
+    target: Any
+    target_params: Any
+    draft: Any
+    draft_params: Any
+    # batch -> (prompts [B, P], prompt lengths [B], encoder inputs [B, Le] or None).
+    prompts: Callable[[int], tuple]
+    temperatures: tuple[float, ...] = (0.0, 1.0)
+    eos_id: int | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+def random_setup(pair: str, prompt_len: int) -> Setup:
     target, target_params, draft, draft_params = build_pair(*PAIRS[pair])
-    results = {
-        "target_params": models.count_params(target_params),
-        "draft_params": models.count_params(draft_params),
-        "rows": [],
-        "loop_overhead": [],
+    return Setup(
+        pair,
+        target,
+        target_params,
+        draft,
+        draft_params,
+        lambda batch: (*_prompts(batch, prompt_len, target.vocab_size), None),
+        info={"target": PAIRS[pair][0], "draft": PAIRS[pair][1]},
+    )
+
+
+# The derived pair: a random 8-layer target whose draft is its own first layer.
+DERIVED_TARGET = dict(
+    vocab_size=2048, emb_dim=256, num_heads=4, num_kv_heads=4, num_layers=8, head_dim=64,
+    mlp_dim=704,
+)  # fmt: skip
+DERIVED_DRAFT_LAYERS = 1
+
+
+def _scaled_target(params: Any, scale: float, first: int) -> Any:
+    """Target parameters whose layers >= `first` add their residual branches x scale."""
+    out = dict(params)
+    for name, layer in params.items():
+        if name.startswith("layers_") and int(name.split("_")[1]) >= first:
+            out[name] = {
+                **layer,
+                "self_attn": {
+                    **layer["self_attn"],
+                    "o_proj": {"kernel": layer["self_attn"]["o_proj"]["kernel"] * scale},
+                },
+                "mlp": {
+                    **layer["mlp"],
+                    "down_proj": {"kernel": layer["mlp"]["down_proj"]["kernel"] * scale},
+                },
+            }
+    return out
+
+
+def derived_setups(alphas, temperatures, prompt_len, seed=0) -> list[Setup]:
+    """Pairs of measured acceptance `alphas` (per temperature), by bisection on the scale."""
+    target = models.build_model("decoder_only", "tiny", **DERIVED_TARGET)
+    draft = models.build_model(
+        "decoder_only", "tiny", **{**DERIVED_TARGET, "num_layers": DERIVED_DRAFT_LAYERS}
+    )
+    base = target.init(jax.random.PRNGKey(seed))
+    draft_params = {
+        k: v
+        for k, v in base.items()
+        if not k.startswith("layers_") or int(k.split("_")[1]) < DERIVED_DRAFT_LAYERS
     }
-    for batch in batches:
-        cost = evaluation.cost_ratio(draft, draft_params, target, target_params, batch)
-        draft_two = evaluation.decode_step_time(draft, draft_params, batch, tokens_per_call=2)
-        verify = {
-            g: evaluation.decode_step_time(target, target_params, batch, tokens_per_call=g + 1)
-            for g in gammas
-        }
-        prompts, lengths = _prompts(batch, prompt_len, target.vocab_size)
-        common = dict(max_new_tokens=max_new_tokens, eos_id=None, repeats=repeats)
-        for temperature in temperatures:
-            ar_run = None
-            draft_ar = None
-            for gamma in gammas:
-                row = evaluation.compare_with_autoregressive(
+    prompts = lambda batch: (*_prompts(batch, prompt_len, target.vocab_size), None)  # noqa: E731
+    calibration = prompts(16)
+
+    def alpha_at(scale, temperature):
+        out = sampling.speculative_sample(
+            target, _scaled_target(base, scale, DERIVED_DRAFT_LAYERS), draft, draft_params,
+            calibration[0], calibration[1], jax.random.PRNGKey(1), gamma=3, max_new_tokens=48,
+            temperature=temperature, eos_id=None,
+        )  # fmt: skip
+        return evaluation.summarize(out, 3)["acceptance_rate"]
+
+    setups = []
+    for temperature in temperatures:
+        for alpha in alphas:
+            low, high = -4.0, 2.0  # log10 of the scale; acceptance falls as it grows.
+            for _ in range(12):
+                mid = (low + high) / 2
+                low, high = (mid, high) if alpha_at(10**mid, temperature) > alpha else (low, mid)
+            scale = 10 ** ((low + high) / 2)
+            setups.append(
+                Setup(
+                    f"derived_alpha{alpha:g}_T{temperature:g}",
                     target,
-                    target_params,
+                    _scaled_target(base, scale, DERIVED_DRAFT_LAYERS),
                     draft,
                     draft_params,
                     prompts,
-                    lengths,
-                    gamma=gamma,
-                    temperature=temperature,
-                    cost=cost["cost_ratio"],
-                    autoregressive_run=ar_run,
+                    temperatures=(temperature,),
+                    info={
+                        "alpha_goal": alpha,
+                        "branch_scale": scale,
+                        "calibrated_alpha": alpha_at(scale, temperature),
+                        "target": DERIVED_TARGET,
+                        "draft_layers": DERIVED_DRAFT_LAYERS,
+                    },
+                )
+            )
+    return setups
+
+
+def trained_setup(pretrained: str, workdir: str) -> Setup:
+    """The shipped T5 pair (or a study workdir's target and distilled draft)."""
+    from benchmarks import peer_hf
+
+    args = argparse.Namespace(
+        pretrained=pretrained,
+        draft_stage="draft_baseline",
+        target_workdir=os.path.join(workdir, "target") if workdir else "",
+        draft_workdir=os.path.join(workdir, "draft_distilled") if workdir else "",
+    )
+    (target, target_params), (draft, draft_params), vocab = peer_hf.load_pair(args)
+    cache: dict[str, Any] = {}
+
+    def prompts(batch):
+        if "prompts" not in cache:
+            cache["prompts"] = peer_hf.load_prompts(vocab, 64)
+        if batch > len(cache["prompts"]):
+            raise ValueError(f"batch {batch} exceeds the 64 loaded prompts")
+        return cache["prompts"].rows(0, batch)
+
+    to_device = lambda p: jax.tree_util.tree_map(jnp.asarray, p)  # noqa: E731
+    return Setup(
+        "trained",
+        target,
+        to_device(target_params),
+        draft,
+        to_device(draft_params),
+        prompts,
+        eos_id=1,
+        info={"source": workdir or pretrained},
+    )
+
+
+def run(
+    setups: list[Setup],
+    gammas,
+    batches,
+    max_new_tokens,
+    repeats,
+    on_row=lambda results: None,
+    overhead: bool = True,
+):
+    """Runs the grid per setup; `on_row(results)` is called after each measured row."""
+    results = {"setups": {}, "rows": [], "loop_overhead": []}
+    for setup in setups:
+        target, target_params = setup.target, setup.target_params
+        draft, draft_params = setup.draft, setup.draft_params
+        results["setups"][setup.name] = {
+            **results["setups"].get(setup.name, {}),
+            "target_params": models.count_params(target_params),
+            "draft_params": models.count_params(draft_params),
+            **setup.info,
+        }
+        for batch in batches:
+            prompts, lengths, enc = setup.prompts(batch)
+            cost = evaluation.cost_ratio(draft, draft_params, target, target_params, batch, enc)
+            draft_two = evaluation.decode_step_time(
+                draft, draft_params, batch, encoder_inputs=enc, tokens_per_call=2
+            )
+            verify = {
+                g: evaluation.decode_step_time(
+                    target, target_params, batch, encoder_inputs=enc, tokens_per_call=g + 1
+                )
+                for g in gammas
+            }
+            common = dict(
+                max_new_tokens=max_new_tokens,
+                eos_id=setup.eos_id,
+                repeats=repeats,
+                encoder_inputs=enc,
+            )
+            for temperature in setup.temperatures:
+                ar_run = None
+                for gamma in gammas:
+                    row = evaluation.compare_with_autoregressive(
+                        target, target_params, draft, draft_params, prompts, lengths,
+                        gamma=gamma, temperature=temperature, cost=cost["cost_ratio"],
+                        autoregressive_run=ar_run, **common,
+                    )  # fmt: skip
+                    ar_run = (row["ar_generated_tokens"], row["ar_run_s"])
+                    cost_model = evaluation.cost_model_speedup(
+                        row["block_efficiency"],
+                        gamma,
+                        cost["target_step_s"],
+                        cost["draft_step_s"],
+                        draft_two,
+                        verify[gamma],
+                    )
+                    row.update(
+                        pair=setup.name,
+                        batch=batch,
+                        draft_step_s=cost["draft_step_s"],
+                        target_step_s=cost["target_step_s"],
+                        draft_two_token_call_s=draft_two,
+                        target_verify_call_s=verify[gamma],
+                        cost_model_speedup=cost_model,
+                        measured_over_cost_model=row["measured_speedup"] / cost_model,
+                    )
+                    row.pop("accept_prob_by_position")
+                    results["rows"].append(row)
+                    on_row(results)
+                if not overhead:
+                    continue
+                # Pure loop overhead: draft == target at gamma = 1 (theory: speedup 1).
+                same = evaluation.compare_with_autoregressive(
+                    target, target_params, target, target_params, prompts, lengths,
+                    gamma=1, temperature=temperature, cost=1.0, autoregressive_run=ar_run,
                     **common,
+                )  # fmt: skip
+                results["loop_overhead"].append(
+                    {
+                        "pair": setup.name,
+                        "batch": batch,
+                        "temperature": temperature,
+                        "block_efficiency": same["block_efficiency"],
+                        "sd_over_ar_time": same["sd_run_s"] / same["ar_run_s"],
+                        "cost_model_speedup": evaluation.cost_model_speedup(
+                            same["block_efficiency"],
+                            1,
+                            cost["target_step_s"],
+                            cost["target_step_s"],
+                            verify[1],
+                            verify[1],
+                        ),  # fmt: skip
+                        "measured_speedup": same["measured_speedup"],
+                    }
                 )
-                ar_run = (row["ar_generated_tokens"], row["ar_run_s"])
-                if draft_ar is None:  # AR decoding of the draft alone, for reference.
-                    draft_ar = evaluation.compare_with_autoregressive(
-                        draft,
-                        draft_params,
-                        draft,
-                        draft_params,
-                        prompts,
-                        lengths,
-                        gamma=1,
-                        temperature=temperature,
-                        cost=1.0,
-                        **common,
-                    )["ar_tokens_per_s"]
-                cost_model = evaluation.cost_model_speedup(
-                    row["block_efficiency"],
-                    gamma,
-                    cost["target_step_s"],
-                    cost["draft_step_s"],
-                    draft_two,
-                    verify[gamma],
-                )
-                row.update(
-                    batch=batch,
-                    draft_ar_tokens_per_s=draft_ar,
-                    draft_step_s=cost["draft_step_s"],
-                    target_step_s=cost["target_step_s"],
-                    draft_two_token_call_s=draft_two,
-                    target_verify_call_s=verify[gamma],
-                    cost_model_speedup=cost_model,
-                    measured_over_cost_model=row["measured_speedup"] / cost_model,
-                )
-                row.pop("accept_prob_by_position")
-                results["rows"].append(row)
                 on_row(results)
-            # Pure loop overhead: draft == target at gamma = 1 (theory: speedup 1).
-            same = evaluation.compare_with_autoregressive(
-                target,
-                target_params,
-                target,
-                target_params,
-                prompts,
-                lengths,
-                gamma=1,
-                temperature=temperature,
-                cost=1.0,
-                autoregressive_run=ar_run,
-                **common,
-            )
-            results["loop_overhead"].append(
-                {
-                    "batch": batch,
-                    "temperature": temperature,
-                    "block_efficiency": same["block_efficiency"],
-                    "sd_over_ar_time": same["sd_run_s"] / same["ar_run_s"],
-                    "cost_model_speedup": evaluation.cost_model_speedup(
-                        2.0, 1, cost["target_step_s"], cost["target_step_s"], verify[1], verify[1]
-                    ),
-                    "measured_speedup": same["measured_speedup"],
-                }
-            )
     return results
 
 
 ROW_COLUMNS = [
-    "batch", "temperature", "gamma", "cost_ratio", "block_efficiency", "acceptance_rate",
-    "theoretical_block_efficiency", "ar_tokens_per_s", "draft_ar_tokens_per_s",
-    "sd_tokens_per_s", "theoretical_speedup", "measured_speedup", "measured_over_theoretical",
+    "pair", "batch", "temperature", "gamma", "cost_ratio", "block_efficiency", "acceptance_rate",
+    "theoretical_block_efficiency_from_counters", "ar_tokens_per_s", "sd_tokens_per_s",
+    "theoretical_speedup", "measured_speedup", "measured_over_theoretical",
     "cost_model_speedup", "measured_over_cost_model", "sd_compile_s",
 ]  # fmt: skip
 OVERHEAD_COLUMNS = [
-    "batch", "temperature", "block_efficiency", "sd_over_ar_time", "measured_speedup",
+    "pair", "batch", "temperature", "block_efficiency", "sd_over_ar_time", "measured_speedup",
     "cost_model_speedup",
 ]  # fmt: skip
 
@@ -225,20 +371,37 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="gamma {1, 3}, batch 1 only")
     parser.add_argument("--gammas", default="1,2,3,5,7")
     parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--temperatures", default="0,1")
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--prompt_len", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--pair", choices=sorted(PAIRS), default="cpu")
+    parser.add_argument("--pair", choices=sorted(PAIRS) + ["derived", "trained"], default="cpu")
+    parser.add_argument("--alphas", default="0.6,0.8", help="derived pair's acceptance rates")
+    parser.add_argument("--pretrained", default="pretrained/gsm_symbolic", help="trained pair")
+    parser.add_argument("--workdir", default="", help="trained pair: a study's workdir")
+    parser.add_argument("--no_overhead", action="store_true", help="skip the draft == target rows")
     parser.add_argument("--out", default="benchmarks/results/speculative.json")
     args = parser.parse_args(argv)
     gammas = tuple(int(g) for g in args.gammas.split(","))
     batches = tuple(int(b) for b in args.batches.split(","))
+    temperatures = tuple(float(t) for t in args.temperatures.split(","))
     if args.quick:
         gammas, batches = (1, 3), (1,)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     start = time.time()
+    if args.pair == "derived":
+        setups = derived_setups(
+            [float(a) for a in args.alphas.split(",")], temperatures, args.prompt_len
+        )
+    elif args.pair == "trained":
+        setup = trained_setup(args.pretrained, args.workdir)
+        setup.temperatures = temperatures
+        setups = [setup]
+    else:
+        setups = [random_setup(args.pair, args.prompt_len)]
+        setups[0].temperatures = temperatures
     header = {
-        "pair": {"name": args.pair, "target": PAIRS[args.pair][0], "draft": PAIRS[args.pair][1]},
+        "pair": args.pair,
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
@@ -255,20 +418,17 @@ def main(argv=None):
             json.dump({**header, **results, "wall_seconds": time.time() - start}, f, indent=2)
 
     results = run(
+        setups,
         gammas,
-        (0.0, 1.0),
         batches,
         args.max_new_tokens,
-        args.prompt_len,
         args.repeats,
-        args.pair,
         on_row=dump,
+        overhead=not args.no_overhead,
     )
     dump(results)
-    print(
-        f"target {results['target_params']:,} params, draft {results['draft_params']:,} "
-        f"params, backend {jax.default_backend()}"
-    )
+    print(json.dumps(results["setups"], indent=1))
+    print(f"backend {jax.default_backend()}")
     print_table(results["rows"], ROW_COLUMNS)
     print("loop overhead (draft == target, gamma = 1; theoretical speedup 1.0):")
     print_table(results["loop_overhead"], OVERHEAD_COLUMNS)

@@ -6,8 +6,11 @@ For each model pair (the tiny test config and the CPU default's pair) it
 times, after compilation, a supervised cross-entropy step of the draft, a
 distill step on fixed data, and an on-policy distill step (student samples),
 and the on-policy generation alone, on the same global batch. Reports tokens/s
-(loss tokens), the on-policy / supervised cost ratio (goal: <= 2) and the
-fraction of the on-policy step spent generating.
+(loss tokens), the on-policy / supervised cost ratio and the fraction of the
+on-policy step spent generating. The on-policy step's parts are also timed
+alone: generation, the frozen target's forward pass, and the draft's update
+(forward, divergence, backward, optimizer); the step over the sum of its parts
+says what the fused step adds or saves (goal: <= 1.1).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import platform
 
 import jax
 import numpy as np
+import optax
 
-from distillspec_jax import distill, evaluation, models, partitioning, trainer
+from distillspec_jax import distill, divergences, evaluation, models, partitioning, trainer
 
 SETUPS = {
     # name: (target gin, draft gin, vocab, batch, input length, target length)
@@ -105,10 +109,46 @@ def measure(name, repeats=3):
         )
     result["generation_s"] = gen_s
     result["generation_fraction_of_on_policy_step"] = gen_s / result["distill_on_policy_step_s"]
+    result.update(_parts(target, draft, target_params, draft_params, gen, batch, mesh, repeats))
+    result["on_policy_step_over_sum_of_parts"] = result["distill_on_policy_step_s"] / (
+        gen_s + result["target_forward_s"] + result["draft_update_s"]
+    )
     result["on_policy_over_supervised"] = (
         result["distill_on_policy_step_s"] / result["supervised_step_s"]
     )
     return result
+
+
+def _parts(target, draft, target_params, draft_params, gen, batch, mesh, repeats):
+    """The on-policy step's other two parts, each jitted alone on the generated batch:
+    the frozen target's teacher-forced forward pass, and the draft's update (forward,
+    divergence against given target logits, backward, optimizer)."""
+    config = distill.make_config(source="student")
+    optimizer = trainer.make_optimizer(_opt())
+    with partitioning.activate(mesh):
+        data = jax.block_until_ready(gen(draft_params, batch, jax.random.PRNGKey(1)))
+        target_forward = jax.jit(target.logits)
+        _, forward_s = evaluation.time_call(lambda: target_forward(target_params, data), repeats)
+        target_logits = target_forward(target_params, data)
+
+        def loss(params, data, target_logits):
+            draft_logits = draft.logits(params, data)
+            token_div = divergences.token_divergence(
+                config.divergence, target_logits, draft_logits, config.loss_temperature, config.beta
+            )
+            return divergences.reduce(token_div, data["decoder_loss_weights"], config.reduction)
+
+        @jax.jit
+        def update(params, opt_state, data, target_logits):
+            grads = jax.grad(loss)(params, data, target_logits)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        opt_state = optimizer.init(draft_params)
+        _, update_s = evaluation.time_call(
+            lambda: update(draft_params, opt_state, data, target_logits), repeats
+        )
+    return {"target_forward_s": forward_s, "draft_update_s": update_s}
 
 
 def _opt():

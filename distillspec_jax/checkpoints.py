@@ -390,6 +390,23 @@ def recipe_differences(shipped: dict[str, Any], wanted: dict[str, Any]) -> list[
     return out
 
 
+def load_pretrained(pretrained_dir: str, stage: str) -> tuple[Any, Any]:
+    """(model, float32 parameters) of a shipped checkpoint, verified by its checksum."""
+    from flax import traverse_util
+
+    entry = read_pretrained_manifest(pretrained_dir)["stages"].get(stage)
+    if entry is None:
+        raise CheckpointError(f"{pretrained_dir} ships no {stage!r} checkpoint; {RETRAIN_HINT}")
+    path = verified_pretrained_file(pretrained_dir, f"{stage}.npz")
+    with np.load(io.BytesIO(fs.read_bytes(path))) as stored:
+        flat = {name: stored[name].view(jnp.bfloat16).astype(np.float32) for name in stored.files}
+    params = traverse_util.unflatten_dict(flat, sep="/")
+    model = models.from_description(entry["model"])
+    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    _check_same_tree(params, expected, stage, pretrained_dir)
+    return model, params
+
+
 def install_pretrained(
     pretrained_dir: str, stage: str, stage_dir: str, recipe: dict[str, Any], vocab_path: str
 ) -> dict[str, Any]:
@@ -415,15 +432,7 @@ def install_pretrained(
             f"The {stage} stage's config differs from the recipe of the shipped checkpoint "
             f"in {', '.join(differ)}; {RETRAIN_HINT}"
         )
-    path = verified_pretrained_file(pretrained_dir, f"{stage}.npz")
-    from flax import traverse_util
-
-    with np.load(io.BytesIO(fs.read_bytes(path))) as stored:
-        flat = {name: stored[name].view(jnp.bfloat16).astype(np.float32) for name in stored.files}
-    params = traverse_util.unflatten_dict(flat, sep="/")
-    model = models.from_description(entry["model"])
-    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-    _check_same_tree(params, expected, stage, pretrained_dir)
+    model, params = load_pretrained(pretrained_dir, stage)
     checkpointer = Checkpointer(checkpoint_dir(stage_dir), async_save=False)
     checkpointer.save(entry["step"], params, None, meta={"pretrained": pretrained_dir}, force=True)
     checkpointer.close()

@@ -111,3 +111,26 @@ def test_plan_command(tmp_path):
     )
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1].startswith("plan: mesh_shape (-1, 1) leaves")
+
+
+@pytest.mark.slow
+def test_t5_xxl_distillation_fits_its_v4_64_slice(tmp_path):
+    """The paper's largest pair: T5-XXL target, T5-Small draft, on-policy, 32 v4 chips."""
+    out = tmp_path / "plan.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    config = "configs/paper/t5.py:task=xsum,target=xxl,stage=distill"
+    proc = subprocess.run(
+        [sys.executable, "-m", "distillspec_jax.plan", f"--config={config}", f"--json={out}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["num_devices"] == 32 and result["mesh"] == {"data": 4, "model": 8}
+    assert result["parameters"]["target"] > 11e9  # T5-XXL (v1.1): 11.1B parameters.
+    for part in result["parts"]:
+        assert part["total"] <= 0.9 * 32 * 1024**3, part
+        assert part["compile_seconds"] < 300, part
