@@ -171,20 +171,29 @@ def partitioning(**overrides: Any) -> ml_collections.ConfigDict:
     return cfg
 
 
-# Config arguments of the paper configs that choose the memory layout of a run.
-MEMORY_ARGS = {"scan": True, "remat": "none", "fsdp": False}
+# Config arguments of the paper configs that choose the memory layout of a run:
+# layers as one nn.scan, the train step's remat policy ('none', 'full', 'save_dots')
+# and FSDP; 'auto' takes the config's own choice (one that fits its slice, measured
+# by `python -m benchmarks.plan_paper`).
+MEMORY_ARGS = {"scan": True, "remat": "auto", "fsdp": "auto"}
 
 
-def memory_layout(args: ml_collections.ConfigDict) -> dict[str, Any]:
-    """training_config fields for the `MEMORY_ARGS` of a paper config: layers as one
-    nn.scan, the train step's remat policy ('none', 'full', 'save_dots'), FSDP."""
+def memory_layout(
+    args: ml_collections.ConfigDict, remat: str = "none", fsdp: bool = False
+) -> dict[str, Any]:
+    """training_config fields for the `MEMORY_ARGS` of a paper config; `remat` and
+    `fsdp` are what 'auto' means for it."""
+    if args.remat != "auto":
+        remat = args.remat
+    if str(args.fsdp) != "auto":
+        fsdp = _parse_value(str(args.fsdp), False)
     return {
         "gin_bindings": (
             "models.build_model.dtype = 'bfloat16'",
             f"models.build_model.scan_layers = {bool(args.scan)}",
-            f"models.build_model.remat_policy = '{args.remat}'",
+            f"models.build_model.remat_policy = '{remat}'",
         ),
-        "partitioning": partitioning(fsdp=bool(args.fsdp), target_fsdp=bool(args.fsdp)),
+        "partitioning": partitioning(fsdp=fsdp, target_fsdp=fsdp),
     }
 
 

@@ -29,6 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(
         arg, task="gsm8k", stage="target", temperature=1.0, root="gs://BUCKET", **common.MEMORY_ARGS
     )
+    if args.stage == "target" and args.remat == "auto":
+        args.remat = "full"  # T5-Large as the trained model of an XXL step (34 GiB without).
     memory = common.memory_arg_string(args)
     if args.stage == "evaluate":
         config = t5.get_config(

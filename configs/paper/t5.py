@@ -28,7 +28,8 @@ T5 v1.1 checkpoints (converted with distillspec_jax.interop), then distil.
 
 Config arguments scan (layers as one nn.scan; default True), remat ('none', 'full' or
 'save_dots') and fsdp (parameters of the trained model and the target split over
-`data` too) choose the memory layout;
+`data` too) choose the memory layout; their default 'auto' is a setting that fits the
+slice (`memory_defaults`);
 `python -m distillspec_jax.plan --config ...` shows what a choice needs per chip.
 
 Slices (v4 chips; the mesh's model axis grows with the target):
@@ -65,6 +66,22 @@ def evaluation_config(args, data) -> ml_collections.ConfigDict:
     )
 
 
+def memory_defaults(task: str, target: str, stage: str) -> dict:
+    """What remat / fsdp = 'auto' means, and the microbatches, per experiment: the
+    lightest settings whose compiled step fits 90% of a v4 chip on the experiment's
+    slice (`python -m benchmarks.plan_paper`, table in the README). Supervised steps
+    keep every layer's activations at these batch sizes (T5-Base on XSum: 85 GiB per
+    chip without remat); distillation only with 1024+ input tokens."""
+    long_inputs = LENGTHS[task][0] >= 1024
+    big_target = stage == "target" and target in ("xl", "xxl")
+    return {
+        "remat": "full" if stage in ("target", "draft") or long_inputs else "none",
+        "fsdp": big_target,
+        # CNN/DM's 2048-token inputs: XL and XXL fine-tuning also accumulate gradients.
+        "microbatches": 2 if big_target and task == "cnn_dailymail" else 1,
+    }
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(
         arg,
@@ -91,18 +108,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         return evaluation_config(args, data)
     devices, model_width = SLICES[args.target] if args.stage != "draft" else (4, 1)
     trained = "small" if args.stage != "target" else args.target
+    memory = memory_defaults(args.task, args.target, args.stage)
     return common.training_config(
         mode="distill" if args.stage == "distill" else "supervised",
         model_gin_file=f"gin/t5_1_1/{trained}.gin",
         target_gin_file=f"gin/t5_1_1/{args.target}.gin",
-        **common.memory_layout(args),
+        **common.memory_layout(args, memory["remat"], memory["fsdp"]),
         data=data,
         mesh_shape=(-1, model_width),
         accelerator=f"v4-{2 * devices}",  # v4 type names count TensorCores, 2 per chip.
         batch_size=128,
         num_train_steps=20_000 if args.stage == "distill" else 50_000,
         optimizer=common.optimizer(
-            name="adafactor", learning_rate=1e-3, schedule="constant", warmup_steps=1000
+            name="adafactor",
+            learning_rate=1e-3,
+            schedule="constant",
+            warmup_steps=1000,
+            microbatches=memory["microbatches"],
         ),
         distill=common.distill(
             divergence="fkl", source="student", sample_temperature=args.temperature
