@@ -171,24 +171,32 @@ def _scaled_target(params: Any, scale: float, first: int) -> Any:
     return out
 
 
-def derived_setups(alphas, temperatures, prompt_len, seed=0) -> list[Setup]:
-    """Pairs of measured acceptance `alphas` (per temperature), by bisection on the scale."""
-    target = models.build_model("decoder_only", "tiny", **DERIVED_TARGET)
+def derived_setups(
+    alphas,
+    temperatures,
+    prompt_len,
+    seed=0,
+    target_dims=DERIVED_TARGET,
+    draft_layers=DERIVED_DRAFT_LAYERS,
+) -> list[Setup]:
+    """Pairs of measured acceptance `alphas` (per temperature), by bisection on the scale:
+    a random target of `target_dims`, and its first `draft_layers` layers as the draft."""
+    target = models.build_model("decoder_only", "tiny", **target_dims)
     draft = models.build_model(
-        "decoder_only", "tiny", **{**DERIVED_TARGET, "num_layers": DERIVED_DRAFT_LAYERS}
+        "decoder_only", "tiny", **{**target_dims, "num_layers": draft_layers}
     )
     base = target.init(jax.random.PRNGKey(seed))
     draft_params = {
         k: v
         for k, v in base.items()
-        if not k.startswith("layers_") or int(k.split("_")[1]) < DERIVED_DRAFT_LAYERS
+        if not k.startswith("layers_") or int(k.split("_")[1]) < draft_layers
     }
     prompts = lambda batch: (*_prompts(batch, prompt_len, target.vocab_size), None)  # noqa: E731
     calibration = prompts(16)
 
     def alpha_at(scale, temperature):
         out = sampling.speculative_sample(
-            target, _scaled_target(base, scale, DERIVED_DRAFT_LAYERS), draft, draft_params,
+            target, _scaled_target(base, scale, draft_layers), draft, draft_params,
             calibration[0], calibration[1], jax.random.PRNGKey(1), gamma=3, max_new_tokens=48,
             temperature=temperature, eos_id=None,
         )  # fmt: skip
@@ -206,7 +214,7 @@ def derived_setups(alphas, temperatures, prompt_len, seed=0) -> list[Setup]:
                 Setup(
                     f"derived_alpha{alpha:g}_T{temperature:g}",
                     target,
-                    _scaled_target(base, scale, DERIVED_DRAFT_LAYERS),
+                    _scaled_target(base, scale, draft_layers),
                     draft,
                     draft_params,
                     prompts,
@@ -215,8 +223,8 @@ def derived_setups(alphas, temperatures, prompt_len, seed=0) -> list[Setup]:
                         "alpha_goal": alpha,
                         "branch_scale": scale,
                         "calibrated_alpha": alpha_at(scale, temperature),
-                        "target": DERIVED_TARGET,
-                        "draft_layers": DERIVED_DRAFT_LAYERS,
+                        "target": target_dims,
+                        "draft_layers": draft_layers,
                     },
                 )
             )

