@@ -89,7 +89,7 @@ def _steps(model, mesh, rules, params, batch, loss_fn, extra=None, extra_shardin
     return state, losses
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize("family", ["t5", pytest.param("decoder_only", marks=pytest.mark.slow)])
 def test_fsdp_train_step_equals_the_unsharded_one(family):
     from distillspec_jax import trainer
 
@@ -131,6 +131,7 @@ def test_fsdp_train_step_equals_the_unsharded_one(family):
     assert moments and all(m.sharding.spec == spec for m in moments)
 
 
+@pytest.mark.slow
 def test_fsdp_distillation_step_with_a_fsdp_target_equals_the_unsharded_one():
     from distillspec_jax import distill, trainer
 

@@ -60,6 +60,11 @@ def test_plan_of_a_distillation_config():
     text = plan.format_plan({**result, "chip": "v4", "chip_memory_gib": 32.0})
     assert "distill step" in text and "yes" in text
 
+
+@pytest.mark.slow
+def test_plan_shows_what_fsdp_and_remat_save():
+    devices = jax.devices()[:8]
+    step = _part(plan.plan(_distill_config(), devices), "distill step")
     # FSDP splits the parameters and moments over `data` too; remat trades
     # activation memory for recompute.
     fsdp = _distill_config()
@@ -76,6 +81,7 @@ def test_plan_of_a_distillation_config():
     )
 
 
+@pytest.mark.slow
 def test_plan_command(tmp_path):
     out = tmp_path / "plan.json"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

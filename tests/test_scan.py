@@ -35,14 +35,15 @@ def _max_diff(a, b):
     )
 
 
-# Every remat policy with both layouts, across the two families.
+# Every remat policy with both layouts, across the two families (two in the fast tier).
+_slow = pytest.mark.slow
 VARIANTS = [
     ("t5", True, "none"),
-    ("t5", True, "save_dots"),
-    ("t5", False, "full"),
-    ("decoder_only", True, "none"),
+    pytest.param("t5", True, "save_dots", marks=_slow),
+    pytest.param("t5", False, "full", marks=_slow),
+    pytest.param("decoder_only", True, "none", marks=_slow),
     ("decoder_only", True, "full"),
-    ("decoder_only", False, "save_dots"),
+    pytest.param("decoder_only", False, "save_dots", marks=_slow),
 ]
 
 
@@ -51,7 +52,8 @@ def test_scanned_and_rematerialised_equal_the_plain_loop(family, scan, remat):
     plain = models.build_model(family, "tiny")
     params = plain.init(jax.random.PRNGKey(0))
     batch = _batch(family, np.random.default_rng(0))
-    reference_grads = jax.grad(lambda p: plain.loss_fn(p, batch, z_loss=1e-4)[0])(params)
+    # Everything jitted: op-by-op dispatch of a T5 forward and backward is slow.
+    reference_grads = jax.jit(jax.grad(lambda p: plain.loss_fn(p, batch, z_loss=1e-4)[0]))(params)
     model = _variant(plain, scan_layers=scan, remat_policy=remat)
     p = models.params_for(model, params)
     assert models.layers_scanned(p) == scan
@@ -61,9 +63,9 @@ def test_scanned_and_rematerialised_equal_the_plain_loop(family, scan, remat):
         lambda x: x.shape, p
     )
     np.testing.assert_allclose(
-        model.logits(p, batch), plain.logits(params, batch), atol=1e-5, rtol=1e-5
+        jax.jit(model.logits)(p, batch), jax.jit(plain.logits)(params, batch), atol=1e-5, rtol=1e-5
     )
-    grads = jax.grad(jax.jit(lambda p, m=model: m.loss_fn(p, batch, z_loss=1e-4)[0]))(p)
+    grads = jax.jit(jax.grad(lambda p: model.loss_fn(p, batch, z_loss=1e-4)[0]))(p)
     assert _max_diff(models.relayout(grads, False), reference_grads) < 1e-5
 
     # Incremental decode: a prompt, then 2 tokens per row at per-row positions.
@@ -71,12 +73,18 @@ def test_scanned_and_rematerialised_equal_the_plain_loop(family, scan, remat):
     enc = batch.get("encoder_input_tokens")
     outs = []
     for m, q in ((plain, params), (model, p)):
-        cache = m.init_cache(q, 3, 12, enc)
-        first, cache = m.decode(q, cache, tokens[:, :3], jnp.zeros((3,), jnp.int32))
-        second, cache = m.decode(q, cache, tokens[:, 3:5], jnp.array([3, 1, 2]))
-        third, cache = m.decode(q, cache, tokens[:, 5:6], jnp.array([5, 3, 4]))
-        assert models.cache_length(cache) == 12
-        outs.append((first, second, third))
+
+        @jax.jit
+        def steps(q, m=m):
+            cache = m.init_cache(q, 3, 12, enc)
+            first, cache = m.decode(q, cache, tokens[:, :3], jnp.zeros((3,), jnp.int32))
+            second, cache = m.decode(q, cache, tokens[:, 3:5], jnp.array([3, 1, 2]))
+            third, cache = m.decode(q, cache, tokens[:, 5:6], jnp.array([5, 3, 4]))
+            return (first, second, third), models.cache_length(cache)
+
+        out, length = steps(q)
+        assert length == 12
+        outs.append(out)
     assert _max_diff(outs[0], outs[1]) < 1e-5
 
 
@@ -102,6 +110,7 @@ def test_scanned_parameters_carry_a_layers_axis(family):
         models.build_model(family, "tiny", remat_policy="sometimes")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["t5", "decoder_only"])
 def test_speculative_sampling_is_the_same_with_scanned_layers(family):
     target = models.build_model(family, "tiny")
