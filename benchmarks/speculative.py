@@ -294,7 +294,7 @@ def run(
                 g: evaluation.decode_step_time(
                     target, target_params, batch, encoder_inputs=enc, tokens_per_call=g + 1
                 )
-                for g in gammas
+                for g in sorted(set(gammas) | ({1} if overhead else set()))
             }
             common = dict(
                 max_new_tokens=max_new_tokens,

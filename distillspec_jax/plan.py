@@ -165,7 +165,8 @@ def plan(config: Any, devices: list[Any]) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    from distillspec_jax import distill, models, partitioning, sampling, trainer
+    from distillspec_jax import models, partitioning, sampling, trainer
+    from distillspec_jax import train as train_lib
 
     if config.get("mode") not in ("supervised", "distill"):
         raise ValueError(
@@ -183,32 +184,15 @@ def plan(config: Any, devices: list[Any]) -> dict[str, Any]:
     trainer.check_batch_size(config.batch_size, mesh, opt_cfg.microbatches)
 
     target_model = abstract_target = None
-    extra_shardings = None
     if config.mode == "distill":
         target_model = models.model_from_gin(
             config.target_gin_file, config.gin_bindings, vocab_size=vocab
         )
-        target_rules = partitioning.config_rules(config, target=True)
-        extra_shardings = partitioning.param_shardings(target_model, mesh, target_rules)
+    train, target_shardings = train_lib.make_trainer(config, model, mesh, target_model)
+    if target_model is not None:
         abstract_target = _abstract(
-            jax.eval_shape(target_model.init, jax.random.PRNGKey(0)), extra_shardings
+            jax.eval_shape(target_model.init, jax.random.PRNGKey(0)), target_shardings
         )
-        dcfg = dict(config.distill)
-        recipe = dcfg.pop("recipe")
-        distiller = distill.Distiller(target_model, model, distill.make_config(recipe, **dcfg))
-        loss_fn = trainer.distill_loss_fn(distiller)
-    else:
-        loss_fn = trainer.supervised_loss_fn(model, z_loss=config.z_loss)
-    train = trainer.Trainer(
-        model,
-        trainer.make_optimizer(opt_cfg),
-        mesh,
-        loss_fn,
-        extra_shardings=extra_shardings,
-        microbatches=opt_cfg.microbatches,
-        seed=config.seed,
-        rules=rules,
-    )
     state = train.abstract_state()
     batch = _batch(config, model, train.batch_sharding)
     compiled, seconds = _compile(

@@ -330,7 +330,7 @@ def train_and_evaluate(
     opt_cfg = config.optimizer
     trainer.check_batch_size(config.batch_size, mesh, opt_cfg.microbatches)
 
-    target_model = target_params = target_shardings = None
+    target_model = target_params = None
     if config.mode == "distill":
         target_model = _configured_model(
             config.target_gin_file, config.target_checkpoint, config, "target", vocab_size
@@ -341,30 +341,12 @@ def train_and_evaluate(
                 f"draft's ({model.vocab_size}): set data.model_vocab_size="
                 f"{target_model.vocab_size}"
             )
-        target_shardings = partitioning.param_shardings(
-            target_model, mesh, partitioning.config_rules(config, target=True)
-        )
+    train, target_shardings = make_trainer(config, model, mesh, target_model)
+    if target_model is not None:
         abstract_target = _abstract_params(target_model, target_shardings)
         target_params = checkpoints.restore_params(
             config.target_checkpoint, abstract_target, "target"
         )
-        dcfg = dict(config.distill)
-        recipe = dcfg.pop("recipe")
-        distiller = distill.Distiller(target_model, model, distill.make_config(recipe, **dcfg))
-        loss_fn = trainer.distill_loss_fn(distiller)
-    else:
-        loss_fn = trainer.supervised_loss_fn(model, z_loss=config.z_loss)
-
-    train = trainer.Trainer(
-        model,
-        trainer.make_optimizer(opt_cfg),
-        mesh,
-        loss_fn,
-        extra_shardings=target_shardings,
-        microbatches=opt_cfg.microbatches,
-        seed=config.seed,
-        rules=partitioning.config_rules(config),
-    )
 
     # -- State: resume, warm start, or fresh ----------------------------------
     ckpt = checkpoints.Checkpointer(
@@ -490,6 +472,41 @@ def train_and_evaluate(
         "model": model,
         "target_params": target_params,
     }
+
+
+def make_trainer(
+    config: ml_collections.ConfigDict, model: Any, mesh: Any, target_model: Any = None
+) -> tuple[trainer.Trainer, Any]:
+    """The config's Trainer of `model` and the frozen target's parameter shardings.
+
+    Supervised mode: cross-entropy. Distill mode: the DistillSpec loss against
+    `target_model`, whose parameters are an input of the step sharded by the
+    target's own rules. Both with the config's optimizer, microbatches and
+    partitioning rules.
+    """
+    target_shardings = None
+    if config.mode == "distill":
+        target_shardings = partitioning.param_shardings(
+            target_model, mesh, partitioning.config_rules(config, target=True)
+        )
+        dcfg = dict(config.distill)
+        recipe = dcfg.pop("recipe")
+        distiller = distill.Distiller(target_model, model, distill.make_config(recipe, **dcfg))
+        loss_fn = trainer.distill_loss_fn(distiller)
+    else:
+        loss_fn = trainer.supervised_loss_fn(model, z_loss=config.z_loss)
+    opt_cfg = config.optimizer
+    train = trainer.Trainer(
+        model,
+        trainer.make_optimizer(opt_cfg),
+        mesh,
+        loss_fn,
+        extra_shardings=target_shardings,
+        microbatches=opt_cfg.microbatches,
+        seed=config.seed,
+        rules=partitioning.config_rules(config),
+    )
+    return train, target_shardings
 
 
 def _configured_model(

@@ -89,6 +89,18 @@ def _steps(model, mesh, rules, params, batch, loss_fn, extra=None, extra_shardin
     return state, losses
 
 
+def _assert_same_steps(state, losses, ref_state, ref_losses):
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(state.params),
+        jax.tree_util.tree_leaves(ref_state.params),
+        strict=True,
+    ):
+        # Adam's step is ~lr wherever a gradient is ~0, so summation-order noise
+        # there moves a parameter by a few 1e-6 at lr 1e-3.
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+
+
 @pytest.mark.parametrize("family", ["t5", pytest.param("decoder_only", marks=pytest.mark.slow)])
 def test_fsdp_train_step_equals_the_unsharded_one(family):
     from distillspec_jax import trainer
@@ -105,15 +117,7 @@ def test_fsdp_train_step_equals_the_unsharded_one(family):
     mesh = partitioning.create_mesh((2, 4))
     rules = partitioning.logical_axis_rules(fsdp=True)
     state, losses = _steps(model, mesh, rules, params, batch, loss_fn)
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    for a, b in zip(
-        jax.tree_util.tree_leaves(state.params),
-        jax.tree_util.tree_leaves(ref_state.params),
-        strict=True,
-    ):
-        # Adam's step is ~lr wherever a gradient is ~0, so summation-order noise
-        # there moves a parameter by a few 1e-6 at lr 1e-3.
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    _assert_same_steps(state, losses, ref_state, ref_losses)
     # Parameters and Adam moments are split over both axes: 1/8 of a kernel per device.
     if family == "t5":
         kernel = state.params["encoder"]["layers"]["mlp"]["wi_0"]["kernel"]
@@ -154,15 +158,7 @@ def test_fsdp_distillation_step_with_a_fsdp_target_equals_the_unsharded_one():
             _steps(draft, mesh, rules, params, batch, loss_fn, target_params, target_shardings)
         )
     (ref_state, ref_losses), (state, losses) = results
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    for a, b in zip(
-        jax.tree_util.tree_leaves(state.params),
-        jax.tree_util.tree_leaves(ref_state.params),
-        strict=True,
-    ):
-        # Adam's step is ~lr wherever a gradient is ~0, so summation-order noise
-        # there moves a parameter by a few 1e-6 at lr 1e-3.
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    _assert_same_steps(state, losses, ref_state, ref_losses)
 
 
 def test_fsdp_rules_keep_activations_on_the_batch():

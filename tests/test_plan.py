@@ -81,40 +81,31 @@ def test_plan_shows_what_fsdp_and_remat_save():
     )
 
 
-@pytest.mark.slow
-def test_plan_command(tmp_path):
-    out = tmp_path / "plan.json"
+def _plan(*args):
+    """`python -m distillspec_jax.plan ARGS` in a fresh process (its own device count)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distillspec_jax.plan",
-            "--config",
-            "configs/tiny.py:mode=distill",
-            "--accelerator",
-            "v5e-4",
-            f"--json={out}",
-        ],
+    return subprocess.run(
+        [sys.executable, "-m", "distillspec_jax.plan", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_plan_command(tmp_path):
+    out = tmp_path / "plan.json"
+    proc = _plan(
+        "--config", "configs/tiny.py:mode=distill", "--accelerator", "v5e-4", f"--json={out}"
     )
     assert proc.returncode == 0, proc.stderr
     assert "4 devices, mesh (data=4, model=1)" in proc.stdout
     assert "speculative sampler" in proc.stdout and "v5e (16 GiB per chip)" in proc.stdout
     result = json.loads(out.read_text())
     assert result["num_devices"] == 4 and len(result["parts"]) == 2
-    bad = subprocess.run(
-        [sys.executable, "-m", "distillspec_jax.plan", "--config", "configs/tiny.py"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    bad = _plan("--config", "configs/tiny.py")
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1].startswith("plan: mesh_shape (-1, 1) leaves")
 
@@ -123,16 +114,8 @@ def test_plan_command(tmp_path):
 def test_t5_xxl_distillation_fits_its_v4_64_slice(tmp_path):
     """The paper's largest pair: T5-XXL target, T5-Small draft, on-policy, 32 v4 chips."""
     out = tmp_path / "plan.json"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     config = "configs/paper/t5.py:task=xsum,target=xxl,stage=distill"
-    proc = subprocess.run(
-        [sys.executable, "-m", "distillspec_jax.plan", f"--config={config}", f"--json={out}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = _plan(f"--config={config}", f"--json={out}")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["num_devices"] == 32 and result["mesh"] == {"data": 4, "model": 8}
