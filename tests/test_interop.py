@@ -76,6 +76,18 @@ def test_t5x_checkpoint_import(tmp_path, capsys):
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), back, params
     )
+    # Into a scanned architecture: the layers are stacked on import.
+    scanned_gin = tmp_path / "tiny_scanned.gin"
+    scanned_gin.write_text("include 'gin/t5_1_1/tiny.gin'\nmodels.build_model.scan_layers = True\n")
+    interop.main(["import-t5x", ckpt_dir, str(tmp_path / "scanned"), "--gin", str(scanned_gin)])
+    recorded = interop.workdir_model(str(tmp_path / "scanned"))
+    assert recorded.config.scan_layers
+    stacked = interop.read_checkpoint(str(tmp_path / "scanned"), recorded)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_array_equal(np.asarray(a), b),
+        models.relayout(stacked, scanned=False),
+        params,
+    )
     with pytest.raises(SystemExit):
         interop.main(
             ["import-t5x", ckpt_dir, str(tmp_path / "w2"), "--gin", "gin/decoder_only/tiny.gin"]
