@@ -290,12 +290,14 @@ def plan(config: Any, devices: list[Any]) -> dict[str, Any]:
     }
 
 
-def _gib(n: int) -> str:
-    return f"{n / GIB:.2f}"
-
-
 def format_plan(result: dict[str, Any]) -> str:
-    """The plan as a table (GiB per device)."""
+    """The plan as a table (GiB per device; MiB when every total is under 1 GiB)."""
+    small = max(part["total"] for part in result["parts"]) < GIB
+    unit, scale = ("MiB", 1024**2) if small else ("GiB", GIB)
+
+    def _gib(n: int) -> str:
+        return f"{n / scale:.2f}"
+
     chip, memory = result.get("chip"), result.get("chip_memory_gib")
     mesh = ", ".join(f"{k}={v}" for k, v in result["mesh"].items())
     head = (
@@ -303,7 +305,7 @@ def format_plan(result: dict[str, Any]) -> str:
         f"batch {result['batch_size']}" + (f", {chip} ({memory:g} GiB per chip)" if chip else "")
     )
     columns = ("compile s", "params", "opt state", "target", "kv cache", "temp", "total", "fits")
-    lines = [head, f"{'GiB per device':<20}" + "".join(f"{c:>11}" for c in columns)]
+    lines = [head, f"{unit + ' per device':<20}" + "".join(f"{c:>11}" for c in columns)]
     for part in result["parts"]:
         fits = "-" if memory is None else ("yes" if part["total"] <= memory * GIB else "NO")
         cells = (
@@ -323,7 +325,7 @@ def format_plan(result: dict[str, Any]) -> str:
 def _simulate_devices(num_devices: int) -> list[Any]:
     """`num_devices` CPU devices: simulated here unless JAX already started."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if "jax" not in sys.modules or not _backend_started():
+    if not _backend_started():
         os.environ["JAX_PLATFORMS"] = "cpu"
         flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)
         os.environ["XLA_FLAGS"] = (
@@ -341,12 +343,13 @@ def _simulate_devices(num_devices: int) -> list[Any]:
 
 
 def _backend_started() -> bool:
-    try:
-        from jax._src import xla_bridge
+    """Whether JAX has created its devices (then the device count is fixed)."""
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge
 
-        return bool(xla_bridge._backends)
-    except (ImportError, AttributeError):
-        return True
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    return started() if started is not None else bool(getattr(xla_bridge, "_backends", True))
 
 
 def run(config: Any, num_devices: int = 0, accelerator: str = "") -> dict[str, Any]:
