@@ -385,6 +385,12 @@ def compare_with_autoregressive(
         ar_tokens, ar_seconds = autoregressive_run
     summary = summarize(out, gamma)
     sd_tokens = summary["generated_tokens"]
+    # The batch decodes until its slowest row is done: loop iterations (the largest
+    # row's target calls) and tokens per row per iteration, below tau when rows need
+    # different numbers of blocks (stragglers).
+    iterations = float(np.asarray(out.num_target_calls).max(initial=0))
+    summary["loop_iterations"] = iterations
+    summary["batch_block_efficiency"] = sd_tokens / max(iterations * len(out.num_generated), 1.0)
     theory = theoretical_speedup(summary["block_efficiency"], cost, gamma)
     measured = measured_speedup(sd_tokens, sd_seconds, ar_tokens, ar_seconds)
     summary.update(
