@@ -930,7 +930,7 @@ class T5Transformer(nn.Module):
         cache = {"encoder_mask": encoder_input_tokens > 0}
         if cfg.scan_layers:
             shape = (cfg.num_decoder_layers,) + shape
-            cross = {"": cross}
+            cross = {"layers": cross}  # One stacked entry, named as the scan names it.
         for name, (key, value) in cross.items():
             layer = {
                 "key": jnp.zeros(shape, dtype),
@@ -938,7 +938,7 @@ class T5Transformer(nn.Module):
                 "cross_key": key.astype(dtype),
                 "cross_value": value.astype(dtype),
             }
-            cache[name or "layers"] = layer
+            cache[name] = layer
         return cache
 
     def decode(self, tokens: Array, positions: Array, cache: Cache) -> tuple[Array, Cache]:
