@@ -74,6 +74,9 @@ def gsm_symbolic_data(**overrides: Any) -> ml_collections.ConfigDict:
     # seqio packing of training examples (segment-aware attention); evaluation
     # batches are never packed.
     data.pack = False
+    # A file from `python -m distillspec_jax.tasks tokenize` ('' = read the task through
+    # seqio): training reads it without TensorFlow or seqio, e.g. on an accelerator host.
+    data.tokenized_path = ""
     # Model vocabulary size; 0 = the tokenizer's size. The public T5 v1.1
     # checkpoints use 32128 (32000 pieces + 100 extra ids, padded).
     data.model_vocab_size = 0

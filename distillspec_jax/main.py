@@ -213,7 +213,7 @@ def evaluation_config(
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    from distillspec_jax import checkpoints, tasks
+    from distillspec_jax import checkpoints
 
     start = time.time()
     fs.makedirs(workdir)
@@ -233,7 +233,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             raise SystemExit(str(error)) from None
         if not fs.exists(vocab_path):
             fs.write_bytes(vocab_path, fs.read_bytes(shipped_vocab))
+    elif data.get("tokenized_path"):  # The vocabulary the file was tokenized with.
+        from distillspec_jax import tokenized
+
+        vocab_bytes = tokenized.TokenizedData(data.tokenized_path).vocab_bytes
+        if not fs.exists(vocab_path):
+            fs.write_bytes(vocab_path, vocab_bytes)
     else:
+        from distillspec_jax import tasks
+
         tasks.train_sentencepiece(
             tasks.gsm_symbolic_texts(data.train_size, data.seed), vocab_path, data.vocab_size
         )
@@ -253,6 +261,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         }
     if config.pretrain:
         return write_pretrained(config, workdir, vocab_path)
+    from distillspec_jax import tasks
+
     eval_start = time.time()
     results = evaluate.run(
         evaluation_config(config, workdir, vocab_path), os.path.join(workdir, "evaluation")
@@ -306,6 +316,11 @@ def write_pretrained(config: ml_collections.ConfigDict, workdir: str, vocab_path
         for stage in stages
     }
     command = "python -m distillspec_jax.main --config configs/default.py:pretrain --workdir DIR"
+    if config.data.get("tokenized_path"):  # Trained from a pre-tokenized file.
+        command = (
+            "python -m distillspec_jax.tasks tokenize --config configs/default.py:pretrain "
+            f"--out DATA.npz && {command} --config.data.tokenized_path=DATA.npz"
+        )
     machine = {
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -339,7 +354,9 @@ def run_cli(run_fn, default_config: str, config_help: str, workdir_help: str, ar
     flags.mark_flags_as_required(["workdir"])
 
     def _run(_):
-        cli.configure_logging(flags.FLAGS.verbose)
+        data = flags.FLAGS.config.get("data") or {}
+        # Training from a pre-tokenized file needs neither TensorFlow nor seqio.
+        cli.configure_logging(flags.FLAGS.verbose, data=not data.get("tokenized_path"))
         run_fn(flags.FLAGS.config, flags.FLAGS.workdir)
 
     app.run(_run, argv=argv, flags_parser=cli.parse_flags)

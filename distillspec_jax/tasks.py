@@ -648,6 +648,81 @@ def decode_tokens(vocab: seqio.Vocabulary, tokens: np.ndarray) -> list[str]:
 
 
 # --------------------------------------------------------------------------
+# Pre-tokenized files (read by distillspec_jax.tokenized, without TensorFlow).
+# --------------------------------------------------------------------------
+
+
+def tokenize_to_file(data: Any, out: str, splits: Sequence[str] = ()) -> dict[str, Any]:
+    """Writes the data config's task, tokenized, with its vocabulary, to `out`.
+
+    The vocabulary is data.vocab_path, else (gsm_symbolic) the one a training run
+    trains from the same settings. `splits`: default the config's train and eval
+    splits. Returns the file's metadata.
+    """
+    import tempfile
+
+    from distillspec_jax import tokenized
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_path = data.vocab_path
+        if not vocab_path:
+            if data.task != "gsm_symbolic":
+                raise ValueError(f"data.vocab_path is required for task {data.task!r}")
+            vocab_path = train_sentencepiece(
+                gsm_symbolic_texts(data.train_size, data.seed),
+                os.path.join(tmp, "spm.model"),
+                data.vocab_size,
+            )
+        vocab = get_vocabulary(vocab_path)
+        name = register_from_config(data, vocab)
+        task = seqio.get_mixture_or_task(name)
+        lengths = {"inputs": data.max_input_length, "targets": data.max_target_length}
+        out_splits = {}
+        for split in splits or dict.fromkeys((data.train_split, data.eval_split)):
+            ds = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
+            rows = {field: [] for field in tokenized.FIELDS}
+            with fs.quiet_stderr():
+                for example in ds.as_numpy_iterator():
+                    for field in tokenized.FIELDS:
+                        rows[field].append(np.asarray(example[field]))
+            out_splits[split] = rows
+        return tokenized.write(
+            out, data, fs.read_bytes(vocab_path), vocab.vocab_size, out_splits
+        )
+
+
+def tokenize_main(argv: Sequence[str]) -> None:
+    """`python -m distillspec_jax.tasks tokenize --config CONFIG --out FILE.npz`."""
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    from distillspec_jax import cli
+
+    config_flags.DEFINE_config_file("config", None, "A training or study config (its .data).")
+    flags.DEFINE_string("out", None, "The .npz file to write.")
+    flags.DEFINE_bool("verbose", False, "Show library logs.")
+    flags.mark_flags_as_required(["config", "out"])
+
+    def run(_):
+        cli.configure_logging(flags.FLAGS.verbose)
+        data = flags.FLAGS.config.data
+        try:
+            meta = tokenize_to_file(data, flags.FLAGS.out)
+        except (ValueError, FileNotFoundError) as error:
+            raise SystemExit(f"tokenize: {error}") from None
+        size = os.path.getsize(flags.FLAGS.out) if not fs.is_remote(flags.FLAGS.out) else 0
+        print(
+            f"wrote {flags.FLAGS.out} ({size / 2**20:.1f} MiB): "
+            + ", ".join(f"{n} {s}" for s, n in meta["examples"].items())
+            + f" examples, {meta['vocab_pieces']} pieces; train with "
+            f"--config.data.tokenized_path={flags.FLAGS.out}"
+        )
+
+    app.run(run, argv=["python -m distillspec_jax.tasks tokenize", *argv],
+            flags_parser=cli.parse_flags)  # fmt: skip
+
+
+# --------------------------------------------------------------------------
 # Command line: a vocabulary for your own data.
 # --------------------------------------------------------------------------
 
@@ -655,15 +730,23 @@ def decode_tokens(vocab: seqio.Vocabulary, tokens: np.ndarray) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m distillspec_jax.tasks vocab OUT.model --jsonl train.jsonl [...]`.
 
+    (`python -m distillspec_jax.tasks tokenize --config CONFIG --out FILE.npz`
+    writes a config's task pre-tokenized, see `tokenize_main`.)
+
     Trains a T5-layout SentencePiece model (pad 0, EOS 1, unk 2) on the input and
     target fields of JSONL files and prints its real size: a small corpus gives
     fewer pieces than asked for, and the models take the real size (or
     data.model_vocab_size, which must be at least that).
     """
     import argparse
+    import sys
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["tokenize"]:
+        return tokenize_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m distillspec_jax.tasks")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("tokenize", help="write a config's task pre-tokenized (--config, --out)")
     vocab = sub.add_parser("vocab", help="train a SentencePiece model on JSONL files")
     vocab.add_argument("out", help="path of the .model file to write")
     vocab.add_argument("--jsonl", nargs="+", required=True, help="JSONL files to read")

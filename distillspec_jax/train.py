@@ -65,7 +65,8 @@ def initialize_multihost() -> None:
 
 
 class MetricsWriter:
-    """metrics.jsonl plus TensorBoard scalars, written by process 0 only."""
+    """metrics.jsonl plus TensorBoard scalars (where TensorFlow is installed), written by
+    process 0 only."""
 
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
@@ -73,8 +74,11 @@ class MetricsWriter:
         self._tb = None
         if self.enabled:
             fs.makedirs(workdir)
-            import tensorflow as tf  # Lazy: TensorBoard event files.
-
+            try:  # Lazy: TensorBoard event files.
+                import tensorflow as tf
+            except ImportError:  # A host training from a pre-tokenized file may lack it.
+                logging.warning("TensorFlow is not installed: metrics go to metrics.jsonl only")
+                return
             self._tf = tf
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
@@ -95,6 +99,8 @@ class MetricsWriter:
             return
         record = {"step": int(step), "split": prefix, **{k: float(v) for k, v in metrics.items()}}
         fs.append_lines(self.path, [json.dumps(record)])
+        if self._tb is None:
+            return
         with self._tb.as_default():
             for key, value in metrics.items():
                 self._tf.summary.scalar(f"{prefix}/{key}", float(value), step=int(step))
@@ -162,9 +168,11 @@ def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def build_data(config: ml_collections.ConfigDict, workdir: str, family: str):
     """(vocabulary, train batches from a step, fixed eval batches) of this process."""
+    data = config.data
+    if data.get("tokenized_path"):
+        return _tokenized_data(config, workdir, family)
     from distillspec_jax import tasks
 
-    data = config.data
     vocab = tasks.get_vocabulary(vocabulary_path(config, workdir))
     task = tasks.register_from_config(data, vocab)
     splits = tasks.task_splits(task)
@@ -203,6 +211,42 @@ def build_data(config: ml_collections.ConfigDict, workdir: str, family: str):
 
     eval_ds = tasks.get_dataset(task, data.eval_split, shuffle=False, num_epochs=1, **common)
     eval_batches = list(tasks.numpy_batches(eval_ds.take(config.eval_batches)))
+    return vocab, train_batches, eval_batches
+
+
+def _tokenized_data(config: ml_collections.ConfigDict, workdir: str, family: str):
+    """build_data from a pre-tokenized file (no TensorFlow or seqio)."""
+    import types
+
+    from distillspec_jax import tokenized
+
+    data = config.data
+    source = tokenized.TokenizedData(data.tokenized_path)
+    source.check(data, family)
+    vocab_path = data.vocab_path or os.path.join(workdir, "vocab", "spm.model")
+    if fs.exists(vocab_path):
+        if fs.read_bytes(vocab_path) != source.vocab_bytes:
+            raise ValueError(
+                f"{vocab_path} is not the vocabulary {data.tokenized_path} was tokenized with"
+            )
+    else:
+        fs.write_bytes(vocab_path, source.vocab_bytes)
+    vocab = types.SimpleNamespace(
+        vocab_size=source.meta["vocab_pieces"], sentencepiece_model_file=vocab_path
+    )
+    lengths = {"inputs": data.max_input_length, "targets": data.max_target_length}
+    train = source.split(data.train_split, lengths)
+    evaluation = source.split(data.eval_split, lengths)
+    shard = dict(process_index=jax.process_index(), num_processes=jax.process_count())
+
+    def train_batches(start_step: int) -> Iterator[HostBatch]:
+        return tokenized.train_batches(
+            train, config.batch_size, config.seed, start_step, **shard
+        )
+
+    eval_batches = tokenized.eval_batches(
+        evaluation, config.batch_size, config.eval_batches, **shard
+    )
     return vocab, train_batches, eval_batches
 
 
@@ -263,6 +307,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"speculative_eval.temperature must be >= 0, got {spec.temperature}")
         if not config.target_checkpoint:
             raise ValueError("mode='distill' needs target_checkpoint (the target's workdir)")
+    if config.data.get("tokenized_path") and config.data.pack:
+        raise ValueError("data.tokenized_path does not pack: set data.pack=False")
     for field in ("batch_size", "num_train_steps", "checkpoint_every", "log_every"):
         if config[field] < (0 if field == "num_train_steps" else 1):
             raise ValueError(f"{field} must be positive, got {config[field]}")
