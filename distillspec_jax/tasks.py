@@ -686,9 +686,7 @@ def tokenize_to_file(data: Any, out: str, splits: Sequence[str] = ()) -> dict[st
                     for field in tokenized.FIELDS:
                         rows[field].append(np.asarray(example[field]))
             out_splits[split] = rows
-        return tokenized.write(
-            out, data, fs.read_bytes(vocab_path), vocab.vocab_size, out_splits
-        )
+        return tokenized.write(out, data, fs.read_bytes(vocab_path), vocab.vocab_size, out_splits)
 
 
 def tokenize_main(argv: Sequence[str]) -> None:

@@ -111,7 +111,9 @@ class TokenizedData:
     def split(self, name: str, lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
         """The split's encoder-decoder features, zero-padded to `lengths` (unpacked)."""
         if name not in self.meta["examples"]:
-            raise ValueError(f"{self.path} has no split {name!r}: it has {list(self.meta['examples'])}")
+            raise ValueError(
+                f"{self.path} has no split {name!r}: it has {list(self.meta['examples'])}"
+            )
         padded = {}
         for field, length in (("inputs", lengths["inputs"]), ("targets", lengths["targets"])):
             tokens = self._arrays[f"{name}/{field}/tokens"].astype(np.int32)

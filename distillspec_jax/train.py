@@ -240,9 +240,7 @@ def _tokenized_data(config: ml_collections.ConfigDict, workdir: str, family: str
     shard = dict(process_index=jax.process_index(), num_processes=jax.process_count())
 
     def train_batches(start_step: int) -> Iterator[HostBatch]:
-        return tokenized.train_batches(
-            train, config.batch_size, config.seed, start_step, **shard
-        )
+        return tokenized.train_batches(train, config.batch_size, config.seed, start_step, **shard)
 
     eval_batches = tokenized.eval_batches(
         evaluation, config.batch_size, config.eval_batches, **shard

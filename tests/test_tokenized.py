@@ -121,5 +121,8 @@ print("STEP", result["step"], "EVAL", result["eval"]["loss"])
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "STEP 3 EVAL" in done.stdout
-    with open(tmp_path / "run" / "vocab" / "spm.model", "rb") as f, open(data.vocab_path, "rb") as g:
+    with (
+        open(tmp_path / "run" / "vocab" / "spm.model", "rb") as f,
+        open(data.vocab_path, "rb") as g,
+    ):
         assert f.read() == g.read()
