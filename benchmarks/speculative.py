@@ -178,6 +178,7 @@ def derived_setups(
     seed=0,
     target_dims=DERIVED_TARGET,
     draft_layers=DERIVED_DRAFT_LAYERS,
+    bisection_steps=12,
 ) -> list[Setup]:
     """Pairs of measured acceptance `alphas` (per temperature), by bisection on the scale:
     a random target of `target_dims`, and its first `draft_layers` layers as the draft."""
@@ -206,7 +207,7 @@ def derived_setups(
     for temperature in temperatures:
         for alpha in alphas:
             low, high = -4.0, 2.0  # log10 of the scale; acceptance falls as it grows.
-            for _ in range(12):
+            for _ in range(bisection_steps):
                 mid = (low + high) / 2
                 low, high = (mid, high) if alpha_at(10**mid, temperature) > alpha else (low, mid)
             scale = 10 ** ((low + high) / 2)
