@@ -168,11 +168,7 @@ def plan(config: Any, devices: list[Any]) -> dict[str, Any]:
     from distillspec_jax import models, partitioning, sampling, trainer
     from distillspec_jax import train as train_lib
 
-    if config.get("mode") not in ("supervised", "distill"):
-        raise ValueError(
-            "plan takes a training config (mode 'supervised' or 'distill'); an evaluation "
-            "config's models are planned by the distillation stage of the same pair"
-        )
+    check_training_config(config)
     for field in ("model_gin_file",) + (("target_gin_file",) if config.mode == "distill" else ()):
         if not config[field]:
             raise ValueError(f"plan needs config.{field} (the architecture) to be set")
@@ -352,8 +348,17 @@ def _backend_started() -> bool:
     return started() if started is not None else bool(getattr(xla_bridge, "_backends", True))
 
 
+def check_training_config(config: Any) -> None:
+    if config.get("mode") not in ("supervised", "distill"):
+        raise ValueError(
+            "plan takes a training config (mode 'supervised' or 'distill'); an evaluation "
+            "config's models are planned by the distillation stage of the same pair"
+        )
+
+
 def run(config: Any, num_devices: int = 0, accelerator: str = "") -> dict[str, Any]:
     """The plan of `config` on its slice (or `num_devices` / `accelerator`)."""
+    check_training_config(config)  # Before the device count, which a study config lacks.
     accelerator = accelerator or config.get("accelerator", "") or ""
     chip, chips = parse_accelerator(accelerator) if accelerator else (None, 0)
     num_devices = num_devices or chips

@@ -108,6 +108,10 @@ def test_plan_command(tmp_path):
     bad = _plan("--config", "configs/tiny.py")
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1].startswith("plan: mesh_shape (-1, 1) leaves")
+    # A study config (no mode, an open mesh) is named as such, not as a mesh problem.
+    study = _plan("--config", "configs/default.py")
+    assert study.returncode != 0
+    assert study.stderr.strip().splitlines()[-1].startswith("plan: plan takes a training config")
 
 
 @pytest.mark.slow
