@@ -268,7 +268,7 @@ def decode_step_time(
         def body(i, carry):
             cache, tokens = carry
             logits, cache = model.decode(params, cache, tokens, jnp.full((batch_size,), i))
-            return cache, jnp.argmax(logits, -1).astype(jnp.int32)
+            return cache, sampling.argmax(logits)  # What the samplers do per step.
 
         return jax.lax.fori_loop(0, num_steps, body, (cache, tokens))[1]
 

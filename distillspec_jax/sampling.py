@@ -92,6 +92,34 @@ class _SDState:
 # --------------------------------------------------------------------------
 
 
+def argmax(x: Array) -> Array:
+    """Index of the largest entry on the last axis (the first on ties), int32.
+
+    The same answer as jnp.argmax, which lowers to a (value, index) pair reduction that
+    XLA:CPU does not vectorise (7.8 us per 1,836-entry row on this CPU, so 0.5 ms for
+    the [8, 8, V] verification of a batch-8 gamma-7 block); a max, then the smallest
+    index holding it, is two plain reductions (1.5-2 us per row). A row of NaNs gives
+    its last index.
+    """
+    top = jnp.max(x, axis=-1, keepdims=True)
+    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    size = x.shape[-1]
+    return jnp.minimum(jnp.min(jnp.where(x == top, index, size), axis=-1), size - 1)
+
+
+def sample_probs(rng: Array, probs: Array) -> Array:
+    """One draw per row from unnormalised probabilities [..., V] (inverse CDF), int32.
+
+    One uniform number per row instead of jax.random.categorical's V Gumbel numbers
+    and its argmax (on this CPU 4 us vs 22 us per row of 1,836). u lies in (0, 1], and
+    the draw is the first index whose running sum reaches u times the total, so an
+    entry of probability 0 is never drawn (the residual max(0, p - q) has many).
+    """
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = (1.0 - jax.random.uniform(rng, probs.shape[:-1] + (1,), cdf.dtype)) * cdf[..., -1:]
+    return jnp.minimum(jnp.sum(cdf < u, axis=-1, dtype=jnp.int32), probs.shape[-1] - 1)
+
+
 def sample_logits(
     rng: Array, logits: Array, temperature: float | Array, greedy: bool | None = None
 ) -> Array:
@@ -103,8 +131,8 @@ def sample_logits(
     if greedy is None:
         greedy = float(temperature) == 0.0
     if greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(rng, logits / temperature, axis=-1).astype(jnp.int32)
+        return argmax(logits)
+    return sample_probs(rng, jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1))
 
 
 def lenient_target_prob(p: Array, kind: str, eps: float | Array) -> Array:
@@ -470,7 +498,7 @@ def _accept(
     """
     gamma = drafted.shape[1]
     if greedy:
-        target_choice = jnp.argmax(p_logits, axis=-1).astype(jnp.int32)  # [B, gamma+1]
+        target_choice = argmax(p_logits)  # [B, gamma+1]
         accepted = jnp.cumprod(drafted == target_choice[:, :gamma], axis=1).astype(bool)
         num_accepted = accepted.sum(axis=1)
         return accepted, _gather_rows(target_choice, num_accepted)
@@ -487,8 +515,7 @@ def _accept(
     next_probs = residual_distribution(
         _gather_rows(p, num_accepted), _gather_rows(q_padded, num_accepted)
     )
-    next_token = jax.random.categorical(key_next, jnp.log(next_probs), axis=-1)
-    return accepted, next_token.astype(jnp.int32)
+    return accepted, sample_probs(key_next, next_probs)
 
 
 @functools.partial(

@@ -519,3 +519,26 @@ def test_invalid_arguments_raise_before_tracing():
             jax.random.PRNGKey(0),
             max_new_tokens=3,
         )
+
+
+def test_argmax_equals_jnp_argmax_with_ties():
+    rng = np.random.default_rng(0)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        x = jnp.asarray(rng.integers(-3, 4, size=(6, 5, 37)), dtype)  # Many ties.
+        np.testing.assert_array_equal(sampling.argmax(x), jnp.argmax(x, axis=-1))
+    x = jnp.full((2, 9), -jnp.inf).at[1, 4].set(0.0)
+    np.testing.assert_array_equal(sampling.argmax(x), [0, 4])
+    assert sampling.argmax(x).dtype == jnp.int32
+
+
+def test_sample_probs_follows_the_distribution_and_skips_zeros():
+    probs = jnp.array([0.0, 0.5, 0.0, 0.2, 0.3, 0.0]) * 3.0  # Unnormalised.
+    draws = jax.jit(jax.vmap(sampling.sample_probs, (0, None)))(
+        jax.random.split(jax.random.PRNGKey(0), 20000), probs
+    )
+    counts = np.bincount(np.asarray(draws), minlength=6)
+    assert counts[[0, 2, 5]].sum() == 0
+    expected = np.array([0.5, 0.2, 0.3]) * 20000
+    assert stats.chisquare(counts[[1, 3, 4]], expected).pvalue > 1e-3
+    # A wrong distribution is rejected by the same test.
+    assert stats.chisquare(counts[[1, 3, 4]], np.array([0.4, 0.3, 0.3]) * 20000).pvalue < 1e-6
