@@ -140,9 +140,24 @@ def install_stage(
 
     stage_dir = os.path.join(workdir, name)
     done = os.path.join(stage_dir, "done.json")
+    recipe = json.loads(json.dumps(pretrained_recipe(train_config)))
+    try:
+        sha256 = checkpoints.read_pretrained_manifest(pretrained_dir)["files"].get(f"{name}.npz")
+    except checkpoints.CheckpointError as error:
+        raise SystemExit(f"[{name}] {error}") from None
     if fs.exists(done):
         summary = fs.read_json(done)
         if summary.get("source") == "pretrained":
+            # A workdir installed from other shipped checkpoints (an older version of the
+            # repository) is refused, not silently mixed with this version's stages.
+            recorded = summary.get("recipe")
+            differ = checkpoints.recipe_differences(recorded, recipe) if recorded else []
+            if not recorded or differ or summary.get("sha256") != sha256:
+                raise SystemExit(
+                    f"[{name}] {stage_dir} holds another shipped checkpoint than "
+                    f"{pretrained_dir}'s ({', '.join(differ) or 'the file'} differ): use a "
+                    f"fresh workdir"
+                )
             print(f"[{name}] shipped checkpoint (step {summary['step']}), installed")
             return summary
     if fs.exists(done) or fs.listdir(checkpoints.checkpoint_dir(stage_dir)):
@@ -163,6 +178,8 @@ def install_stage(
     summary = {
         "source": "pretrained",
         "pretrained_dir": pretrained_dir,
+        "recipe": recipe,
+        "sha256": sha256,
         "step": entry["step"],
         "train": entry.get("train", {}),
         "eval": entry.get("eval", {}),

@@ -119,6 +119,12 @@ def test_pretrain_command_then_study_from_the_shipped_checkpoints(tmp_path, caps
     assert results["stages"]["draft_baseline"]["source"] == "pretrained"
     assert results["stages"]["draft_control"]["source"] == "trained"
     assert "supervised target" not in capsys.readouterr().err
+    # A workdir installed from other shipped checkpoints is refused, not mixed in.
+    other = default.get_config("quick")
+    other.pretrained_dir = shipped_dir
+    other.stages.target.optimizer.learning_rate = 1e-2
+    with pytest.raises(SystemExit, match=r"\[target\].*another shipped checkpoint.*optimizer"):
+        main.run(other, str(tmp_path / "study"))
     # A finished stage is never reused under another recipe.
     config.stages.draft_control.optimizer.learning_rate = 1e-2
     with pytest.raises(SystemExit, match=r"draft_control.*another config \(optimizer"):
