@@ -250,12 +250,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             raise SystemExit(str(error)) from None
         if not fs.exists(vocab_path):
             fs.write_bytes(vocab_path, fs.read_bytes(shipped_vocab))
-    elif data.get("tokenized_path"):  # The vocabulary the file was tokenized with.
-        from distillspec_jax import tokenized
-
-        vocab_bytes = tokenized.TokenizedData(data.tokenized_path).vocab_bytes
-        if not fs.exists(vocab_path):
-            fs.write_bytes(vocab_path, vocab_bytes)
+    elif data.get("tokenized_path"):
+        pass  # Training writes the file's own vocabulary to vocab_path (train.build_data).
     else:
         from distillspec_jax import tasks
 

@@ -92,9 +92,8 @@ class TokenizedData:
         self.vocab_bytes = self._arrays["vocab"].tobytes()
 
     def check(self, data: Mapping[str, Any], family: str) -> None:
-        """One-line error when the file was made for other data settings."""
-        if data.get("pack"):
-            raise ValueError("data.tokenized_path does not pack: set data.pack=False")
+        """One-line error when the file was made for other data settings (train.check_config
+        refuses data.pack with it before this)."""
         if family not in ("t5", "encoder_decoder"):
             raise ValueError(
                 f"data.tokenized_path feeds encoder-decoder models; this model is {family!r}"
