@@ -287,13 +287,23 @@ def run(
         }
         for batch in batches:
             prompts, lengths, enc = setup.prompts(batch)
-            cost = evaluation.cost_ratio(draft, draft_params, target, target_params, batch, enc)
+            # Calls timed in a cache as long as the sampler's (at the largest gamma):
+            # attention reads the whole buffer.
+            timing = dict(
+                encoder_inputs=enc,
+                cache_length=sampling.speculative_cache_length(
+                    prompts.shape[1], max_new_tokens, max(gammas)
+                ),
+            )
+            cost = evaluation.cost_ratio(
+                draft, draft_params, target, target_params, batch, **timing
+            )
             draft_two = evaluation.decode_step_time(
-                draft, draft_params, batch, encoder_inputs=enc, tokens_per_call=2
+                draft, draft_params, batch, tokens_per_call=2, **timing
             )
             verify = {
                 g: evaluation.decode_step_time(
-                    target, target_params, batch, encoder_inputs=enc, tokens_per_call=g + 1
+                    target, target_params, batch, tokens_per_call=g + 1, **timing
                 )
                 for g in sorted(set(gammas) | ({1} if overhead else set()))
             }

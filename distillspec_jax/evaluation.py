@@ -253,15 +253,22 @@ def decode_step_time(
     encoder_inputs: jax.Array | None = None,
     repeats: int = 3,
     tokens_per_call: int = 1,
+    cache_length: int | None = None,
 ) -> float:
     """Seconds per cached decode call of `tokens_per_call` tokens, in a jitted fori_loop.
 
     Call i feeds its tokens at position i, so the cache fill grows as in decoding.
+    Attention reads the whole cache buffer, so a call costs more in a longer
+    cache: pass the length the sampler allocates
+    (`sampling.speculative_cache_length`) to
+    time the calls it makes. Default: just long enough, num_steps + tokens.
     """
+    length = cache_length or num_steps + tokens_per_call
+    if length < num_steps + tokens_per_call:
+        raise ValueError(f"cache_length {length} < num_steps + tokens_per_call")
 
     @jax.jit
     def run(params, encoder_inputs):
-        length = num_steps + tokens_per_call
         cache = model.init_cache(params, batch_size, length, encoder_inputs)
         tokens = jnp.zeros((batch_size, tokens_per_call), jnp.int32)
 
@@ -275,7 +282,7 @@ def decode_step_time(
     # Subtract the cost of building the cache (and running the encoder) once.
     @jax.jit
     def setup_only(params, encoder_inputs):
-        cache = model.init_cache(params, batch_size, num_steps + tokens_per_call, encoder_inputs)
+        cache = model.init_cache(params, batch_size, length, encoder_inputs)
         return jax.tree_util.tree_leaves(cache)[0].sum()
 
     _, loop_time = time_call(lambda: run(params, encoder_inputs), repeats)
@@ -291,10 +298,12 @@ def cost_ratio(
     batch_size: int,
     encoder_inputs: jax.Array | None = None,
     num_steps: int = 64,
+    cache_length: int | None = None,
 ) -> dict[str, float]:
     """Measured c = draft step time / target step time (one-token cached decode)."""
-    draft = decode_step_time(draft_model, draft_params, batch_size, num_steps, encoder_inputs)
-    target = decode_step_time(target_model, target_params, batch_size, num_steps, encoder_inputs)
+    common = dict(encoder_inputs=encoder_inputs, cache_length=cache_length)
+    draft = decode_step_time(draft_model, draft_params, batch_size, num_steps, **common)
+    target = decode_step_time(target_model, target_params, batch_size, num_steps, **common)
     return {"draft_step_s": draft, "target_step_s": target, "cost_ratio": draft / target}
 
 

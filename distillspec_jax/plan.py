@@ -104,8 +104,8 @@ def _cache_bytes(cache_shapes: Any, mesh: Any) -> int:
     total = 0
     for leaf in jax.tree_util.tree_leaves(cache_shapes):
         shape = list(leaf.shape)
-        if len(shape) >= 4:  # [(layers,) B, M, H, D]
-            b, h = len(shape) - 4, len(shape) - 2
+        if len(shape) >= 4:  # [(layers,) B, H, M, D]
+            b, h = len(shape) - 4, len(shape) - 3
             shape[b] //= data if shape[b] % data == 0 else 1
             shape[h] //= width if shape[h] % width == 0 else 1
         elif shape and shape[0] % data == 0:  # encoder mask [B, Le]

@@ -396,6 +396,12 @@ def _autoregressive_jit(
 # --------------------------------------------------------------------------
 
 
+def speculative_cache_length(prompt_length: int, max_new_tokens: int, gamma: int) -> int:
+    """The cache length `speculative_sample` allocates by default: the prompt, the
+    budget, and room for one block past it (a block may overrun before truncation)."""
+    return prompt_length + max_new_tokens + gamma + 1
+
+
 def speculative_sample(
     target_model: DecodeModel,
     target_params: Any,
@@ -448,7 +454,7 @@ def speculative_sample(
         raise ValueError(f"Unknown lenience {lenience!r}; valid: {LENIENCE_KINDS}")
     if not 0.0 < eps <= 1.0:
         raise ValueError(f"eps must lie in (0, 1], got {eps}")
-    needed = prompts.shape[1] + max_new_tokens + gamma + 1
+    needed = speculative_cache_length(prompts.shape[1], max_new_tokens, gamma)
     cache_length = cache_length or needed
     _validate(prompts, prompt_lengths, max_new_tokens, temperature, cache_length, needed)
     return _speculative_jit(

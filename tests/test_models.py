@@ -18,15 +18,16 @@ def _random_batch(rng, batch, length):
     return jnp.asarray(rng.integers(1, VOCAB, size=(batch, length)), jnp.int32)
 
 
+@pytest.mark.parametrize("batch", [3, 1])  # Batch 1 writes the cache another way.
 @pytest.mark.parametrize("family", ["t5", "decoder_only"])
-def test_incremental_decode_matches_teacher_forcing(family):
+def test_incremental_decode_matches_teacher_forcing(family, batch):
     """Prefill, then random chunks at ragged per-row positions, with a rollback."""
     model = _tiny(family)
     params = model.init(jax.random.PRNGKey(1))
     rng = np.random.default_rng(0)
-    batch, max_len = 3, 40
-    seq = _random_batch(rng, batch, max_len)
-    enc = _random_batch(rng, batch, 7).at[1, 5:].set(0) if family == "t5" else None
+    max_len = 40
+    seq = _random_batch(rng, 3, max_len)[:batch]
+    enc = _random_batch(rng, 3, 7).at[1, 5:].set(0)[:batch] if family == "t5" else None
     full_batch = {"decoder_input_tokens": seq}
     if enc is not None:
         full_batch["encoder_input_tokens"] = enc
@@ -38,7 +39,7 @@ def test_incremental_decode_matches_teacher_forcing(family):
     pos = np.zeros(batch, np.int32)
     logits, cache = decode(params, cache, seq[:, :5], jnp.asarray(pos))
     np.testing.assert_allclose(logits, full[:, :5], atol=1e-4)
-    pos = np.array([5, 2, 4], np.int32)  # rows keep 5, 2 and 4 tokens (rollback).
+    pos = np.array([5, 2, 4], np.int32)[:batch]  # rows keep 5, 2, 4 tokens (rollback).
     # Corrupt the sequence beyond each row's position: a rollback must rewrite it.
     for step in range(12):
         k = int(rng.integers(1, 9))
@@ -172,3 +173,19 @@ def test_packed_rows_equal_separate_examples(family):
     logits = np.asarray(model.logits(params, packed))[0]
     np.testing.assert_allclose(logits[:5], alone(a, ea), atol=1e-5)
     np.testing.assert_allclose(logits[5:], alone(b, eb), atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_cache_write_clamps_like_dynamic_update_slice(batch):
+    """Both cache-write paths (batch 1 and batched) equal a per-row
+    dynamic_update_slice, including starts that would run past the end."""
+    rng = np.random.default_rng(0)
+    buffer = jnp.asarray(rng.normal(size=(batch, 2, 10, 3)), jnp.float32)
+    update = jnp.asarray(rng.normal(size=(batch, 4, 2, 3)), jnp.float32)
+    for starts in ([0, 3, 6], [9, 7, 1], [2, 8, 5]):
+        positions = jnp.asarray(starts[:batch], jnp.int32)
+        expected = jax.vmap(
+            lambda buf, upd, p: jax.lax.dynamic_update_slice(buf, upd.transpose(1, 0, 2), (0, p, 0))
+        )(buffer, update, positions)
+        got = jax.jit(networks._write_rows)(buffer, update, positions)
+        np.testing.assert_array_equal(got, expected)
