@@ -287,26 +287,17 @@ def run(
         }
         for batch in batches:
             prompts, lengths, enc = setup.prompts(batch)
-            # Calls timed in a cache as long as the sampler's (at the largest gamma):
-            # attention reads the whole buffer.
-            timing = dict(
-                encoder_inputs=enc,
+            # The cost model's calls, interleaved, in a cache as long as the sampler's
+            # (at the largest gamma): attention reads the whole buffer.
+            cost = evaluation.sampler_call_times(
+                draft, draft_params, target, target_params, batch,
+                sorted(set(gammas) | ({1} if overhead else set())), enc,
                 cache_length=sampling.speculative_cache_length(
                     prompts.shape[1], max_new_tokens, max(gammas)
                 ),
-            )
-            cost = evaluation.cost_ratio(
-                draft, draft_params, target, target_params, batch, **timing
-            )
-            draft_two = evaluation.decode_step_time(
-                draft, draft_params, batch, tokens_per_call=2, **timing
-            )
-            verify = {
-                g: evaluation.decode_step_time(
-                    target, target_params, batch, tokens_per_call=g + 1, **timing
-                )
-                for g in sorted(set(gammas) | ({1} if overhead else set()))
-            }
+            )  # fmt: skip
+            draft_two = cost["draft_two_token_s"]
+            verify = {int(g): t for g, t in cost["target_verify_s"].items()}
             common = dict(
                 max_new_tokens=max_new_tokens,
                 eos_id=setup.eos_id,
@@ -314,14 +305,12 @@ def run(
                 encoder_inputs=enc,
             )
             for temperature in setup.temperatures:
-                ar_run = None
                 for gamma in gammas:
                     row = evaluation.compare_with_autoregressive(
                         target, target_params, draft, draft_params, prompts, lengths,
                         gamma=gamma, temperature=temperature, cost=cost["cost_ratio"],
-                        autoregressive_run=ar_run, **common,
+                        **common,
                     )  # fmt: skip
-                    ar_run = (row["ar_generated_tokens"], row["ar_run_s"])
                     cost_model = evaluation.cost_model_speedup(
                         row["block_efficiency"],
                         gamma,
@@ -360,8 +349,7 @@ def run(
                 # Pure loop overhead: draft == target at gamma = 1 (theory: speedup 1).
                 same = evaluation.compare_with_autoregressive(
                     target, target_params, target, target_params, prompts, lengths,
-                    gamma=1, temperature=temperature, cost=1.0, autoregressive_run=ar_run,
-                    **common,
+                    gamma=1, temperature=temperature, cost=1.0, **common,
                 )  # fmt: skip
                 results["loop_overhead"].append(
                     {

@@ -603,41 +603,28 @@ class Evaluator:
     def _cost_ratio(self, draft: str, prompts: Prompts) -> dict[str, float]:
         """Measured once per draft architecture: drafts of one architecture cost the
         same per step, so timing noise cannot favour one of them. Also the draft's
-        2-token call and the target's (gamma+1)-token calls (the cost model). Calls
-        are timed in a cache as long as the sampler's at the largest gamma."""
+        2-token call and the target's (gamma+1)-token calls (the cost model), all
+        timed together, in a cache as long as the sampler's at the largest gamma."""
         cfg = self.config
         model = self.drafts[draft]
         same = [name for name in self._cost if self.drafts[name] == model]
         if same:
             self._cost[draft] = self._cost[same[0]]
-        tokens, _, enc = prompts.rows(0, 1)
-        common = dict(
-            encoder_inputs=enc,
-            cache_length=sampling.speculative_cache_length(
-                tokens.shape[1], cfg.max_new_tokens, max(cfg.gammas)
-            ),
-        )
         if draft not in self._cost:
-            cost = evaluation.cost_ratio(
-                model, self.draft_params[draft], self.target, self.target_params, 1,
-                num_steps=cfg.cost_steps, **common,
-            )  # fmt: skip
-            cost["draft_two_token_s"] = evaluation.decode_step_time(
-                model, self.draft_params[draft], 1, cfg.cost_steps, tokens_per_call=2, **common
+            tokens, _, enc = prompts.rows(0, 1)
+            self._cost[draft] = evaluation.sampler_call_times(
+                model,
+                self.draft_params[draft],
+                self.target,
+                self.target_params,
+                1,
+                cfg.gammas,
+                enc,
+                cfg.cost_steps,
+                cache_length=sampling.speculative_cache_length(
+                    tokens.shape[1], cfg.max_new_tokens, max(cfg.gammas)
+                ),
             )
-            self._cost[draft] = cost
-        if "target_verify_s" not in self._cost[draft]:
-            self._cost[draft]["target_verify_s"] = {
-                str(g): evaluation.decode_step_time(
-                    self.target,
-                    self.target_params,
-                    1,
-                    cfg.cost_steps,
-                    tokens_per_call=int(g) + 1,
-                    **common,
-                )
-                for g in cfg.gammas
-            }
         return self._cost[draft]
 
     def _timed(self, prompts: Prompts, temperature: float, draft: str | None, gamma: int = 1):

@@ -228,21 +228,86 @@ def _token_acceptance_jit(
 # --------------------------------------------------------------------------
 
 
-def time_call(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, float]:
-    """(first call seconds, incl. compilation; fastest of `repeats` more calls).
+def time_calls(fns: Sequence[Callable[[], Any]], repeats: int = 3) -> list[tuple[float, float]]:
+    """Per function: (first call seconds, incl. compilation; fastest of `repeats` more).
 
-    The minimum, not the mean, because on a shared machine interference only
+    The timed calls are interleaved (round r calls every function once), so a
+    slow spell of a shared machine slows one round of every function rather than
+    every repeat of one. The minimum, not the mean, because interference only
     ever adds time.
     """
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
+    firsts, times = [], [[] for _ in fns]
+    for fn in fns:
         start = time.perf_counter()
         jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return first, float(np.min(times))
+        firsts.append(time.perf_counter() - start)
+    for _ in range(repeats):
+        for fn, fn_times in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            fn_times.append(time.perf_counter() - start)
+    return [(first, float(np.min(t))) for first, t in zip(firsts, times, strict=True)]
+
+
+def time_call(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, float]:
+    """(first call seconds, incl. compilation; fastest of `repeats` more calls)."""
+    return time_calls([fn], repeats)[0]
+
+
+def _decode_loop(model: Any, batch_size: int, num_steps: int, tokens: int, length: int):
+    """Jitted (params, encoder_inputs) -> tokens: `num_steps` cached decode calls of
+    `tokens` tokens, call i at position i; and the same cache setup alone."""
+
+    @jax.jit
+    def run(params, encoder_inputs):
+        cache = model.init_cache(params, batch_size, length, encoder_inputs)
+        fed = jnp.zeros((batch_size, tokens), jnp.int32)
+
+        def body(i, carry):
+            cache, fed = carry
+            logits, cache = model.decode(params, cache, fed, jnp.full((batch_size,), i))
+            return cache, sampling.argmax(logits)  # What the samplers do per step.
+
+        return jax.lax.fori_loop(0, num_steps, body, (cache, fed))[1]
+
+    @jax.jit
+    def setup_only(params, encoder_inputs):
+        cache = model.init_cache(params, batch_size, length, encoder_inputs)
+        return jax.tree_util.tree_leaves(cache)[0].sum()
+
+    return run, setup_only
+
+
+def decode_step_times(
+    calls: Sequence[tuple[Any, Any, int]],
+    batch_size: int,
+    num_steps: int = 64,
+    encoder_inputs: jax.Array | None = None,
+    repeats: int = 3,
+    cache_length: int | None = None,
+) -> list[float]:
+    """Seconds per cached decode call for each (model, params, tokens per call).
+
+    Each is timed in a jitted fori_loop whose call i feeds its tokens at position
+    i (the cache fills as in decoding), less the cache setup (and encoder) alone;
+    all of them interleaved (`time_calls`), so their ratios share the machine's
+    state. Attention reads the whole cache buffer, so a call costs more in a
+    longer cache: pass the length the sampler allocates
+    (`sampling.speculative_cache_length`) to time the calls it makes. Default:
+    just long enough, num_steps + the most tokens per call.
+    """
+    longest = num_steps + max(tokens for _, _, tokens in calls)
+    length = cache_length or longest
+    if length < longest:
+        raise ValueError(f"cache_length {length} < num_steps + tokens per call ({longest})")
+    fns = []
+    for model, params, tokens in calls:
+        run, setup_only = _decode_loop(model, batch_size, num_steps, tokens, length)
+        fns += [lambda f=run, p=params: f(p, encoder_inputs)]
+        fns += [lambda f=setup_only, p=params: f(p, encoder_inputs)]
+    times = [t for _, t in time_calls(fns, repeats)]
+    pairs = zip(times[0::2], times[1::2], strict=True)
+    return [max(loop - setup, 1e-9) / num_steps for loop, setup in pairs]
 
 
 def decode_step_time(
@@ -255,56 +320,42 @@ def decode_step_time(
     tokens_per_call: int = 1,
     cache_length: int | None = None,
 ) -> float:
-    """Seconds per cached decode call of `tokens_per_call` tokens, in a jitted fori_loop.
-
-    Call i feeds its tokens at position i, so the cache fill grows as in decoding.
-    Attention reads the whole cache buffer, so a call costs more in a longer
-    cache: pass the length the sampler allocates
-    (`sampling.speculative_cache_length`) to
-    time the calls it makes. Default: just long enough, num_steps + tokens.
-    """
-    length = cache_length or num_steps + tokens_per_call
-    if length < num_steps + tokens_per_call:
-        raise ValueError(f"cache_length {length} < num_steps + tokens_per_call")
-
-    @jax.jit
-    def run(params, encoder_inputs):
-        cache = model.init_cache(params, batch_size, length, encoder_inputs)
-        tokens = jnp.zeros((batch_size, tokens_per_call), jnp.int32)
-
-        def body(i, carry):
-            cache, tokens = carry
-            logits, cache = model.decode(params, cache, tokens, jnp.full((batch_size,), i))
-            return cache, sampling.argmax(logits)  # What the samplers do per step.
-
-        return jax.lax.fori_loop(0, num_steps, body, (cache, tokens))[1]
-
-    # Subtract the cost of building the cache (and running the encoder) once.
-    @jax.jit
-    def setup_only(params, encoder_inputs):
-        cache = model.init_cache(params, batch_size, length, encoder_inputs)
-        return jax.tree_util.tree_leaves(cache)[0].sum()
-
-    _, loop_time = time_call(lambda: run(params, encoder_inputs), repeats)
-    _, setup_time = time_call(lambda: setup_only(params, encoder_inputs), repeats)
-    return max(loop_time - setup_time, 1e-9) / num_steps
+    """Seconds per cached decode call of `tokens_per_call` tokens (`decode_step_times`)."""
+    calls = [(model, params, tokens_per_call)]
+    return decode_step_times(calls, batch_size, num_steps, encoder_inputs, repeats, cache_length)[0]
 
 
-def cost_ratio(
+def sampler_call_times(
     draft_model: Any,
     draft_params: Any,
     target_model: Any,
     target_params: Any,
     batch_size: int,
+    gammas: Sequence[int],
     encoder_inputs: jax.Array | None = None,
     num_steps: int = 64,
     cache_length: int | None = None,
-) -> dict[str, float]:
-    """Measured c = draft step time / target step time (one-token cached decode)."""
-    common = dict(encoder_inputs=encoder_inputs, cache_length=cache_length)
-    draft = decode_step_time(draft_model, draft_params, batch_size, num_steps, **common)
-    target = decode_step_time(target_model, target_params, batch_size, num_steps, **common)
-    return {"draft_step_s": draft, "target_step_s": target, "cost_ratio": draft / target}
+    repeats: int = 5,
+) -> dict[str, Any]:
+    """The measured call times the cost model needs, timed together (interleaved).
+
+    Returns draft_step_s and target_step_s (one-token calls), cost_ratio (their
+    ratio c), draft_two_token_s (the draft block's first call) and
+    target_verify_s {str(gamma): seconds of a (gamma+1)-token target call}.
+    """
+    gammas = sorted(set(int(g) for g in gammas))
+    calls = [(draft_model, draft_params, 1), (target_model, target_params, 1)]
+    calls += [(draft_model, draft_params, 2)]
+    calls += [(target_model, target_params, g + 1) for g in gammas]
+    times = decode_step_times(calls, batch_size, num_steps, encoder_inputs, repeats, cache_length)
+    draft, target, draft_two = times[:3]
+    return {
+        "draft_step_s": draft,
+        "target_step_s": target,
+        "cost_ratio": draft / target,
+        "draft_two_token_s": draft_two,
+        "target_verify_s": {str(g): t for g, t in zip(gammas, times[3:], strict=True)},
+    }
 
 
 def cost_model_speedup(
@@ -342,18 +393,16 @@ def compare_with_autoregressive(
     encoder_inputs: jax.Array | None = None,
     rng: jax.Array | None = None,
     repeats: int = 3,
-    autoregressive_run: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Times speculative decoding against autoregressive target decoding.
 
     Both decode the same prompts for up to the same number of new tokens; each
     is compiled (first call) before `repeats` timed calls with
-    block_until_ready. Each run's tokens/s uses its own token count.
+    block_until_ready, the two interleaved (`time_calls`). Each run's tokens/s
+    uses its own token count.
 
     Args:
-      cost: the measured cost ratio c (see `cost_ratio`).
-      autoregressive_run: (generated tokens, seconds) of the AR baseline
-        measured before on the same inputs, to avoid timing it again per gamma.
+      cost: the measured cost ratio c (see `sampler_call_times`).
 
     Returns:
       The `summarize` dict plus times, tokens/s and speedups.
@@ -384,14 +433,11 @@ def compare_with_autoregressive(
             target_model, target_params, prompts, prompt_lengths, rng, **common
         )
 
-    sd_first, sd_seconds = time_call(speculative, repeats)
+    (sd_first, sd_seconds), (ar_first, ar_seconds) = time_calls(
+        [speculative, autoregressive], repeats
+    )
     out = speculative()
-    ar_first = None
-    if autoregressive_run is None:
-        ar_first, ar_seconds = time_call(autoregressive, repeats)
-        ar_tokens = _total(autoregressive().num_generated)
-    else:
-        ar_tokens, ar_seconds = autoregressive_run
+    ar_tokens = _total(autoregressive().num_generated)
     summary = summarize(out, gamma)
     sd_tokens = summary["generated_tokens"]
     # The batch decodes until its slowest row is done: loop iterations (the largest
@@ -407,7 +453,7 @@ def compare_with_autoregressive(
         cost_ratio=cost,
         sd_compile_s=sd_first - sd_seconds,
         sd_run_s=sd_seconds,
-        ar_compile_s=None if ar_first is None else ar_first - ar_seconds,
+        ar_compile_s=ar_first - ar_seconds,
         ar_run_s=ar_seconds,
         ar_generated_tokens=ar_tokens,
         sd_tokens_per_s=sd_tokens / sd_seconds,
