@@ -19,9 +19,11 @@ Pairs:
              (target, draft_distilled), with EOS.
 
 Every row reports tau, alpha, the measured speedup over AR target decoding,
-measured / theoretical (tau / (c gamma + 1)) and measured / cost model (the
-speedup predicted from measured call times of the sampler's own calls). The
-loop overhead rows run SD with draft == target at gamma = 1 (theory: 1.0).
+measured / theoretical (tau / (c gamma + 1)), measured / cost model (tau and the
+measured times of the sampler's own calls) and measured / run cost model (the
+same calls, plus both models' measured prefill, times the loop iterations each
+run took: all but the loops' own bookkeeping). The loop overhead rows run SD
+with draft == target at gamma = 1.
 """
 
 from __future__ import annotations
@@ -265,6 +267,16 @@ def trained_setup(pretrained: str, workdir: str) -> Setup:
     )
 
 
+def _run_counts(row: dict[str, Any]) -> dict[str, float]:
+    """Tokens and loop iterations of a compare_with_autoregressive row's two runs."""
+    return dict(
+        sd_tokens=row["generated_tokens"],
+        sd_iterations=row["loop_iterations"],
+        ar_tokens=row["ar_generated_tokens"],
+        ar_iterations=row["ar_loop_iterations"],
+    )
+
+
 def run(
     setups: list[Setup],
     gammas,
@@ -288,13 +300,15 @@ def run(
         for batch in batches:
             prompts, lengths, enc = setup.prompts(batch)
             # The cost model's calls, interleaved, in a cache as long as the sampler's
-            # (at the largest gamma): attention reads the whole buffer.
+            # (at the largest gamma): attention reads the whole buffer. And each
+            # model's prefill (cache, encoder, prompt), which whole runs also pay.
             cost = evaluation.sampler_call_times(
                 draft, draft_params, target, target_params, batch,
                 sorted(set(gammas) | ({1} if overhead else set())), enc,
                 cache_length=sampling.speculative_cache_length(
                     prompts.shape[1], max_new_tokens, max(gammas)
                 ),
+                prompts=prompts,
             )  # fmt: skip
             draft_two = cost["draft_two_token_s"]
             verify = {int(g): t for g, t in cost["target_verify_s"].items()}
@@ -319,25 +333,21 @@ def run(
                         draft_two,
                         verify[gamma],
                     )
-                    # The same cost model at the tau the batch achieved per loop
-                    # iteration: what is left is the loop's own cost.
-                    batch_cost_model = evaluation.cost_model_speedup(
-                        row["batch_block_efficiency"],
-                        gamma,
-                        cost["target_step_s"],
-                        cost["draft_step_s"],
-                        draft_two,
-                        verify[gamma],
-                    )
+                    # The whole runs predicted from the measured calls: both prefills
+                    # and the loop iterations each run took (the slowest row sets
+                    # them). What is left is the loops' own cost.
+                    run_model = evaluation.run_cost_model_speedup(cost, gamma, **_run_counts(row))
                     row.update(
                         pair=setup.name,
                         batch=batch,
-                        batch_cost_model_speedup=batch_cost_model,
-                        measured_over_batch_cost_model=row["measured_speedup"] / batch_cost_model,
+                        run_cost_model_speedup=run_model,
+                        measured_over_run_cost_model=row["measured_speedup"] / run_model,
                         draft_step_s=cost["draft_step_s"],
                         target_step_s=cost["target_step_s"],
                         draft_two_token_call_s=draft_two,
                         target_verify_call_s=verify[gamma],
+                        target_prefill_s=cost["target_prefill_s"],
+                        draft_prefill_s=cost["draft_prefill_s"],
                         cost_model_speedup=cost_model,
                         measured_over_cost_model=row["measured_speedup"] / cost_model,
                     )
@@ -351,6 +361,14 @@ def run(
                     target, target_params, target, target_params, prompts, lengths,
                     gamma=1, temperature=temperature, cost=1.0, **common,
                 )  # fmt: skip
+                # The same model with the target standing in for the draft.
+                same_cost = {
+                    **cost,
+                    "draft_step_s": cost["target_step_s"],
+                    "draft_two_token_s": verify[1],
+                    "draft_prefill_s": cost["target_prefill_s"],
+                }
+                run_model = evaluation.run_cost_model_speedup(same_cost, 1, **_run_counts(same))
                 results["loop_overhead"].append(
                     {
                         "pair": setup.name,
@@ -358,15 +376,9 @@ def run(
                         "temperature": temperature,
                         "block_efficiency": same["block_efficiency"],
                         "sd_over_ar_time": same["sd_run_s"] / same["ar_run_s"],
-                        "cost_model_speedup": evaluation.cost_model_speedup(
-                            same["block_efficiency"],
-                            1,
-                            cost["target_step_s"],
-                            cost["target_step_s"],
-                            verify[1],
-                            verify[1],
-                        ),  # fmt: skip
+                        "run_cost_model_speedup": run_model,
                         "measured_speedup": same["measured_speedup"],
+                        "measured_over_run_cost_model": same["measured_speedup"] / run_model,
                     }
                 )
                 on_row(results)
@@ -378,11 +390,11 @@ ROW_COLUMNS = [
     "theoretical_block_efficiency_from_counters", "ar_tokens_per_s", "sd_tokens_per_s",
     "theoretical_speedup", "measured_speedup", "measured_over_theoretical",
     "cost_model_speedup", "measured_over_cost_model", "batch_block_efficiency",
-    "measured_over_batch_cost_model", "sd_compile_s",
+    "run_cost_model_speedup", "measured_over_run_cost_model", "sd_compile_s",
 ]  # fmt: skip
 OVERHEAD_COLUMNS = [
     "pair", "batch", "temperature", "block_efficiency", "sd_over_ar_time", "measured_speedup",
-    "cost_model_speedup",
+    "run_cost_model_speedup", "measured_over_run_cost_model",
 ]  # fmt: skip
 
 

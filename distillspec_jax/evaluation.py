@@ -254,13 +254,14 @@ def time_call(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, float]:
     return time_calls([fn], repeats)[0]
 
 
-def _decode_loop(model: Any, batch_size: int, num_steps: int, tokens: int, length: int):
-    """Jitted (params, encoder_inputs) -> tokens: `num_steps` cached decode calls of
-    `tokens` tokens, call i at position i; and the same cache setup alone."""
+def _decode_loop(model: Any, batch_size: int, num_steps: int, tokens: int):
+    """Jitted (params, cache) -> tokens: `num_steps` cached decode calls of `tokens`
+    tokens, call i at position i. The cache is an input, built beforehand: the
+    encoder of an encoder-decoder model costs as much as dozens of decode calls,
+    and subtracting a separately timed setup left its noise in the step time."""
 
     @jax.jit
-    def run(params, encoder_inputs):
-        cache = model.init_cache(params, batch_size, length, encoder_inputs)
+    def run(params, cache):
         fed = jnp.zeros((batch_size, tokens), jnp.int32)
 
         def body(i, carry):
@@ -270,12 +271,7 @@ def _decode_loop(model: Any, batch_size: int, num_steps: int, tokens: int, lengt
 
         return jax.lax.fori_loop(0, num_steps, body, (cache, fed))[1]
 
-    @jax.jit
-    def setup_only(params, encoder_inputs):
-        cache = model.init_cache(params, batch_size, length, encoder_inputs)
-        return jax.tree_util.tree_leaves(cache)[0].sum()
-
-    return run, setup_only
+    return run
 
 
 def decode_step_times(
@@ -289,10 +285,10 @@ def decode_step_times(
     """Seconds per cached decode call for each (model, params, tokens per call).
 
     Each is timed in a jitted fori_loop whose call i feeds its tokens at position
-    i (the cache fills as in decoding), less the cache setup (and encoder) alone;
-    all of them interleaved (`time_calls`), so their ratios share the machine's
-    state. Attention reads the whole cache buffer, so a call costs more in a
-    longer cache: pass the length the sampler allocates
+    i (the cache fills as in decoding), from a cache built beforehand; all of
+    them interleaved (`time_calls`), so their ratios share the machine's state.
+    Attention reads the whole cache buffer, so a call costs more in a longer
+    cache: pass the length the sampler allocates
     (`sampling.speculative_cache_length`) to time the calls it makes. Default:
     just long enough, num_steps + the most tokens per call.
     """
@@ -302,12 +298,33 @@ def decode_step_times(
         raise ValueError(f"cache_length {length} < num_steps + tokens per call ({longest})")
     fns = []
     for model, params, tokens in calls:
-        run, setup_only = _decode_loop(model, batch_size, num_steps, tokens, length)
-        fns += [lambda f=run, p=params: f(p, encoder_inputs)]
-        fns += [lambda f=setup_only, p=params: f(p, encoder_inputs)]
-    times = [t for _, t in time_calls(fns, repeats)]
-    pairs = zip(times[0::2], times[1::2], strict=True)
-    return [max(loop - setup, 1e-9) / num_steps for loop, setup in pairs]
+        cache = jax.jit(model.init_cache, static_argnums=(1, 2))(
+            params, batch_size, length, encoder_inputs
+        )
+        run = _decode_loop(model, batch_size, num_steps, tokens)
+        fns.append(lambda f=run, p=params, c=cache: f(p, c))
+    return [t / num_steps for _, t in time_calls(fns, repeats)]
+
+
+def prefill_time(
+    model: Any,
+    params: Any,
+    prompts: jax.Array,
+    cache_length: int,
+    encoder_inputs: jax.Array | None = None,
+    repeats: int = 3,
+) -> float:
+    """Seconds the samplers spend before their loop, per model: building the cache
+    (running the encoder once, for encoder-decoder models) and feeding the prompt."""
+
+    @jax.jit
+    def prefill(params, prompts, encoder_inputs):
+        cache = model.init_cache(params, prompts.shape[0], cache_length, encoder_inputs)
+        zeros = jnp.zeros((prompts.shape[0],), jnp.int32)
+        logits, _ = model.decode(params, cache, prompts, zeros)
+        return logits[:, -1].sum()
+
+    return time_call(lambda: prefill(params, prompts, encoder_inputs), repeats)[1]
 
 
 def decode_step_time(
@@ -336,12 +353,14 @@ def sampler_call_times(
     num_steps: int = 64,
     cache_length: int | None = None,
     repeats: int = 5,
+    prompts: jax.Array | None = None,
 ) -> dict[str, Any]:
     """The measured call times the cost model needs, timed together (interleaved).
 
     Returns draft_step_s and target_step_s (one-token calls), cost_ratio (their
     ratio c), draft_two_token_s (the draft block's first call) and
-    target_verify_s {str(gamma): seconds of a (gamma+1)-token target call}.
+    target_verify_s {str(gamma): seconds of a (gamma+1)-token target call}; with
+    `prompts` [B, P], also target_prefill_s and draft_prefill_s (`prefill_time`).
     """
     gammas = sorted(set(int(g) for g in gammas))
     calls = [(draft_model, draft_params, 1), (target_model, target_params, 1)]
@@ -349,13 +368,23 @@ def sampler_call_times(
     calls += [(target_model, target_params, g + 1) for g in gammas]
     times = decode_step_times(calls, batch_size, num_steps, encoder_inputs, repeats, cache_length)
     draft, target, draft_two = times[:3]
-    return {
+    out = {
         "draft_step_s": draft,
         "target_step_s": target,
         "cost_ratio": draft / target,
         "draft_two_token_s": draft_two,
         "target_verify_s": {str(g): t for g, t in zip(gammas, times[3:], strict=True)},
     }
+    if prompts is not None:
+        length = cache_length or prompts.shape[1] + num_steps + max(gammas) + 1
+        for name, model, params in (
+            ("target", target_model, target_params),
+            ("draft", draft_model, draft_params),
+        ):
+            out[f"{name}_prefill_s"] = prefill_time(
+                model, params, prompts, length, encoder_inputs, repeats
+            )
+    return out
 
 
 def cost_model_speedup(
@@ -375,6 +404,32 @@ def cost_model_speedup(
     """
     block = draft_two_token_s + (gamma - 1) * draft_step_s + target_verify_s
     return tau * target_step_s / block
+
+
+def run_cost_model_speedup(
+    times: dict[str, Any],
+    gamma: int,
+    *,
+    sd_tokens: float,
+    sd_iterations: float,
+    ar_tokens: float,
+    ar_iterations: float,
+) -> float:
+    """The speedup of whole runs predicted from measured call times.
+
+    SD: both prefills, then `sd_iterations` loop iterations of one block each; AR:
+    the target's prefill, then `ar_iterations` one-token steps (`times` from
+    `sampler_call_times` with prompts). Everything the runs do except the loops'
+    own bookkeeping is in it, so measured / this is the loop's efficiency.
+    """
+    block = (
+        times["draft_two_token_s"]
+        + (gamma - 1) * times["draft_step_s"]
+        + times["target_verify_s"][str(gamma)]
+    )
+    sd_s = times["target_prefill_s"] + times["draft_prefill_s"] + sd_iterations * block
+    ar_s = times["target_prefill_s"] + ar_iterations * times["target_step_s"]
+    return (sd_tokens / sd_s) / (ar_tokens / ar_s)
 
 
 def compare_with_autoregressive(
@@ -437,7 +492,8 @@ def compare_with_autoregressive(
         [speculative, autoregressive], repeats
     )
     out = speculative()
-    ar_tokens = _total(autoregressive().num_generated)
+    ar_out = autoregressive()
+    ar_tokens = _total(ar_out.num_generated)
     summary = summarize(out, gamma)
     sd_tokens = summary["generated_tokens"]
     # The batch decodes until its slowest row is done: loop iterations (the largest
@@ -456,6 +512,7 @@ def compare_with_autoregressive(
         ar_compile_s=ar_first - ar_seconds,
         ar_run_s=ar_seconds,
         ar_generated_tokens=ar_tokens,
+        ar_loop_iterations=float(np.asarray(ar_out.num_generated).max(initial=0)),
         sd_tokens_per_s=sd_tokens / sd_seconds,
         ar_tokens_per_s=ar_tokens / ar_seconds,
         theoretical_speedup=theory,
