@@ -448,25 +448,34 @@ def new_tokens(out: sampling.SampleOutput, prompt_lengths: np.ndarray) -> list[n
     return [seqs[i, s : s + n] for i, (s, n) in enumerate(zip(prompt_lengths, num, strict=True))]
 
 
-def timed_decode(fn: Callable[[int], sampling.SampleOutput], num: int, repeats: int):
-    """Runs fn(i) for prompts 0..num-1 at batch 1: (outputs, seconds, compile seconds).
+def timed_decodes(
+    fns: Sequence[Callable[[int], sampling.SampleOutput]], num: int, repeats: int
+) -> list[tuple[list[Any], float, float]]:
+    """Runs each fn(i) for prompts 0..num-1 at batch 1: per fn (outputs, seconds,
+    compile seconds).
 
-    fn(0) runs once first (compilation and warm-up); each prompt then runs
-    `repeats` times and its fastest time counts (interference only adds time).
+    Each fn(0) runs once first (compilation and warm-up). Then per prompt, `repeats`
+    rounds call every fn once (interleaved: a slow spell of a shared machine slows
+    all of them, not one), and each fn's fastest time counts (interference only
+    adds time).
     """
-    start = time.perf_counter()
-    jax.block_until_ready(fn(0))
-    compile_s = time.perf_counter() - start
-    outputs, seconds = [], 0.0
+    compile_s = []
+    for fn in fns:
+        start = time.perf_counter()
+        jax.block_until_ready(fn(0))
+        compile_s.append(time.perf_counter() - start)
+    outputs, seconds = [[] for _ in fns], [0.0 for _ in fns]
     for i in range(num):
-        times = []
+        times, last = [[] for _ in fns], [None for _ in fns]
         for _ in range(repeats):
-            start = time.perf_counter()
-            out = jax.block_until_ready(fn(i))
-            times.append(time.perf_counter() - start)
-        seconds += min(times)
-        outputs.append(jax.device_get(out))
-    return outputs, seconds, compile_s
+            for j, fn in enumerate(fns):
+                start = time.perf_counter()
+                last[j] = jax.block_until_ready(fn(i))
+                times[j].append(time.perf_counter() - start)
+        for j in range(len(fns)):
+            seconds[j] += min(times[j])
+            outputs[j].append(jax.device_get(last[j]))
+    return [(outputs[j], seconds[j], compile_s[j]) for j in range(len(fns))]
 
 
 # --------------------------------------------------------------------------
@@ -627,17 +636,23 @@ class Evaluator:
             )
         return self._cost[draft]
 
-    def _timed(self, prompts: Prompts, temperature: float, draft: str | None, gamma: int = 1):
-        """(tokens, seconds) at batch 1 over the timed prompts: AR when draft is None."""
+    def _timed(self, prompts: Prompts, temperature: float, draft: str, gamma: int):
+        """((AR tokens, seconds), (SD tokens, seconds)) at batch 1 over the timed
+        prompts, AR and SD interleaved per prompt (`timed_decodes`)."""
         cfg = self.config
-        decode = self._decoder(draft, temperature, gamma)
 
-        def fn(i):
-            return decode(*prompts.rows(i, i + 1), jax.random.PRNGKey(cfg.seed + i))
+        def prompt_fn(decode):
+            def fn(i):
+                return decode(*prompts.rows(i, i + 1), jax.random.PRNGKey(cfg.seed + i))
 
+            return fn
+
+        fns = [prompt_fn(self._decoder(name, temperature, gamma)) for name in (None, draft)]
         num = min(cfg.timed_prompts, len(prompts))
-        outs, seconds, _ = timed_decode(fn, num, cfg.timing_repeats)
-        return float(sum(int(o.num_generated.sum()) for o in outs)), seconds
+        return [
+            (float(sum(int(o.num_generated.sum()) for o in outs)), seconds)
+            for outs, seconds, _ in timed_decodes(fns, num, cfg.timing_repeats)
+        ]
 
     # -- Cells -----------------------------------------------------------------
 
@@ -672,7 +687,7 @@ class Evaluator:
                     out.append(fs.read_json(path))
                     continue
                 if (task, temperature) in ar_cache:
-                    ar, _, _, texts = ar_cache[task, temperature]
+                    ar, _, texts = ar_cache[task, temperature]
                 else:
                     ar = self._ar(prompts, float(temperature))
                     texts = generated_texts(self.vocab, ar, prompts.prompt_lengths)
@@ -749,8 +764,8 @@ class Evaluator:
             ar = self._ar(prompts, temperature)
             ar_texts = generated_texts(self.vocab, ar, prompts.prompt_lengths)
             metric, _ = metrics_with_rouge(task, prompts.targets, ar_texts)
-            ar_cache[task, temperature] = (ar, metric, None, ar_texts)
-        ar, metric_ar, ar_timed, ar_texts = ar_cache[task, temperature]
+            ar_cache[task, temperature] = (ar, metric, ar_texts)
+        ar, metric_ar, ar_texts = ar_cache[task, temperature]
         alpha_key = (task, temperature, draft, lenience, eps)
         if alpha_key not in alpha_cache:
             alpha_cache[alpha_key] = self._alpha_estimate(
@@ -798,10 +813,8 @@ class Evaluator:
             ],
         )
         if cfg.timed_prompts and lenience == "none":
-            if ar_timed is None:
-                ar_timed = self._timed(prompts, temperature, None)
-                ar_cache[task, temperature] = (ar, metric_ar, ar_timed, ar_texts)
-            sd_tokens, sd_seconds = self._timed(prompts, temperature, draft, gamma)
+            # AR timed beside each SD cell: a slow spell then cannot favour one side.
+            ar_timed, (sd_tokens, sd_seconds) = self._timed(prompts, temperature, draft, gamma)
             costs = self._cost_ratio(draft, prompts)
             cost = costs["cost_ratio"]
             row.cost_model_speedup = evaluation.cost_model_speedup(
