@@ -296,12 +296,11 @@ class Embed(nn.Module):
 def _write_rows(buffer: Array, update: Array, positions: Array) -> Array:
     """Writes update[b] into buffer[b] from positions[b] on along the length axis.
 
-    Start positions are clamped as dynamic_update_slice clamps them. Batch > 1:
-    one scatter with in-bounds indices, which XLA applies in place. Batch 1: a
-    select over the buffer (one pass); a scatter or dynamic_update_slice there is
-    fused by XLA:CPU into each of the cache's consumers, which costs several
-    whole-cache copies per call (measured: 29 per one-token call of the
-    3-layer study target).
+    Start positions are clamped as dynamic_update_slice clamps them. One scatter
+    with in-bounds indices, which XLA applies in place; except on CPU at batch 1,
+    where XLA:CPU fuses that write into each of the cache's consumers at the cost
+    of whole-cache copies (measured: 29 per one-token call of the 3-layer study
+    target), and one select pass over the buffer is cheaper.
 
     Args:
       buffer: [B, H, M, D] (a heads-major cache).
@@ -314,15 +313,22 @@ def _write_rows(buffer: Array, update: Array, positions: Array) -> Array:
     batch, num_new = update.shape[:2]
     update = update.astype(buffer.dtype)
     start = jnp.clip(positions, 0, buffer.shape[2] - num_new)
-    if batch == 1:
+
+    def scatter(buffer, update, start):
+        rows = jnp.arange(batch)[:, None]
+        cols = start[:, None] + jnp.arange(num_new)[None, :]
+        # Advanced indices on axes 0 and 2 put [B, K] first: the slice is [B, K, H, D].
+        return buffer.at[rows, :, cols].set(update, mode="promise_in_bounds")
+
+    def select(buffer, update, start):
         offset = jnp.arange(buffer.shape[2]) - start[0]
         hit = (offset >= 0) & (offset < num_new)
         new = jnp.take(update, jnp.clip(offset, 0, num_new - 1), axis=1).transpose(0, 2, 1, 3)
         return jnp.where(hit[None, None, :, None], new, buffer)
-    rows = jnp.arange(batch)[:, None]
-    cols = start[:, None] + jnp.arange(num_new)[None, :]
-    # Advanced indices on axes 0 and 2 put [B, K] first: the slice is [B, K, H, D].
-    return buffer.at[rows, :, cols].set(update, mode="promise_in_bounds")
+
+    if batch != 1:
+        return scatter(buffer, update, start)
+    return jax.lax.platform_dependent(buffer, update, start, cpu=select, default=scatter)
 
 
 def dot_product_attention(
