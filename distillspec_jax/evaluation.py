@@ -274,6 +274,30 @@ def _decode_loop(model: Any, batch_size: int, num_steps: int, tokens: int):
     return run
 
 
+def _decode_call_fns(
+    calls: Sequence[tuple[Any, Any, int]],
+    batch_size: int,
+    num_steps: int,
+    encoder_inputs: jax.Array | None,
+    cache_length: int | None,
+) -> list[Callable[[], Any]]:
+    """One timed function per (model, params, tokens per call): `num_steps` calls
+    from a cache built once per model (read only: the loop copies it)."""
+    longest = num_steps + max(tokens for _, _, tokens in calls)
+    length = cache_length or longest
+    if length < longest:
+        raise ValueError(f"cache_length {length} < num_steps + tokens per call ({longest})")
+    caches, fns = {}, []
+    for model, params, tokens in calls:
+        if id(params) not in caches:
+            caches[id(params)] = jax.jit(model.init_cache, static_argnums=(1, 2))(
+                params, batch_size, length, encoder_inputs
+            )
+        run = _decode_loop(model, batch_size, num_steps, tokens)
+        fns.append(lambda f=run, p=params, c=caches[id(params)]: f(p, c))
+    return fns
+
+
 def decode_step_times(
     calls: Sequence[tuple[Any, Any, int]],
     batch_size: int,
@@ -292,30 +316,19 @@ def decode_step_times(
     (`sampling.speculative_cache_length`) to time the calls it makes. Default:
     just long enough, num_steps + the most tokens per call.
     """
-    longest = num_steps + max(tokens for _, _, tokens in calls)
-    length = cache_length or longest
-    if length < longest:
-        raise ValueError(f"cache_length {length} < num_steps + tokens per call ({longest})")
-    fns = []
-    for model, params, tokens in calls:
-        cache = jax.jit(model.init_cache, static_argnums=(1, 2))(
-            params, batch_size, length, encoder_inputs
-        )
-        run = _decode_loop(model, batch_size, num_steps, tokens)
-        fns.append(lambda f=run, p=params, c=cache: f(p, c))
+    fns = _decode_call_fns(calls, batch_size, num_steps, encoder_inputs, cache_length)
     return [t / num_steps for _, t in time_calls(fns, repeats)]
 
 
-def prefill_time(
+def _prefill_fn(
     model: Any,
     params: Any,
     prompts: jax.Array,
     cache_length: int,
-    encoder_inputs: jax.Array | None = None,
-    repeats: int = 3,
-) -> float:
-    """Seconds the samplers spend before their loop, per model: building the cache
-    (running the encoder once, for encoder-decoder models) and feeding the prompt."""
+    encoder_inputs: jax.Array | None,
+) -> Callable[[], Any]:
+    """What the samplers do before their loop, per model: build the cache (running
+    the encoder once, for encoder-decoder models) and feed the prompt."""
 
     @jax.jit
     def prefill(params, prompts, encoder_inputs):
@@ -324,7 +337,7 @@ def prefill_time(
         logits, _ = model.decode(params, cache, prompts, zeros)
         return logits[:, -1].sum()
 
-    return time_call(lambda: prefill(params, prompts, encoder_inputs), repeats)[1]
+    return lambda: prefill(params, prompts, encoder_inputs)
 
 
 def decode_step_time(
@@ -360,30 +373,32 @@ def sampler_call_times(
     Returns draft_step_s and target_step_s (one-token calls), cost_ratio (their
     ratio c), draft_two_token_s (the draft block's first call) and
     target_verify_s {str(gamma): seconds of a (gamma+1)-token target call}; with
-    `prompts` [B, P], also target_prefill_s and draft_prefill_s (`prefill_time`).
+    `prompts` [B, P], also target_prefill_s and draft_prefill_s: each model's cache,
+    encoder and prompt feed, what the samplers do before their loop.
     """
     gammas = sorted(set(int(g) for g in gammas))
     calls = [(draft_model, draft_params, 1), (target_model, target_params, 1)]
     calls += [(draft_model, draft_params, 2)]
     calls += [(target_model, target_params, g + 1) for g in gammas]
-    times = decode_step_times(calls, batch_size, num_steps, encoder_inputs, repeats, cache_length)
-    draft, target, draft_two = times[:3]
+    fns = _decode_call_fns(calls, batch_size, num_steps, encoder_inputs, cache_length)
+    if prompts is not None:
+        length = cache_length or prompts.shape[1] + num_steps + max(gammas) + 1
+        fns += [
+            _prefill_fn(model, params, prompts, length, encoder_inputs)
+            for model, params in ((target_model, target_params), (draft_model, draft_params))
+        ]
+    times = [t for _, t in time_calls(fns, repeats)]
+    steps = [t / num_steps for t in times[: len(calls)]]
+    draft, target, draft_two = steps[:3]
     out = {
         "draft_step_s": draft,
         "target_step_s": target,
         "cost_ratio": draft / target,
         "draft_two_token_s": draft_two,
-        "target_verify_s": {str(g): t for g, t in zip(gammas, times[3:], strict=True)},
+        "target_verify_s": {str(g): t for g, t in zip(gammas, steps[3:], strict=True)},
     }
     if prompts is not None:
-        length = cache_length or prompts.shape[1] + num_steps + max(gammas) + 1
-        for name, model, params in (
-            ("target", target_model, target_params),
-            ("draft", draft_model, draft_params),
-        ):
-            out[f"{name}_prefill_s"] = prefill_time(
-                model, params, prompts, length, encoder_inputs, repeats
-            )
+        out["target_prefill_s"], out["draft_prefill_s"] = times[len(calls) :]
     return out
 
 
