@@ -250,9 +250,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             raise SystemExit(str(error)) from None
         if not fs.exists(vocab_path):
             fs.write_bytes(vocab_path, fs.read_bytes(shipped_vocab))
-    elif data.get("tokenized_path"):
-        pass  # Training writes the file's own vocabulary to vocab_path (train.build_data).
-    else:
+    # A tokenized file carries its own vocabulary: training writes it (train.build_data).
+    elif not data.get("tokenized_path"):
         from distillspec_jax import tasks
 
         tasks.train_sentencepiece(
