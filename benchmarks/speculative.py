@@ -22,8 +22,12 @@ Every row reports tau, alpha, the measured speedup over AR target decoding,
 measured / theoretical (tau / (c gamma + 1)), measured / cost model (tau and the
 measured times of the sampler's own calls) and measured / run cost model (the
 same calls, plus both models' measured prefill, times the loop iterations each
-run took: all but the loops' own bookkeeping). The loop overhead rows run SD
-with draft == target at gamma = 1.
+run took: all but the loops' own bookkeeping) and measured / run block model (the
+same with each block timed as one block of the loop's calls made in its order,
+without its acceptance and bookkeeping: on a CPU alternating two models costs
+more than their calls timed apart, composed_over_isolated_block, because each
+evicts the other's weights from the caches; what is left is the loop's own
+cost). The loop overhead rows run SD with draft == target at gamma = 1.
 """
 
 from __future__ import annotations
@@ -309,6 +313,7 @@ def run(
                     prompts.shape[1], max_new_tokens, max(gammas)
                 ),
                 prompts=prompts,
+                blocks=True,
             )  # fmt: skip
             draft_two = cost["draft_two_token_s"]
             verify = {int(g): t for g, t in cost["target_verify_s"].items()}
@@ -337,11 +342,20 @@ def run(
                     # and the loop iterations each run took (the slowest row sets
                     # them). What is left is the loops' own cost.
                     run_model = evaluation.run_cost_model_speedup(cost, gamma, **_run_counts(row))
+                    # The same with each block timed as the loop makes its calls: what
+                    # is left is the loop's sampling, acceptance and writes alone.
+                    block_model = evaluation.run_cost_model_speedup(
+                        cost, gamma, composed=True, **_run_counts(row)
+                    )
                     row.update(
                         pair=setup.name,
                         batch=batch,
                         run_cost_model_speedup=run_model,
                         measured_over_run_cost_model=row["measured_speedup"] / run_model,
+                        run_block_model_speedup=block_model,
+                        measured_over_run_block_model=row["measured_speedup"] / block_model,
+                        composed_over_isolated_block=cost["block_s"][str(gamma)]
+                        / evaluation.isolated_block_s(cost, gamma),
                         draft_step_s=cost["draft_step_s"],
                         target_step_s=cost["target_step_s"],
                         draft_two_token_call_s=draft_two,
@@ -390,7 +404,8 @@ ROW_COLUMNS = [
     "theoretical_block_efficiency_from_counters", "ar_tokens_per_s", "sd_tokens_per_s",
     "theoretical_speedup", "measured_speedup", "measured_over_theoretical",
     "cost_model_speedup", "measured_over_cost_model", "batch_block_efficiency",
-    "run_cost_model_speedup", "measured_over_run_cost_model", "sd_compile_s",
+    "run_cost_model_speedup", "measured_over_run_cost_model", "composed_over_isolated_block",
+    "measured_over_run_block_model", "sd_compile_s",
 ]  # fmt: skip
 OVERHEAD_COLUMNS = [
     "pair", "batch", "temperature", "block_efficiency", "sd_over_ar_time", "measured_speedup",

@@ -274,20 +274,61 @@ def _decode_loop(model: Any, batch_size: int, num_steps: int, tokens: int):
     return run
 
 
+def _block_loop(draft_model: Any, target_model: Any, batch_size: int, num_blocks: int, gamma: int):
+    """Jitted (draft params, target params, draft cache, target cache) -> tokens:
+    `num_blocks` blocks of the speculative sampler's model calls in its order and
+    shapes (a 2-token draft call, gamma - 1 one-token draft calls in a scan, a
+    (gamma+1)-token target call), block i at position i, fed argmax tokens, with
+    none of its acceptance or bookkeeping: the calls as the loop makes them, so
+    that what alternating two models costs (each call evicts the other model's
+    weights from the CPU caches) is in the time."""
+
+    @jax.jit
+    def run(draft_params, target_params, draft_cache, target_cache):
+        def draft_step(carry, _):
+            cache, token, position = carry
+            logits, cache = draft_model.decode(draft_params, cache, token[:, None], position)
+            token = sampling.argmax(logits[:, 0])
+            return (cache, token, position + 1), token
+
+        def block(i, carry):
+            draft_cache, target_cache, token = carry
+            position = jnp.full((batch_size,), i)
+            pair = jnp.stack([token, token], axis=1)
+            logits, draft_cache = draft_model.decode(draft_params, draft_cache, pair, position)
+            first = sampling.argmax(logits[:, -1])
+            (draft_cache, _, _), rest = jax.lax.scan(
+                draft_step, (draft_cache, first, position + 2), None, length=gamma - 1
+            )
+            fed = jnp.concatenate([token[:, None], first[:, None], rest.T], axis=1)
+            logits, target_cache = target_model.decode(
+                target_params, target_cache, fed, position + 1
+            )
+            return draft_cache, target_cache, sampling.argmax(logits[:, -1])
+
+        token = jnp.zeros((batch_size,), jnp.int32)
+        return jax.lax.fori_loop(0, num_blocks, block, (draft_cache, target_cache, token))[2]
+
+    return run
+
+
 def _decode_call_fns(
     calls: Sequence[tuple[Any, Any, int]],
     batch_size: int,
     num_steps: int,
     encoder_inputs: jax.Array | None,
     cache_length: int | None,
+    caches: dict[int, Any] | None = None,
 ) -> list[Callable[[], Any]]:
     """One timed function per (model, params, tokens per call): `num_steps` calls
-    from a cache built once per model (read only: the loop copies it)."""
+    from a cache built once per model (read only: the loop copies it), kept in
+    `caches` (keyed by id(params)) when one is passed."""
     longest = num_steps + max(tokens for _, _, tokens in calls)
     length = cache_length or longest
     if length < longest:
         raise ValueError(f"cache_length {length} < num_steps + tokens per call ({longest})")
-    caches, fns = {}, []
+    caches = {} if caches is None else caches
+    fns = []
     for model, params, tokens in calls:
         if id(params) not in caches:
             caches[id(params)] = jax.jit(model.init_cache, static_argnums=(1, 2))(
@@ -367,6 +408,7 @@ def sampler_call_times(
     cache_length: int | None = None,
     repeats: int = 5,
     prompts: jax.Array | None = None,
+    blocks: bool = False,
 ) -> dict[str, Any]:
     """The measured call times the cost model needs, timed together (interleaved).
 
@@ -374,13 +416,25 @@ def sampler_call_times(
     ratio c), draft_two_token_s (the draft block's first call) and
     target_verify_s {str(gamma): seconds of a (gamma+1)-token target call}; with
     `prompts` [B, P], also target_prefill_s and draft_prefill_s: each model's cache,
-    encoder and prompt feed, what the samplers do before their loop.
+    encoder and prompt feed, what the samplers do before their loop. With
+    `blocks`, also block_s {str(gamma): seconds of one block of the sampler's
+    calls made in its order, `_block_loop`}: against the sum of the calls timed
+    apart it shows what alternating the two models costs, against a whole SD run
+    what the loop itself adds.
     """
     gammas = sorted(set(int(g) for g in gammas))
     calls = [(draft_model, draft_params, 1), (target_model, target_params, 1)]
     calls += [(draft_model, draft_params, 2)]
     calls += [(target_model, target_params, g + 1) for g in gammas]
-    fns = _decode_call_fns(calls, batch_size, num_steps, encoder_inputs, cache_length)
+    caches: dict[int, Any] = {}
+    fns = _decode_call_fns(calls, batch_size, num_steps, encoder_inputs, cache_length, caches)
+    block_fns = []
+    if blocks:
+        state = (draft_params, target_params, caches[id(draft_params)], caches[id(target_params)])
+        for g in gammas:
+            run = _block_loop(draft_model, target_model, batch_size, num_steps, g)
+            block_fns.append(lambda f=run: f(*state))
+    fns += block_fns
     if prompts is not None:
         length = cache_length or prompts.shape[1] + num_steps + max(gammas) + 1
         fns += [
@@ -388,18 +442,30 @@ def sampler_call_times(
             for model, params in ((target_model, target_params), (draft_model, draft_params))
         ]
     times = [t for _, t in time_calls(fns, repeats)]
-    steps = [t / num_steps for t in times[: len(calls)]]
+    steps = [t / num_steps for t in times[: len(calls) + len(block_fns)]]
     draft, target, draft_two = steps[:3]
     out = {
         "draft_step_s": draft,
         "target_step_s": target,
         "cost_ratio": draft / target,
         "draft_two_token_s": draft_two,
-        "target_verify_s": {str(g): t for g, t in zip(gammas, steps[3:], strict=True)},
+        "target_verify_s": {str(g): t for g, t in zip(gammas, steps[3 : len(calls)], strict=True)},
     }
+    if blocks:
+        out["block_s"] = {str(g): t for g, t in zip(gammas, steps[len(calls) :], strict=True)}
     if prompts is not None:
-        out["target_prefill_s"], out["draft_prefill_s"] = times[len(calls) :]
+        out["target_prefill_s"], out["draft_prefill_s"] = times[len(calls) + len(block_fns) :]
     return out
+
+
+def isolated_block_s(times: dict[str, Any], gamma: int) -> float:
+    """One block's calls timed apart (`sampler_call_times`): a 2-token draft call,
+    gamma - 1 one-token draft calls and a (gamma+1)-token target call."""
+    return (
+        times["draft_two_token_s"]
+        + (gamma - 1) * times["draft_step_s"]
+        + times["target_verify_s"][str(gamma)]
+    )
 
 
 def cost_model_speedup(
@@ -429,19 +495,20 @@ def run_cost_model_speedup(
     sd_iterations: float,
     ar_tokens: float,
     ar_iterations: float,
+    composed: bool = False,
 ) -> float:
     """The speedup of whole runs predicted from measured call times.
 
     SD: both prefills, then `sd_iterations` loop iterations of one block each; AR:
     the target's prefill, then `ar_iterations` one-token steps (`times` from
-    `sampler_call_times` with prompts). Everything the runs do except the loops'
-    own bookkeeping is in it, so measured / this is the loop's efficiency.
+    `sampler_call_times` with prompts). A block is its calls timed apart
+    (`isolated_block_s`), or with `composed` the calls made in the loop's order
+    (times["block_s"], `sampler_call_times(blocks=True)`). Everything the runs do
+    except the loops' own bookkeeping is in it, so measured / this is the loop's
+    efficiency: against calls timed apart, it includes what alternating two models
+    costs; against composed blocks, only the loop's sampling, acceptance and writes.
     """
-    block = (
-        times["draft_two_token_s"]
-        + (gamma - 1) * times["draft_step_s"]
-        + times["target_verify_s"][str(gamma)]
-    )
+    block = times["block_s"][str(gamma)] if composed else isolated_block_s(times, gamma)
     sd_s = times["target_prefill_s"] + times["draft_prefill_s"] + sd_iterations * block
     ar_s = times["target_prefill_s"] + ar_iterations * times["target_step_s"]
     return (sd_tokens / sd_s) / (ar_tokens / ar_s)

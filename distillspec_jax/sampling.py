@@ -480,7 +480,7 @@ def speculative_sample(
 def _accept(
     key: Array,
     drafted: Array,
-    q_logits: Array,
+    q: Array | None,
     p_logits: Array,
     temperature: float | Array,
     greedy: bool,
@@ -492,7 +492,8 @@ def _accept(
     Args:
       key: PRNG key.
       drafted: [B, gamma] draft tokens.
-      q_logits: [B, gamma, V] draft logits that produced them.
+      q: [B, gamma, V] the draft distributions they were sampled from (float32;
+        None when greedy: greedy acceptance compares tokens only).
       p_logits: [B, gamma+1, V] target logits at the same positions (+ bonus).
       temperature, lenience, eps: see speculative_sample (temperature and eps
         may be traced).
@@ -509,8 +510,7 @@ def _accept(
         num_accepted = accepted.sum(axis=1)
         return accepted, _gather_rows(target_choice, num_accepted)
     key_accept, key_next = jax.random.split(key)
-    p = jax.nn.softmax(p_logits / temperature, axis=-1)
-    q = jax.nn.softmax(q_logits / temperature, axis=-1)
+    p = jax.nn.softmax(p_logits.astype(jnp.float32) / temperature, axis=-1)
     p_drafted = jnp.take_along_axis(p[:, :gamma], drafted[..., None], axis=-1)[..., 0]
     q_drafted = jnp.take_along_axis(q, drafted[..., None], axis=-1)[..., 0]
     u = jax.random.uniform(key_accept, drafted.shape)
@@ -560,8 +560,17 @@ def _speculative_jit(
     _, target_cache = target_model.decode(target_params, target_cache, prompt_tokens, zero_pos)
     _, draft_cache = draft_model.decode(draft_params, draft_cache, prompt_tokens, zero_pos)
 
-    def draft_block(state: _SDState, key: Array) -> tuple[Array, Array, Any]:
-        """gamma draft calls: tokens [B, gamma], their logits [B, gamma, V], cache."""
+    def draft_token(key: Array, logits: Array) -> tuple[Array, Array | None]:
+        """A draft token [B] and the distribution it was drawn from [B, V] (kept for
+        the acceptance test, not recomputed there; None when greedy)."""
+        if greedy:
+            return argmax(logits), None
+        probs = jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+        return sample_probs(key, probs), probs
+
+    def draft_block(state: _SDState, key: Array) -> tuple[Array, Array | None, Any]:
+        """gamma draft calls: tokens [B, gamma], their distributions [B, gamma, V]
+        (None when greedy), cache."""
         keys = jax.random.split(key, gamma)
         n = state.lengths
         # First call feeds x[n-2], x[n-1]: re-feeding x[n-2] is harmless and puts
@@ -570,19 +579,20 @@ def _speculative_jit(
         logits, cache = draft_model.decode(
             draft_params, state.draft_cache, _slice_rows(state.sequences, start, 2), start
         )
-        first_logits = _gather_rows(logits, n - 1 - start)
-        first = sample_logits(keys[0], first_logits, temperature, greedy)
+        first, first_q = draft_token(keys[0], _gather_rows(logits, n - 1 - start))
 
         def step(carry, step_key):
             cache, token, position = carry
             logits, cache = draft_model.decode(draft_params, cache, token[:, None], position)
-            nxt = sample_logits(step_key, logits[:, 0], temperature, greedy)
-            return (cache, nxt, position + 1), (nxt, logits[:, 0])
+            nxt, q = draft_token(step_key, logits[:, 0])
+            return (cache, nxt, position + 1), (nxt, q)
 
-        (cache, _, _), (rest, rest_logits) = jax.lax.scan(step, (cache, first, n), keys[1:])
+        (cache, _, _), (rest, rest_q) = jax.lax.scan(step, (cache, first, n), keys[1:])
         drafted = jnp.concatenate([first[:, None], rest.T], axis=1)
-        q_logits = jnp.concatenate([first_logits[:, None], rest_logits.swapaxes(0, 1)], axis=1)
-        return drafted, q_logits, cache
+        if greedy:
+            return drafted, None, cache
+        q = jnp.concatenate([first_q[:, None], rest_q.swapaxes(0, 1)], axis=1)
+        return drafted, q, cache
 
     def cond_fn(state: _SDState) -> Array:
         return (~state.done.all()) & (state.step < max_new_tokens)
@@ -590,7 +600,7 @@ def _speculative_jit(
     def body_fn(state: _SDState) -> _SDState:
         rng, key_draft, key_accept = jax.random.split(state.rng, 3)
         n = state.lengths
-        drafted, q_logits, draft_cache = draft_block(state, key_draft)
+        drafted, q, draft_cache = draft_block(state, key_draft)
         # One target call scores x[n-1] and all drafts: logits for n .. n+gamma.
         last = _gather_rows(state.sequences, n - 1)
         target_tokens = jnp.concatenate([last[:, None], drafted], axis=1)
@@ -598,7 +608,7 @@ def _speculative_jit(
             target_params, state.target_cache, target_tokens, n - 1
         )
         accepted, next_token = _accept(
-            key_accept, drafted, q_logits, p_logits, temperature, greedy, lenience, eps
+            key_accept, drafted, q, p_logits, temperature, greedy, lenience, eps
         )
         num_accepted = accepted.sum(axis=1).astype(jnp.int32)
         # Candidate block: accepted drafts, then the correction / bonus token.

@@ -26,3 +26,28 @@ def test_sampler_call_times_cover_the_cost_model():
     assert all(t > 0 for t in (times["draft_two_token_s"], *times["target_verify_s"].values()))
     with pytest.raises(ValueError, match="cache_length 6 < num_steps"):
         evaluation.decode_step_time(model, params, 1, 4, tokens_per_call=3, cache_length=6)
+
+
+def test_block_times_and_the_composed_run_model():
+    model = models.build_model("decoder_only", "tiny")
+    params = model.init(jax.random.PRNGKey(0))
+    draft_params = model.init(jax.random.PRNGKey(1))
+    prompts = jax.numpy.ones((2, 3), jax.numpy.int32)
+    times = evaluation.sampler_call_times(
+        model, draft_params, model, params, 2, (2, 1), num_steps=4, cache_length=16,
+        repeats=1, prompts=prompts, blocks=True,
+    )  # fmt: skip
+    assert set(times["block_s"]) == {"1", "2"} and all(t > 0 for t in times["block_s"].values())
+    counts = dict(sd_tokens=12.0, sd_iterations=4.0, ar_tokens=12.0, ar_iterations=6.0)
+    isolated = evaluation.run_cost_model_speedup(times, 2, **counts)
+    # Composed blocks as long as the calls timed apart predict the same speedup; a
+    # block twice as dear predicts SD's loop time twice as long.
+    times["block_s"]["2"] = evaluation.isolated_block_s(times, 2)
+    assert evaluation.run_cost_model_speedup(times, 2, composed=True, **counts) == isolated
+    times["block_s"]["2"] *= 2
+    sd_s = times["target_prefill_s"] + times["draft_prefill_s"] + 4 * times["block_s"]["2"]
+    ar_s = times["target_prefill_s"] + 6 * times["target_step_s"]
+    expected = (12 / sd_s) / (12 / ar_s)
+    assert evaluation.run_cost_model_speedup(times, 2, composed=True, **counts) == pytest.approx(
+        expected
+    )
