@@ -354,8 +354,7 @@ def run(
                         measured_over_run_cost_model=row["measured_speedup"] / run_model,
                         run_block_model_speedup=block_model,
                         measured_over_run_block_model=row["measured_speedup"] / block_model,
-                        composed_over_isolated_block=cost["block_s"][str(gamma)]
-                        / evaluation.isolated_block_s(cost, gamma),
+                        composed_over_isolated_block=cost["block_over_calls"][str(gamma)],
                         draft_step_s=cost["draft_step_s"],
                         target_step_s=cost["target_step_s"],
                         draft_two_token_call_s=draft_two,

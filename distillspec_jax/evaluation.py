@@ -418,9 +418,9 @@ def sampler_call_times(
     `prompts` [B, P], also target_prefill_s and draft_prefill_s: each model's cache,
     encoder and prompt feed, what the samplers do before their loop. With
     `blocks`, also block_s {str(gamma): seconds of one block of the sampler's
-    calls made in its order, `_block_loop`}: against the sum of the calls timed
-    apart it shows what alternating the two models costs, against a whole SD run
-    what the loop itself adds.
+    calls made in its order, `_block_loop`} and block_over_calls (block_s over the
+    same calls timed apart, `isolated_block_s`): what alternating the two models
+    costs; against a whole SD run, block_s shows what the loop itself adds.
     """
     gammas = sorted(set(int(g) for g in gammas))
     calls = [(draft_model, draft_params, 1), (target_model, target_params, 1)]
@@ -453,6 +453,9 @@ def sampler_call_times(
     }
     if blocks:
         out["block_s"] = {str(g): t for g, t in zip(gammas, steps[len(calls) :], strict=True)}
+        out["block_over_calls"] = {
+            str(g): out["block_s"][str(g)] / isolated_block_s(out, g) for g in gammas
+        }
     if prompts is not None:
         out["target_prefill_s"], out["draft_prefill_s"] = times[len(calls) + len(block_fns) :]
     return out

@@ -101,6 +101,7 @@ def test_jsonl_task_with_workdir_and_hf_drafts(setup, tmp_path, monkeypatch):
         assert len(row["accept_prob_by_position"]) == row["gamma"]
         assert "exact_match" in row["metric_sd"] and "exact_match" in row["metric_ar"]
         assert row["measured_speedup"] > 0 and row["cost_ratio"] > 0
+        assert row["cost_model_speedup"] > 0 and row["block_model_speedup"] > 0
         if row["temperature"] == 0.0:
             assert row["greedy_identical_fraction"] == 1.0  # Lossless greedy SD == AR.
             assert row["metric_sd"] == row["metric_ar"]
@@ -118,6 +119,13 @@ def test_jsonl_task_with_workdir_and_hf_drafts(setup, tmp_path, monkeypatch):
     assert by["near", 1.0, 4]["alpha_estimate"] > by["hf", 1.0, 4]["alpha_estimate"]
     for name in ("results.json", "report.md", "plots/tau_vs_gamma.png"):
         assert os.path.exists(os.path.join(workdir, name)), name
+    # Call times: drafts of one architecture share one line; composed blocks beside them.
+    with open(os.path.join(workdir, "report.md")) as f:
+        report = f.read()
+    assert report.count("one block of these calls made in the sampler's order") == sum(
+        1 for line in report.splitlines() if line.startswith("- target one-token step")
+    )
+    assert set(results["drafts"]["near"]["block_over_calls"]) == {"1", "4"}
     report = open(os.path.join(workdir, "report.md")).read()
     assert "## jsonl (6 prompts)" in report and "alpha est." in report
     # The first prompts decoded to text, for reading before trusting a metric.
