@@ -1,0 +1,165 @@
+r"""What alternating two models costs: a draft and a target's calls in SD's order vs apart.
+
+  python -m benchmarks.interference                      # shipped pair, batch 1, gamma 7
+  python -m benchmarks.interference --batch 8 --gamma 5
+
+On a CPU one block of the speculative sampler's calls (a 2-token draft call, gamma - 1
+one-token draft calls, a (gamma+1)-token verification), made in its order, costs more
+than the same calls timed apart (`evaluation.sampler_call_times(blocks=True)`). Each
+loop below runs 64 blocks (fed argmax tokens, block i at position i, none of the
+sampler's acceptance or bookkeeping), all timed interleaved, fastest of --repeats:
+
+  both          the draft's calls, then the verification (the sampler's order)
+  draft only    the draft's calls of each block
+  target only   the verification of each block
+  draft + sweep the draft's calls, then a read of an array as large as the target's
+                parameters
+  sweep only    that read alone
+
+both - draft only - target only is what alternating costs. If draft + sweep exceeds
+draft only + sweep only by a like amount, a plain memory read of the target's size does
+the same to the draft's calls: the cost is the caches, not the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import speculative
+from distillspec_jax import evaluation, models, sampling
+
+NUM_BLOCKS = 64
+
+
+def block_loop(setup, batch: int, gamma: int, draft: bool, target: bool, sweep: bool):
+    """Jitted (draft params, target params, draft cache, target cache, array) -> tokens."""
+    draft_model, target_model = setup.draft, setup.target
+
+    @jax.jit
+    def run(draft_params, target_params, draft_cache, target_cache, array):
+        def draft_step(carry, _):
+            cache, token, position = carry
+            logits, cache = draft_model.decode(draft_params, cache, token[:, None], position)
+            token = sampling.argmax(logits[:, 0])
+            return (cache, token, position + 1), token
+
+        def block(i, carry):
+            draft_cache, target_cache, token = carry
+            position = jnp.full((batch,), i)
+            fed = jnp.broadcast_to(token[:, None], (batch, gamma + 1))
+            if draft:
+                pair = jnp.stack([token, token], axis=1)
+                logits, draft_cache = draft_model.decode(draft_params, draft_cache, pair, position)
+                first = sampling.argmax(logits[:, -1])
+                (draft_cache, _, _), rest = jax.lax.scan(
+                    draft_step, (draft_cache, first, position + 2), None, length=gamma - 1
+                )
+                fed = jnp.concatenate([token[:, None], first[:, None], rest.T], axis=1)
+            token = fed[:, -1]
+            if target:
+                logits, target_cache = target_model.decode(
+                    target_params, target_cache, fed, position + 1
+                )
+                token = sampling.argmax(logits[:, -1])
+            if sweep:  # Reads the whole array; its sum feeds the next block's token.
+                token = token + (jnp.sum(array * token[0].astype(array.dtype)) < 0)
+            return draft_cache, target_cache, token
+
+        token = jnp.zeros((batch,), jnp.int32)
+        return jax.lax.fori_loop(0, NUM_BLOCKS, block, (draft_cache, target_cache, token))[2]
+
+    return run
+
+
+def measure(setup, batch: int, gamma: int, repeats: int) -> dict:
+    prompts, _, enc = setup.prompts(batch)
+    length = sampling.speculative_cache_length(prompts.shape[1], NUM_BLOCKS, gamma)
+    draft, target = (setup.draft, setup.draft_params), (setup.target, setup.target_params)
+    # The calls timed apart, as the cost model times them; in the same rounds below.
+    caches: dict = {}
+    apart = evaluation._decode_call_fns(
+        [(*draft, 1), (*draft, 2), (*target, gamma + 1)], batch, NUM_BLOCKS, enc, length, caches
+    )
+    state = (setup.draft_params, setup.target_params)
+    state += (caches[id(setup.draft_params)], caches[id(setup.target_params)])
+    target_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(setup.target_params))
+    array = jnp.ones((target_bytes // 4,), jnp.float32)
+    variants = {
+        "both": (True, True, False),
+        "draft_only": (True, False, False),
+        "target_only": (False, True, False),
+        "draft_and_sweep": (True, False, True),
+        "sweep_only": (False, False, True),
+    }
+    fns = [
+        lambda f=block_loop(setup, batch, gamma, *flags): f(*state, array)
+        for flags in variants.values()
+    ]
+    sampler_block = evaluation._block_loop(setup.draft, setup.target, batch, NUM_BLOCKS, gamma)
+    fns += [lambda: sampler_block(*state)] + apart
+    times = [t / NUM_BLOCKS for _, t in evaluation.time_calls(fns, repeats)]
+    block_s = dict(zip(variants, times, strict=False))
+    draft_step, draft_two, verify = times[-3:]
+    return {
+        "batch": batch,
+        "gamma": gamma,
+        "target_param_bytes": target_bytes,
+        "draft_param_bytes": sum(x.nbytes for x in jax.tree_util.tree_leaves(setup.draft_params)),
+        "calls_apart_s": draft_two + (gamma - 1) * draft_step + verify,
+        "draft_calls_apart_s": draft_two + (gamma - 1) * draft_step,
+        "target_call_apart_s": verify,
+        "sampler_block_s": times[len(variants)],
+        "block_s": block_s,
+        "alternating_excess_s": block_s["both"] - block_s["draft_only"] - block_s["target_only"],
+        "sweep_excess_s": block_s["draft_and_sweep"]
+        - block_s["draft_only"]
+        - block_s["sweep_only"],
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--gamma", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--pretrained", default="pretrained/gsm_symbolic")
+    parser.add_argument("--out", default="benchmarks/results/interference.json")
+    args = parser.parse_args(argv)
+    setup = speculative.trained_setup(args.pretrained, "")
+    result = measure(setup, args.batch, args.gamma, args.repeats)
+    result.update(
+        pretrained=args.pretrained,
+        target_params=models.count_params(setup.target_params),
+        draft_params=models.count_params(setup.draft_params),
+        machine={
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "jax_backend": jax.default_backend(),
+        },
+    )
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    us = {k: f"{1e6 * v:.0f} us" for k, v in result["block_s"].items()}
+    print(f"per block: {us}")
+    print(
+        f"apart: draft calls {1e6 * result['draft_calls_apart_s']:.0f} us, verification "
+        f"{1e6 * result['target_call_apart_s']:.0f} us"
+    )
+    print(
+        f"calls apart {1e6 * result['calls_apart_s']:.0f} us, sampler block "
+        f"{1e6 * result['sampler_block_s']:.0f} us; alternating adds "
+        f"{1e6 * result['alternating_excess_s']:.0f} us, a sweep of the target's size adds "
+        f"{1e6 * result['sweep_excess_s']:.0f} us to the draft's calls"
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
