@@ -274,17 +274,32 @@ def _decode_loop(model: Any, batch_size: int, num_steps: int, tokens: int):
     return run
 
 
-def _block_loop(draft_model: Any, target_model: Any, batch_size: int, num_blocks: int, gamma: int):
-    """Jitted (draft params, target params, draft cache, target cache) -> tokens:
-    `num_blocks` blocks of the speculative sampler's model calls in its order and
-    shapes (a 2-token draft call, gamma - 1 one-token draft calls in a scan, a
-    (gamma+1)-token target call), block i at position i, fed argmax tokens, with
-    none of its acceptance or bookkeeping: the calls as the loop makes them, so
-    that what alternating two models costs (each call evicts the other model's
-    weights from the CPU caches) is in the time."""
+def _block_loop(
+    draft_model: Any,
+    target_model: Any,
+    batch_size: int,
+    num_blocks: int,
+    gamma: int,
+    *,
+    draft: bool = True,
+    target: bool = True,
+    extra: Callable[[jax.Array, Any], jax.Array] | None = None,
+):
+    """Jitted (draft params, target params, draft cache, target cache[, operand]) ->
+    tokens: `num_blocks` blocks of the speculative sampler's model calls in its order
+    and shapes (a 2-token draft call, gamma - 1 one-token draft calls in a scan, a
+    (gamma+1)-token target call), block i at position i, fed argmax tokens, with none
+    of its acceptance or bookkeeping: the calls as the loop makes them, so that what
+    alternating two models costs is in the time.
+
+    `draft` / `target` False leave out the draft's calls (the verification is then fed
+    the last token) or the verification; `extra(token, operand) -> token` runs after
+    the draft's calls, with the jitted function's last argument (the interference
+    benchmark reads an array there).
+    """
 
     @jax.jit
-    def run(draft_params, target_params, draft_cache, target_cache):
+    def run(draft_params, target_params, draft_cache, target_cache, operand=None):
         def draft_step(carry, _):
             cache, token, position = carry
             logits, cache = draft_model.decode(draft_params, cache, token[:, None], position)
@@ -294,17 +309,24 @@ def _block_loop(draft_model: Any, target_model: Any, batch_size: int, num_blocks
         def block(i, carry):
             draft_cache, target_cache, token = carry
             position = jnp.full((batch_size,), i)
-            pair = jnp.stack([token, token], axis=1)
-            logits, draft_cache = draft_model.decode(draft_params, draft_cache, pair, position)
-            first = sampling.argmax(logits[:, -1])
-            (draft_cache, _, _), rest = jax.lax.scan(
-                draft_step, (draft_cache, first, position + 2), None, length=gamma - 1
-            )
-            fed = jnp.concatenate([token[:, None], first[:, None], rest.T], axis=1)
-            logits, target_cache = target_model.decode(
-                target_params, target_cache, fed, position + 1
-            )
-            return draft_cache, target_cache, sampling.argmax(logits[:, -1])
+            fed = jnp.broadcast_to(token[:, None], (batch_size, gamma + 1))
+            if draft:
+                pair = jnp.stack([token, token], axis=1)
+                logits, draft_cache = draft_model.decode(draft_params, draft_cache, pair, position)
+                first = sampling.argmax(logits[:, -1])
+                (draft_cache, _, _), rest = jax.lax.scan(
+                    draft_step, (draft_cache, first, position + 2), None, length=gamma - 1
+                )
+                fed = jnp.concatenate([token[:, None], first[:, None], rest.T], axis=1)
+            token = fed[:, -1]
+            if extra is not None:
+                token = extra(token, operand)
+            if target:
+                logits, target_cache = target_model.decode(
+                    target_params, target_cache, fed, position + 1
+                )
+                token = sampling.argmax(logits[:, -1])
+            return draft_cache, target_cache, token
 
         token = jnp.zeros((batch_size,), jnp.int32)
         return jax.lax.fori_loop(0, num_blocks, block, (draft_cache, target_cache, token))[2]
