@@ -73,13 +73,17 @@ def measure(setup, batch: int, gamma: int, repeats: int) -> dict:
     times = [t / NUM_BLOCKS for _, t in evaluation.time_calls(fns, repeats)]
     block_s = dict(zip(variants, times, strict=False))
     draft_step, draft_two, verify_s = times[-3:]
+    apart_times = {"draft_step_s": draft_step, "draft_two_token_s": draft_two}
+    calls_apart = evaluation.isolated_block_s(
+        {**apart_times, "target_verify_s": {str(gamma): verify_s}}, gamma
+    )
     return {
         "batch": batch,
         "gamma": gamma,
         "target_param_bytes": target_bytes,
         "draft_param_bytes": sum(x.nbytes for x in jax.tree_util.tree_leaves(setup.draft_params)),
-        "calls_apart_s": draft_two + (gamma - 1) * draft_step + verify_s,
-        "draft_calls_apart_s": draft_two + (gamma - 1) * draft_step,
+        "calls_apart_s": calls_apart,
+        "draft_calls_apart_s": calls_apart - verify_s,
         "target_call_apart_s": verify_s,
         "block_s": block_s,
         "alternating_excess_s": block_s["both"] - block_s["draft_only"] - block_s["target_only"],

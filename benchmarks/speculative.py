@@ -25,9 +25,10 @@ same calls, plus both models' measured prefill, times the loop iterations each
 run took: all but the loops' own bookkeeping) and measured / run block model (the
 same with each block timed as one block of the loop's calls made in its order,
 without its acceptance and bookkeeping: on a CPU alternating two models costs
-more than their calls timed apart, composed_over_isolated_block, because each
-evicts the other's weights from the caches; what is left is the loop's own
-cost). The loop overhead rows run SD with draft == target at gamma = 1.
+more than their calls timed apart, composed_over_isolated_block, most likely as
+each evicts the other's weights from the caches (benchmarks/interference.py);
+what is left is the loop's own cost). The loop overhead rows run SD with draft ==
+target at gamma = 1.
 """
 
 from __future__ import annotations
@@ -330,14 +331,7 @@ def run(
                         gamma=gamma, temperature=temperature, cost=cost["cost_ratio"],
                         **common,
                     )  # fmt: skip
-                    cost_model = evaluation.cost_model_speedup(
-                        row["block_efficiency"],
-                        gamma,
-                        cost["target_step_s"],
-                        cost["draft_step_s"],
-                        draft_two,
-                        verify[gamma],
-                    )
+                    cost_model = evaluation.cost_model_speedup(row["block_efficiency"], gamma, cost)
                     # The whole runs predicted from the measured calls: both prefills
                     # and the loop iterations each run took (the slowest row sets
                     # them). What is left is the loops' own cost.

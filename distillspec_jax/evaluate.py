@@ -823,16 +823,11 @@ class Evaluator:
             costs = self._cost_ratio(draft, prompts)
             cost = costs["cost_ratio"]
             row.cost_model_speedup = evaluation.cost_model_speedup(
-                row.block_efficiency,
-                gamma,
-                costs["target_step_s"],
-                costs["draft_step_s"],
-                costs["draft_two_token_s"],
-                costs["target_verify_s"][str(gamma)],
+                row.block_efficiency, gamma, costs
             )
             # The same with the block timed as the loop makes its calls.
-            row.block_model_speedup = (
-                row.block_efficiency * costs["target_step_s"] / costs["block_s"][str(gamma)]
+            row.block_model_speedup = evaluation.cost_model_speedup(
+                row.block_efficiency, gamma, costs, composed=True
             )
             row.timed_prompts = min(cfg.timed_prompts, len(prompts))
             row.sd_tokens_per_s = sd_tokens / sd_seconds

@@ -493,23 +493,22 @@ def isolated_block_s(times: dict[str, Any], gamma: int) -> float:
     )
 
 
-def cost_model_speedup(
-    tau: float,
-    gamma: int,
-    target_step_s: float,
-    draft_step_s: float,
-    draft_two_token_s: float,
-    target_verify_s: float,
-) -> float:
-    """Speedup predicted from measured call times of the sampler's actual calls.
+def _block_s(times: dict[str, Any], gamma: int, composed: bool) -> float:
+    """A block's seconds: its calls timed apart, or made in the loop's order."""
+    return times["block_s"][str(gamma)] if composed else isolated_block_s(times, gamma)
 
-    One block costs a 2-token draft call, gamma - 1 one-token draft calls and a
-    (gamma+1)-token target call, and yields tau tokens; AR costs one target step
-    per token. Equals tau / (c*gamma + 1) when multi-token calls cost as much as
-    one-token calls (accelerators at small batch); on a CPU they cost more.
+
+def cost_model_speedup(
+    tau: float, gamma: int, times: dict[str, Any], composed: bool = False
+) -> float:
+    """Speedup predicted per token from measured call times of the sampler's calls.
+
+    One block (`_block_s`: its calls timed apart, or with `composed` made in the
+    loop's order; `times` from `sampler_call_times`) yields tau tokens; AR costs one
+    target step per token. Equals tau / (c*gamma + 1) when multi-token calls cost as
+    much as one-token calls (accelerators at small batch); on a CPU they cost more.
     """
-    block = draft_two_token_s + (gamma - 1) * draft_step_s + target_verify_s
-    return tau * target_step_s / block
+    return tau * times["target_step_s"] / _block_s(times, gamma, composed)
 
 
 def run_cost_model_speedup(
@@ -533,7 +532,7 @@ def run_cost_model_speedup(
     efficiency: against calls timed apart, it includes what alternating two models
     costs; against composed blocks, only the loop's sampling, acceptance and writes.
     """
-    block = times["block_s"][str(gamma)] if composed else isolated_block_s(times, gamma)
+    block = _block_s(times, gamma, composed)
     sd_s = times["target_prefill_s"] + times["draft_prefill_s"] + sd_iterations * block
     ar_s = times["target_prefill_s"] + ar_iterations * times["target_step_s"]
     return (sd_tokens / sd_s) / (ar_tokens / ar_s)

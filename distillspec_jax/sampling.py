@@ -120,6 +120,11 @@ def sample_probs(rng: Array, probs: Array) -> Array:
     return jnp.minimum(jnp.sum(cdf < u, axis=-1, dtype=jnp.int32), probs.shape[-1] - 1)
 
 
+def probabilities(logits: Array, temperature: float | Array) -> Array:
+    """softmax(logits / T) in float32 for any model dtype, [..., V]."""
+    return jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+
+
 def sample_logits(
     rng: Array, logits: Array, temperature: float | Array, greedy: bool | None = None
 ) -> Array:
@@ -132,7 +137,7 @@ def sample_logits(
         greedy = float(temperature) == 0.0
     if greedy:
         return argmax(logits)
-    return sample_probs(rng, jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1))
+    return sample_probs(rng, probabilities(logits, temperature))
 
 
 def lenient_target_prob(p: Array, kind: str, eps: float | Array) -> Array:
@@ -510,7 +515,7 @@ def _accept(
         num_accepted = accepted.sum(axis=1)
         return accepted, _gather_rows(target_choice, num_accepted)
     key_accept, key_next = jax.random.split(key)
-    p = jax.nn.softmax(p_logits.astype(jnp.float32) / temperature, axis=-1)
+    p = probabilities(p_logits, temperature)
     p_drafted = jnp.take_along_axis(p[:, :gamma], drafted[..., None], axis=-1)[..., 0]
     q_drafted = jnp.take_along_axis(q, drafted[..., None], axis=-1)[..., 0]
     u = jax.random.uniform(key_accept, drafted.shape)
@@ -565,7 +570,7 @@ def _speculative_jit(
         the acceptance test, not recomputed there; None when greedy)."""
         if greedy:
             return argmax(logits), None
-        probs = jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+        probs = probabilities(logits, temperature)
         return sample_probs(key, probs), probs
 
     def draft_block(state: _SDState, key: Array) -> tuple[Array, Array | None, Any]:

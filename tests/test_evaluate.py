@@ -119,14 +119,12 @@ def test_jsonl_task_with_workdir_and_hf_drafts(setup, tmp_path, monkeypatch):
     assert by["near", 1.0, 4]["alpha_estimate"] > by["hf", 1.0, 4]["alpha_estimate"]
     for name in ("results.json", "report.md", "plots/tau_vs_gamma.png"):
         assert os.path.exists(os.path.join(workdir, name)), name
+    report = open(os.path.join(workdir, "report.md")).read()
     # Call times: drafts of one architecture share one line; composed blocks beside them.
-    with open(os.path.join(workdir, "report.md")) as f:
-        report = f.read()
     assert report.count("one block of these calls made in the sampler's order") == sum(
         1 for line in report.splitlines() if line.startswith("- target one-token step")
     )
     assert set(results["drafts"]["near"]["block_over_calls"]) == {"1", "4"}
-    report = open(os.path.join(workdir, "report.md")).read()
     assert "## jsonl (6 prompts)" in report and "alpha est." in report
     # The first prompts decoded to text, for reading before trusting a metric.
     for row in rows:
