@@ -101,6 +101,11 @@ def main(argv=None) -> None:
     parser.add_argument("--pretrained", default="pretrained/gsm_symbolic")
     parser.add_argument("--out", default="benchmarks/results/interference.json")
     args = parser.parse_args(argv)
+    # Checked before any model is loaded (the shipped pair's prompts: 64 loaded).
+    if not 1 <= args.batch <= 64:
+        parser.error(f"--batch must be in 1..64, got {args.batch}")
+    if args.gamma < 1 or args.repeats < 1:
+        parser.error(f"--gamma and --repeats must be >= 1, got {args.gamma}, {args.repeats}")
     setup = speculative.trained_setup(args.pretrained, "")
     result = measure(setup, args.batch, args.gamma, args.repeats)
     result.update(
