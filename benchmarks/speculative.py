@@ -427,6 +427,12 @@ def main(argv=None):
     temperatures = tuple(float(t) for t in args.temperatures.split(","))
     if args.quick:
         gammas, batches = (1, 3), (1,)
+    if min(gammas) < 1 or min(batches) < 1 or args.repeats < 1:
+        parser.error(f"gammas, batches and --repeats must be >= 1: {gammas}, {batches}")
+    if args.max_new_tokens < 1 or args.prompt_len < 1:
+        parser.error("--max_new_tokens and --prompt_len must be >= 1")
+    if args.pair == "trained" and max(batches) > 64:
+        parser.error(f"--pair trained loads 64 prompts; batch {max(batches)} is too large")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     start = time.time()
     if args.pair == "derived":

@@ -212,8 +212,8 @@ def _token_acceptance_jit(
     if greedy:
         accept = (jnp.argmax(p_logits, -1) == jnp.argmax(q_logits, -1)).astype(jnp.float32)
     else:
-        p = jax.nn.softmax(p_logits / temperature, axis=-1)
-        q = jax.nn.softmax(q_logits / temperature, axis=-1)
+        p = sampling.probabilities(p_logits, temperature)
+        q = sampling.probabilities(q_logits, temperature)
         f_p = sampling.lenient_target_prob(p, lenience, eps)
         accept = jnp.minimum(q, f_p).sum(axis=-1)
     # Logits at index i predict token i + 1: generated tokens t in
@@ -443,8 +443,15 @@ def sampler_call_times(
     calls made in its order, `_block_loop`} and block_over_calls (block_s over the
     same calls timed apart, `isolated_block_s`): what alternating the two models
     costs; against a whole SD run, block_s shows what the loop itself adds.
+    A `cache_length` too short for `num_steps` calls of gamma + 1 tokens times
+    as many calls as fit (a short sampler budget allocates a short cache).
     """
     gammas = sorted(set(int(g) for g in gammas))
+    if cache_length is not None:
+        fit = cache_length - gammas[-1] - 1
+        if fit < 1:
+            raise ValueError(f"cache_length {cache_length} holds no call of {gammas[-1] + 1} tokens")
+        num_steps = min(num_steps, fit)
     calls = [(draft_model, draft_params, 1), (target_model, target_params, 1)]
     calls += [(draft_model, draft_params, 2)]
     calls += [(target_model, target_params, g + 1) for g in gammas]

@@ -24,6 +24,14 @@ def test_sampler_call_times_cover_the_cost_model():
     assert set(times["target_verify_s"]) == {"1", "3"}
     assert times["cost_ratio"] == times["draft_step_s"] / times["target_step_s"]
     assert all(t > 0 for t in (times["draft_two_token_s"], *times["target_verify_s"].values()))
+    # A cache too short for num_steps calls (a short sampler budget) times fewer.
+    short = evaluation.sampler_call_times(
+        model, params, model, params, 1, (3,), num_steps=64, cache_length=8, repeats=1,
+        blocks=True,
+    )  # fmt: skip
+    assert short["target_verify_s"]["3"] > 0 and short["block_s"]["3"] > 0
+    with pytest.raises(ValueError, match="cache_length 4 holds no call of 4 tokens"):
+        evaluation.sampler_call_times(model, params, model, params, 1, (3,), cache_length=4)
     with pytest.raises(ValueError, match="cache_length 6 < num_steps"):
         evaluation.decode_step_time(model, params, 1, 4, tokens_per_call=3, cache_length=6)
 
