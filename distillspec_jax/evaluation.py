@@ -450,7 +450,8 @@ def sampler_call_times(
     if cache_length is not None:
         fit = cache_length - gammas[-1] - 1
         if fit < 1:
-            raise ValueError(f"cache_length {cache_length} holds no call of {gammas[-1] + 1} tokens")
+            longest = gammas[-1] + 1
+            raise ValueError(f"cache_length {cache_length} holds no call of {longest} tokens")
         num_steps = min(num_steps, fit)
     calls = [(draft_model, draft_params, 1), (target_model, target_params, 1)]
     calls += [(draft_model, draft_params, 2)]
