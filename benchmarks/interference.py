@@ -6,8 +6,9 @@ r"""What alternating two models costs: a draft and a target's calls in SD's orde
 On a CPU one block of the speculative sampler's calls (a 2-token draft call, gamma - 1
 one-token draft calls, a (gamma+1)-token verification), made in its order, costs more
 than the same calls timed apart (`evaluation.sampler_call_times(blocks=True)`). Each
-loop below runs 64 blocks (fed argmax tokens, block i at position i, none of the
-sampler's acceptance or bookkeeping), all timed interleaved, fastest of --repeats:
+loop below runs blocks (fed argmax tokens, block i at position i, none of the
+sampler's acceptance or bookkeeping), all timed interleaved, fastest of --repeats, at
+64 and 128 blocks; a block costs the slope (`evaluation.time_per_call`):
 
   both          the draft's calls, then the verification (the sampler's order)
   draft only    the draft's calls of each block
@@ -44,7 +45,7 @@ def _sweep(token: jax.Array, array: jax.Array) -> jax.Array:
 
 def measure(setup, batch: int, gamma: int, repeats: int) -> dict:
     prompts, _, enc = setup.prompts(batch)
-    length = sampling.speculative_cache_length(prompts.shape[1], NUM_BLOCKS, gamma)
+    length = sampling.speculative_cache_length(prompts.shape[1], 2 * NUM_BLOCKS, gamma)
     draft, target = (setup.draft, setup.draft_params), (setup.target, setup.target_params)
     # The calls timed apart, as the cost model times them; in the same rounds below.
     caches: dict = {}
@@ -62,15 +63,14 @@ def measure(setup, batch: int, gamma: int, repeats: int) -> dict:
         "draft_and_sweep": (True, False, True),
         "sweep_only": (False, False, True),
     }
-    fns = []
+    loops = []
     for draft_calls, verify, sweep in variants.values():
         run = evaluation._block_loop(
-            setup.draft, setup.target, batch, NUM_BLOCKS, gamma, draft=draft_calls,
-            target=verify, extra=_sweep if sweep else None,
+            setup.draft, setup.target, batch, gamma, draft=draft_calls, target=verify,
+            extra=_sweep if sweep else None,
         )  # fmt: skip
-        fns.append(lambda f=run, sweep=sweep: f(*state, array) if sweep else f(*state))
-    fns += apart
-    times = [t / NUM_BLOCKS for _, t in evaluation.time_calls(fns, repeats)]
+        loops.append(lambda n, f=run, sweep=sweep: f(*state, n, array) if sweep else f(*state, n))
+    times = evaluation.time_per_call(loops + apart, NUM_BLOCKS, repeats)[0]
     block_s = dict(zip(variants, times, strict=False))
     draft_step, draft_two, verify_s = times[-3:]
     apart_times = {"draft_step_s": draft_step, "draft_two_token_s": draft_two}

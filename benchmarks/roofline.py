@@ -82,8 +82,10 @@ def main(argv=None):
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         step_s = evaluation.decode_step_time(target, params, batch, num_steps=args.steps)
-        # decode_step_time's call i attends to i + 1 positions: on average (steps + 1) / 2.
-        kv = kv_bytes_per_step(target.config, batch, (args.steps + 1) / 2)
+        # decode_step_time times calls steps .. 2 * steps - 1 (the slope between loops of
+        # steps and 2 * steps calls); call i attends to i + 1 positions: on average
+        # (3 * steps + 1) / 2.
+        kv = kv_bytes_per_step(target.config, batch, (3 * args.steps + 1) / 2)
         bound_s = (weight_bytes + kv) / (bandwidth * 1e9)
         rows.append(
             {

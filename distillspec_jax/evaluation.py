@@ -254,14 +254,42 @@ def time_call(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, float]:
     return time_calls([fn], repeats)[0]
 
 
-def _decode_loop(model: Any, batch_size: int, num_steps: int, tokens: int):
-    """Jitted (params, cache) -> tokens: `num_steps` cached decode calls of `tokens`
-    tokens, call i at position i. The cache is an input, built beforehand: the
-    encoder of an encoder-decoder model costs as much as dozens of decode calls,
-    and subtracting a separately timed setup left its noise in the step time."""
+def time_per_call(
+    loops: Sequence[Callable[[int], Any]],
+    num_steps: int,
+    repeats: int = 3,
+    whole: Sequence[Callable[[], Any]] = (),
+) -> tuple[list[float], list[float]]:
+    """Seconds per call of loops of calls, and seconds of `whole` functions.
+
+    `loops[k](n)` makes n calls. Each loop is timed at `num_steps` and at twice
+    that many calls, all interleaved with `whole` (`time_calls`), and a call costs
+    the slope (t(2n) - t(n)) / n: what a timed loop pays once (copying its cache in,
+    reloading weights the previous function evicted from the CPU caches) is not
+    charged to every call. Whole runs pay such costs once, with their prefill.
+    """
+    fns = [lambda f=f: f(num_steps) for f in loops]
+    fns += [lambda f=f: f(2 * num_steps) for f in loops] + list(whole)
+    times = [t for _, t in time_calls(fns, repeats)]
+    k = len(loops)
+    per_call = [(times[k + i] - times[i]) / num_steps for i in range(k)]
+    if min(per_call, default=1.0) <= 0:
+        raise RuntimeError(
+            f"{num_steps} more calls did not take longer (timing noise): raise num_steps "
+            f"or repeats ({repeats})"
+        )
+    return per_call, times[2 * k :]
+
+
+def _decode_loop(model: Any, batch_size: int, tokens: int):
+    """Jitted (params, cache, num_steps) -> tokens: `num_steps` cached decode calls of
+    `tokens` tokens, call i at position i. The cache is an input, built beforehand:
+    the encoder of an encoder-decoder model costs as much as dozens of decode calls,
+    and subtracting a separately timed setup left its noise in the step time. The
+    number of calls is traced: one compilation serves every count."""
 
     @jax.jit
-    def run(params, cache):
+    def run(params, cache, num_steps):
         fed = jnp.zeros((batch_size, tokens), jnp.int32)
 
         def body(i, carry):
@@ -278,17 +306,17 @@ def _block_loop(
     draft_model: Any,
     target_model: Any,
     batch_size: int,
-    num_blocks: int,
     gamma: int,
     *,
     draft: bool = True,
     target: bool = True,
     extra: Callable[[jax.Array, Any], jax.Array] | None = None,
 ):
-    """Jitted (draft params, target params, draft cache, target cache[, operand]) ->
-    tokens: `num_blocks` blocks of the speculative sampler's model calls in its order
-    and shapes (a 2-token draft call, gamma - 1 one-token draft calls in a scan, a
-    (gamma+1)-token target call), block i at position i, fed argmax tokens, with none
+    """Jitted (draft params, target params, draft cache, target cache, num_blocks[,
+    operand]) -> tokens: `num_blocks` (traced) blocks of the speculative sampler's
+    model calls in its order and shapes (a 2-token draft call, gamma - 1 one-token
+    draft calls in a scan, a (gamma+1)-token target call), block i at position i,
+    fed argmax tokens, with none
     of its acceptance or bookkeeping: the calls as the loop makes them, so that what
     alternating two models costs is in the time.
 
@@ -299,7 +327,7 @@ def _block_loop(
     """
 
     @jax.jit
-    def run(draft_params, target_params, draft_cache, target_cache, operand=None):
+    def run(draft_params, target_params, draft_cache, target_cache, num_blocks, operand=None):
         def draft_step(carry, _):
             cache, token, position = carry
             logits, cache = draft_model.decode(draft_params, cache, token[:, None], position)
@@ -341,14 +369,14 @@ def _decode_call_fns(
     encoder_inputs: jax.Array | None,
     cache_length: int | None,
     caches: dict[int, Any] | None = None,
-) -> list[Callable[[], Any]]:
-    """One timed function per (model, params, tokens per call): `num_steps` calls
-    from a cache built once per model (read only: the loop copies it), kept in
-    `caches` (keyed by id(params)) when one is passed."""
-    longest = num_steps + max(tokens for _, _, tokens in calls)
+) -> list[Callable[[int], Any]]:
+    """Per (model, params, tokens per call), a function of n making n calls (for
+    `time_per_call`: n up to 2 * num_steps) from a cache built once per model (read
+    only: the loop copies it), kept in `caches` (keyed by id(params)) when passed."""
+    longest = 2 * num_steps + max(tokens for _, _, tokens in calls)
     length = cache_length or longest
     if length < longest:
-        raise ValueError(f"cache_length {length} < num_steps + tokens per call ({longest})")
+        raise ValueError(f"cache_length {length} < 2 * num_steps + tokens per call ({longest})")
     caches = {} if caches is None else caches
     fns = []
     for model, params, tokens in calls:
@@ -356,8 +384,8 @@ def _decode_call_fns(
             caches[id(params)] = jax.jit(model.init_cache, static_argnums=(1, 2))(
                 params, batch_size, length, encoder_inputs
             )
-        run = _decode_loop(model, batch_size, num_steps, tokens)
-        fns.append(lambda f=run, p=params, c=caches[id(params)]: f(p, c))
+        run = _decode_loop(model, batch_size, tokens)
+        fns.append(lambda n, f=run, p=params, c=caches[id(params)]: f(p, c, n))
     return fns
 
 
@@ -372,15 +400,15 @@ def decode_step_times(
     """Seconds per cached decode call for each (model, params, tokens per call).
 
     Each is timed in a jitted fori_loop whose call i feeds its tokens at position
-    i (the cache fills as in decoding), from a cache built beforehand; all of
-    them interleaved (`time_calls`), so their ratios share the machine's state.
-    Attention reads the whole cache buffer, so a call costs more in a longer
-    cache: pass the length the sampler allocates
-    (`sampling.speculative_cache_length`) to time the calls it makes. Default:
-    just long enough, num_steps + the most tokens per call.
+    i (the cache fills as in decoding), from a cache built beforehand, at
+    `num_steps` and twice as many calls (`time_per_call`: the slope); all of them
+    interleaved, so their ratios share the machine's state. Attention reads the
+    whole cache buffer, so a call costs more in a longer cache: pass the length the
+    sampler allocates (`sampling.speculative_cache_length`) to time the calls it
+    makes. Default: just long enough, 2 * num_steps + the most tokens per call.
     """
     fns = _decode_call_fns(calls, batch_size, num_steps, encoder_inputs, cache_length)
-    return [t / num_steps for _, t in time_calls(fns, repeats)]
+    return time_per_call(fns, num_steps, repeats)[0]
 
 
 def _prefill_fn(
@@ -443,36 +471,35 @@ def sampler_call_times(
     calls made in its order, `_block_loop`} and block_over_calls (block_s over the
     same calls timed apart, `isolated_block_s`): what alternating the two models
     costs; against a whole SD run, block_s shows what the loop itself adds.
-    A `cache_length` too short for `num_steps` calls of gamma + 1 tokens times
-    as many calls as fit (a short sampler budget allocates a short cache).
+    Per-call and per-block times are slopes (`time_per_call`). A `cache_length`
+    too short for 2 * `num_steps` calls of gamma + 1 tokens times fewer calls
+    (a short sampler budget allocates a short cache).
     """
     gammas = sorted(set(int(g) for g in gammas))
     if cache_length is not None:
-        fit = cache_length - gammas[-1] - 1
+        fit = (cache_length - gammas[-1] - 1) // 2
         if fit < 1:
             longest = gammas[-1] + 1
-            raise ValueError(f"cache_length {cache_length} holds no call of {longest} tokens")
+            raise ValueError(f"cache_length {cache_length} holds no two calls of {longest} tokens")
         num_steps = min(num_steps, fit)
     calls = [(draft_model, draft_params, 1), (target_model, target_params, 1)]
     calls += [(draft_model, draft_params, 2)]
     calls += [(target_model, target_params, g + 1) for g in gammas]
     caches: dict[int, Any] = {}
-    fns = _decode_call_fns(calls, batch_size, num_steps, encoder_inputs, cache_length, caches)
-    block_fns = []
+    loops = _decode_call_fns(calls, batch_size, num_steps, encoder_inputs, cache_length, caches)
     if blocks:
         state = (draft_params, target_params, caches[id(draft_params)], caches[id(target_params)])
         for g in gammas:
-            run = _block_loop(draft_model, target_model, batch_size, num_steps, g)
-            block_fns.append(lambda f=run: f(*state))
-    fns += block_fns
+            run = _block_loop(draft_model, target_model, batch_size, g)
+            loops.append(lambda n, f=run: f(*state, n))
+    whole = []
     if prompts is not None:
-        length = cache_length or prompts.shape[1] + num_steps + max(gammas) + 1
-        fns += [
+        length = cache_length or prompts.shape[1] + 2 * num_steps + max(gammas) + 1
+        whole = [
             _prefill_fn(model, params, prompts, length, encoder_inputs)
             for model, params in ((target_model, target_params), (draft_model, draft_params))
         ]
-    times = [t for _, t in time_calls(fns, repeats)]
-    steps = [t / num_steps for t in times[: len(calls) + len(block_fns)]]
+    steps, whole_times = time_per_call(loops, num_steps, repeats, whole)
     draft, target, draft_two = steps[:3]
     out = {
         "draft_step_s": draft,
@@ -487,7 +514,7 @@ def sampler_call_times(
             str(g): out["block_s"][str(g)] / isolated_block_s(out, g) for g in gammas
         }
     if prompts is not None:
-        out["target_prefill_s"], out["draft_prefill_s"] = times[len(calls) + len(block_fns) :]
+        out["target_prefill_s"], out["draft_prefill_s"] = whole_times
     return out
 
 

@@ -1,5 +1,7 @@
 """Timing helpers behind the cost model: interleaved repeats, decode-call times."""
 
+import time
+
 import jax
 import pytest
 
@@ -15,24 +17,33 @@ def test_time_calls_interleaves_repeats():
     assert len(times) == 3 and all(first >= 0 and best >= 0 for first, best in times)
 
 
+def test_time_per_call_is_the_slope():
+    # A loop of n calls that pays 20 ms once and 1 ms per call costs 1 ms a call.
+    loop = lambda n: time.sleep(0.020 + 0.001 * n)  # noqa: E731
+    (per_call,), (whole,) = evaluation.time_per_call([loop], 16, 1, [lambda: time.sleep(0.002)])
+    assert per_call == pytest.approx(0.001, rel=0.2) and whole == pytest.approx(0.002, rel=0.5)
+    with pytest.raises(RuntimeError, match="16 more calls did not take longer"):
+        evaluation.time_per_call([lambda n: time.sleep(0.04 - 0.001 * n)], 16, 1)
+
+
 def test_sampler_call_times_cover_the_cost_model():
     model = models.build_model("decoder_only", "tiny")
     params = model.init(jax.random.PRNGKey(0))
     times = evaluation.sampler_call_times(
-        model, params, model, params, 2, (3, 1), num_steps=4, cache_length=16, repeats=1
+        model, params, model, params, 2, (3, 1), num_steps=16, cache_length=40, repeats=2
     )
     assert set(times["target_verify_s"]) == {"1", "3"}
     assert times["cost_ratio"] == times["draft_step_s"] / times["target_step_s"]
     assert all(t > 0 for t in (times["draft_two_token_s"], *times["target_verify_s"].values()))
-    # A cache too short for num_steps calls (a short sampler budget) times fewer.
+    # A cache too short for 2 * num_steps calls (a short sampler budget) times fewer.
     short = evaluation.sampler_call_times(
-        model, params, model, params, 1, (3,), num_steps=64, cache_length=8, repeats=1,
+        model, params, model, params, 1, (3,), num_steps=64, cache_length=40, repeats=2,
         blocks=True,
     )  # fmt: skip
     assert short["target_verify_s"]["3"] > 0 and short["block_s"]["3"] > 0
-    with pytest.raises(ValueError, match="cache_length 4 holds no call of 4 tokens"):
+    with pytest.raises(ValueError, match="cache_length 4 holds no two calls of 4 tokens"):
         evaluation.sampler_call_times(model, params, model, params, 1, (3,), cache_length=4)
-    with pytest.raises(ValueError, match="cache_length 6 < num_steps"):
+    with pytest.raises(ValueError, match="cache_length 6 < 2 \\* num_steps"):
         evaluation.decode_step_time(model, params, 1, 4, tokens_per_call=3, cache_length=6)
 
 
@@ -42,8 +53,8 @@ def test_block_times_and_the_composed_run_model():
     draft_params = model.init(jax.random.PRNGKey(1))
     prompts = jax.numpy.ones((2, 3), jax.numpy.int32)
     times = evaluation.sampler_call_times(
-        model, draft_params, model, params, 2, (2, 1), num_steps=4, cache_length=16,
-        repeats=1, prompts=prompts, blocks=True,
+        model, draft_params, model, params, 2, (2, 1), num_steps=16, cache_length=40,
+        repeats=2, prompts=prompts, blocks=True,
     )  # fmt: skip
     assert set(times["block_s"]) == {"1", "2"} and all(t > 0 for t in times["block_s"].values())
     counts = dict(sd_tokens=12.0, sd_iterations=4.0, ar_tokens=12.0, ar_iterations=6.0)
