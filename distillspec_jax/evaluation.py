@@ -567,10 +567,24 @@ def run_cost_model_speedup(
     efficiency: against calls timed apart, it includes what alternating two models
     costs; against composed blocks, only the loop's sampling, acceptance and writes.
     """
+    sd_s, ar_s = run_model_seconds(times, gamma, sd_iterations, ar_iterations, composed)
+    return (sd_tokens / sd_s) / (ar_tokens / ar_s)
+
+
+def run_model_seconds(
+    times: dict[str, Any],
+    gamma: int,
+    sd_iterations: float,
+    ar_iterations: float,
+    composed: bool = False,
+) -> tuple[float, float]:
+    """(SD run, AR run) seconds predicted from measured call times
+    (`run_cost_model_speedup`): a run's measured seconds over these is its loop's own
+    cost, SD's and AR's apart."""
     block = _block_s(times, gamma, composed)
     sd_s = times["target_prefill_s"] + times["draft_prefill_s"] + sd_iterations * block
     ar_s = times["target_prefill_s"] + ar_iterations * times["target_step_s"]
-    return (sd_tokens / sd_s) / (ar_tokens / ar_s)
+    return sd_s, ar_s
 
 
 def compare_with_autoregressive(

@@ -66,6 +66,7 @@ def test_block_times_and_the_composed_run_model():
     times["block_s"]["2"] *= 2
     sd_s = times["target_prefill_s"] + times["draft_prefill_s"] + 4 * times["block_s"]["2"]
     ar_s = times["target_prefill_s"] + 6 * times["target_step_s"]
+    assert evaluation.run_model_seconds(times, 2, 4.0, 6.0, True) == pytest.approx((sd_s, ar_s))
     expected = (12 / sd_s) / (12 / ar_s)
     assert evaluation.run_cost_model_speedup(times, 2, composed=True, **counts) == pytest.approx(
         expected
