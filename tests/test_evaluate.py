@@ -78,7 +78,7 @@ def _config(setup, **overrides):
     config.temperatures = (0.0, 1.0)
     config.timed_prompts = 2
     config.timing_repeats = 1
-    config.cost_steps = 4
+    config.cost_steps = 16
     config.update(overrides)
     return config
 
