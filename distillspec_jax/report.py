@@ -413,10 +413,10 @@ ROW_LEGEND = (
     "over AR tokens/s at batch 1 on the timed prompts; cost model = tau x (target step) / "
     "(one 2-token and gamma - 1 one-token draft calls + one (gamma+1)-token target call), "
     "from measured call times (each the slope between loops of n and 2n calls, so what a "
-    "timed loop pays once is not charged per call); block model = the same with the block's calls timed together "
-    "in the sampler's order (on a CPU, alternating two models costs more than their calls "
-    "timed apart), so speedup / block model is what the loop's own sampling, acceptance and "
-    "writes leave; theory = tau / (c gamma + 1), which charges a "
+    "timed loop pays once is not charged per call); block model = the same with the "
+    "block's calls timed together in the sampler's order (on a CPU, alternating two models "
+    "costs more than their calls timed apart), so speedup / block model is what the loop's "
+    "own sampling, acceptance and writes leave; theory = tau / (c gamma + 1), which charges a "
     "(gamma+1)-token verification as one step."
 )
 

@@ -1,0 +1,39 @@
+"""The speculative benchmark's command line: argument checks, and one small run's JSON."""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import speculative
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max_new_tokens", "0"], "--max_new_tokens and --prompt_len must be >= 1"),
+        (["--gammas", "0,3"], "gammas, batches and --repeats must be >= 1"),
+        (["--pair", "trained", "--batches", "1,65"], "loads 64 prompts; batch 65"),
+    ],
+)
+def test_bad_arguments_fail_before_any_model_is_built(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        speculative.main(argv)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_short_run_writes_every_column(tmp_path):
+    # A budget far below the 64 calls the cost model times per loop: the timing fits
+    # the short cache (it once failed after loading the models).
+    out = tmp_path / "speculative.json"
+    speculative.main(["--quick", "--max_new_tokens", "8", "--repeats", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["max_new_tokens"] == 8 and len(result["rows"]) == 4  # gamma 1, 3 x T 0, 1.
+    for row in result["rows"]:
+        values = [row[column] for column in speculative.ROW_COLUMNS[2:]]
+        assert np.all(np.isfinite(values)), row
+        assert 1 <= row["block_efficiency"] <= row["gamma"] + 1
+        assert row["generated_tokens"] == row["ar_generated_tokens"] == 8  # eos off.
+        assert row["sd_run_over_block_model"] > 0 and row["ar_run_over_model"] > 0
+    assert len(result["loop_overhead"]) == 2
