@@ -122,6 +122,9 @@ def main(argv=None):
             sd_measured_speedup=sd_row["measured_speedup"],
             sd_measured_over_theoretical=sd_row["measured_over_theoretical"],
             sd_measured_over_cost_model=sd_row["measured_over_cost_model"],
+            sd_measured_over_run_cost_model=sd_row["measured_over_run_cost_model"],
+            sd_run_over_block_model=sd_row["sd_run_over_block_model"],
+            ar_run_over_model=sd_row["ar_run_over_model"],
         )
     report = {
         "device": kind,
