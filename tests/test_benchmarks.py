@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import speculative
+from benchmarks import plot_speculative, speculative
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,14 @@ def test_a_short_run_writes_every_column(tmp_path):
         assert row["generated_tokens"] == row["ar_generated_tokens"] == 8  # eos off.
         assert row["sd_run_over_block_model"] > 0 and row["ar_run_over_model"] > 0
     assert len(result["loop_overhead"]) == 2
+    plot = tmp_path / "speculative.png"
+    plot_speculative.main([str(out), "--out", str(plot)])
+    assert plot.stat().st_size > 0
+
+
+def test_the_plot_refuses_results_without_the_per_run_columns(tmp_path, capsys):
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"rows": [{"pair": "cpu", "measured_speedup": 1.0}]}))
+    with pytest.raises(SystemExit):
+        plot_speculative.main([str(old), "--out", str(tmp_path / "x.png")])
+    assert "rerun benchmarks.speculative" in capsys.readouterr().err
