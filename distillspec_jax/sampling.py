@@ -107,6 +107,10 @@ def argmax(x: Array) -> Array:
     return jnp.minimum(jnp.min(jnp.where(x == top, index, size), axis=-1), size - 1)
 
 
+# Entries per block of sample_probs' two-level inverse CDF.
+SAMPLE_BLOCK = 64
+
+
 def sample_probs(rng: Array, probs: Array) -> Array:
     """One draw per row from unnormalised probabilities [..., V] (inverse CDF), int32.
 
@@ -114,10 +118,34 @@ def sample_probs(rng: Array, probs: Array) -> Array:
     and its argmax (on this CPU 4 us vs 22 us per row of 1,836). u lies in (0, 1], and
     the draw is the first index whose running sum reaches u times the total, so an
     entry of probability 0 is never drawn (the residual max(0, p - q) has many).
+
+    The running sum is taken in two levels, over blocks of SAMPLE_BLOCK entries and
+    then inside the one block the draw falls in, instead of over all V entries: the
+    same draw up to rounding at block edges, and on this CPU 27 -> 4 us for [8, 32000]
+    (a T5 vocabulary; 4.3 -> 2.8 us for [8, 2048]).
     """
-    cdf = jnp.cumsum(probs, axis=-1)
-    u = (1.0 - jax.random.uniform(rng, probs.shape[:-1] + (1,), cdf.dtype)) * cdf[..., -1:]
-    return jnp.minimum(jnp.sum(cdf < u, axis=-1, dtype=jnp.int32), probs.shape[-1] - 1)
+    size = probs.shape[-1]
+    lead = probs.shape[:-1]
+    k = SAMPLE_BLOCK
+    if size <= 2 * k:
+        cdf = jnp.cumsum(probs, axis=-1)
+        u = (1.0 - jax.random.uniform(rng, lead + (1,), cdf.dtype)) * cdf[..., -1:]
+        return jnp.minimum(jnp.sum(cdf < u, axis=-1, dtype=jnp.int32), size - 1)
+    num_blocks = -(-size // k)
+    padded = jnp.pad(probs, [(0, 0)] * len(lead) + [(0, num_blocks * k - size)])
+    blocks = padded.reshape(lead + (num_blocks, k))
+    block_cdf = jnp.cumsum(blocks.sum(axis=-1), axis=-1)  # [..., num_blocks]
+    u = (1.0 - jax.random.uniform(rng, lead + (1,), block_cdf.dtype)) * block_cdf[..., -1:]
+    block = jnp.minimum(jnp.sum(block_cdf < u, axis=-1, dtype=jnp.int32), num_blocks - 1)
+    previous = jnp.take_along_axis(block_cdf, jnp.maximum(block - 1, 0)[..., None], axis=-1)
+    before = jnp.where(block[..., None] > 0, previous, 0.0)  # [..., 1]
+    inner = jnp.take_along_axis(blocks, block[..., None, None], axis=-2)[..., 0, :]
+    inner_cdf = jnp.cumsum(inner, axis=-1)  # [..., k]
+    # At most the block's own total (its sum in the other order may round lower), so the
+    # draw stays on a nonzero entry of this block.
+    u_inner = jnp.minimum(u - before, inner_cdf[..., -1:])
+    offset = jnp.sum(inner_cdf < u_inner, axis=-1, dtype=jnp.int32)
+    return jnp.minimum(block * k + offset, size - 1)
 
 
 def probabilities(logits: Array, temperature: float | Array) -> Array:

@@ -531,6 +531,26 @@ def test_argmax_equals_jnp_argmax_with_ties():
     assert sampling.argmax(x).dtype == jnp.int32
 
 
+def test_sample_probs_two_levels_match_one_running_sum():
+    # Vocabularies past two blocks take the two-level path; half the entries are zero,
+    # like a residual max(0, p - q).
+    size = 5 * sampling.SAMPLE_BLOCK + 17
+    logits = 3 * jax.random.normal(jax.random.PRNGKey(0), (4096, size))
+    zeros = jax.random.bernoulli(jax.random.PRNGKey(1), 0.5, (4096, size))
+    probs = jnp.where(zeros, 0.0, jax.nn.softmax(logits, axis=-1))
+    keys = jax.random.split(jax.random.PRNGKey(2), 4096)
+    draws = np.asarray(jax.vmap(sampling.sample_probs)(keys, probs))
+
+    def one_sum(key, p):  # The plain inverse CDF over all entries, same uniform.
+        cdf = jnp.cumsum(p)
+        u = (1.0 - jax.random.uniform(key, (1,))) * cdf[-1]
+        return jnp.minimum(jnp.sum(cdf < u), size - 1)
+
+    expected = np.asarray(jax.vmap(one_sum)(keys, probs))
+    assert (draws == expected).mean() > 0.999
+    assert not np.asarray(zeros)[np.arange(4096), draws].any()
+
+
 def test_sample_probs_follows_the_distribution_and_skips_zeros():
     probs = jnp.array([0.0, 0.5, 0.0, 0.2, 0.3, 0.0]) * 3.0  # Unnormalised.
     draws = jax.jit(jax.vmap(sampling.sample_probs, (0, None)))(
