@@ -320,9 +320,8 @@ def _block_loop(
     operand]) -> tokens: `num_blocks` (traced) blocks of the speculative sampler's
     model calls in its order and shapes (a 2-token draft call, gamma - 1 one-token
     draft calls in a scan, a (gamma+1)-token target call), block i at position i,
-    fed argmax tokens, with none
-    of its acceptance or bookkeeping: the calls as the loop makes them, so that what
-    alternating two models costs is in the time.
+    fed argmax tokens, with none of its acceptance or bookkeeping: the calls as the
+    loop makes them, so that what alternating two models costs is in the time.
 
     `draft` / `target` False leave out the draft's calls (the verification is then fed
     the last token) or the verification; `extra(token, operand) -> token` runs after
