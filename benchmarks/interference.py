@@ -71,7 +71,7 @@ def measure(setup, batch: int, gamma: int, repeats: int) -> dict:
         )  # fmt: skip
         loops.append(lambda n, f=run, sweep=sweep: f(*state, n, array) if sweep else f(*state, n))
     times = evaluation.time_per_call(loops + apart, NUM_BLOCKS, repeats)[0]
-    block_s = dict(zip(variants, times, strict=False))
+    block_s = dict(zip(variants, times[: len(variants)], strict=True))
     draft_step, draft_two, verify_s = times[-3:]
     apart_times = {"draft_step_s": draft_step, "draft_two_token_s": draft_two}
     calls_apart = evaluation.isolated_block_s(

@@ -340,7 +340,6 @@ def _block_loop(
         def block(i, carry):
             draft_cache, target_cache, token = carry
             position = jnp.full((batch_size,), i)
-            fed = jnp.broadcast_to(token[:, None], (batch_size, gamma + 1))
             if draft:
                 pair = jnp.stack([token, token], axis=1)
                 logits, draft_cache = draft_model.decode(draft_params, draft_cache, pair, position)
@@ -349,6 +348,8 @@ def _block_loop(
                     draft_step, (draft_cache, first, position + 2), None, length=gamma - 1
                 )
                 fed = jnp.concatenate([token[:, None], first[:, None], rest.T], axis=1)
+            else:
+                fed = jnp.broadcast_to(token[:, None], (batch_size, gamma + 1))
             token = fed[:, -1]
             if extra is not None:
                 token = extra(token, operand)
