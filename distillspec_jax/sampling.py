@@ -87,6 +87,39 @@ class _SDState:
     rng: Array  # PRNG key.
 
 
+@flax.struct.dataclass
+class _DraftProbs:
+    """One block's draft distributions, unnormalised (`unnormalized`; q = e / s).
+
+    The first draft token's (from the block's 2-token call) is kept apart from the
+    scan's stacked rest, so no [B, gamma, V] copy is made to join them.
+    """
+
+    first: Array  # [B, V]
+    first_sum: Array  # [B, 1]
+    rest: Array  # [gamma - 1, B, V]
+    rest_sum: Array  # [gamma - 1, B, 1]
+
+    def of(self, drafted: Array) -> Array:
+        """q(drafted token) per position, [B, gamma] -> [B, gamma]."""
+        first = jnp.take_along_axis(self.first, drafted[:, :1], axis=-1) / self.first_sum
+        rest = jnp.take_along_axis(self.rest, drafted.T[1:, :, None], axis=-1) / self.rest_sum
+        return jnp.concatenate([first, rest[..., 0].T], axis=1)
+
+    def row(self, index: Array) -> Array:
+        """Row b's q at position index[b] in [0, gamma], [B, V]; zeros at gamma (the
+        bonus position has no draft)."""
+        gamma = 1 + self.rest.shape[0]
+        e, s = self.first, self.first_sum
+        if gamma > 1:
+            k = jnp.clip(index - 1, 0, gamma - 2)
+            rows = jnp.arange(index.shape[0])
+            later = (index > 0)[:, None]
+            e = jnp.where(later, self.rest[k, rows], e)
+            s = jnp.where(later, self.rest_sum[k, rows], s)
+        return jnp.where((index < gamma)[:, None], e / s, 0.0)
+
+
 # --------------------------------------------------------------------------
 # Small pure helpers.
 # --------------------------------------------------------------------------
@@ -153,6 +186,19 @@ def probabilities(logits: Array, temperature: float | Array) -> Array:
     return jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
 
 
+def unnormalized(logits: Array, temperature: float | Array) -> tuple[Array, Array]:
+    """(e [..., V], s [..., 1]) with softmax(logits / T) = e / s, in float32.
+
+    The samplers draw from e (sample_probs normalises by its own running total) and
+    divide only the entries they use (a drafted token's probability, one residual
+    row): dividing all V entries of every row is a pass over the vocabulary that
+    XLA:CPU runs as its own loop. e / s is `probabilities` up to rounding.
+    """
+    z = logits.astype(jnp.float32) / temperature
+    e = jnp.exp(z - jax.lax.stop_gradient(z.max(axis=-1, keepdims=True)))
+    return e, e.sum(axis=-1, keepdims=True)
+
+
 def sample_logits(
     rng: Array, logits: Array, temperature: float | Array, greedy: bool | None = None
 ) -> Array:
@@ -165,7 +211,7 @@ def sample_logits(
         greedy = float(temperature) == 0.0
     if greedy:
         return argmax(logits)
-    return sample_probs(rng, probabilities(logits, temperature))
+    return sample_probs(rng, unnormalized(logits, temperature)[0])
 
 
 def lenient_target_prob(p: Array, kind: str, eps: float | Array) -> Array:
@@ -513,7 +559,7 @@ def speculative_sample(
 def _accept(
     key: Array,
     drafted: Array,
-    q: Array | None,
+    q: _DraftProbs | None,
     p_logits: Array,
     temperature: float | Array,
     greedy: bool,
@@ -525,8 +571,8 @@ def _accept(
     Args:
       key: PRNG key.
       drafted: [B, gamma] draft tokens.
-      q: [B, gamma, V] the draft distributions they were sampled from (float32;
-        None when greedy: greedy acceptance compares tokens only).
+      q: the draft distributions they were sampled from (None when greedy: greedy
+        acceptance compares tokens only).
       p_logits: [B, gamma+1, V] target logits at the same positions (+ bonus).
       temperature, lenience, eps: see speculative_sample (temperature and eps
         may be traced).
@@ -543,17 +589,16 @@ def _accept(
         num_accepted = accepted.sum(axis=1)
         return accepted, _gather_rows(target_choice, num_accepted)
     key_accept, key_next = jax.random.split(key)
-    p = probabilities(p_logits, temperature)
-    p_drafted = jnp.take_along_axis(p[:, :gamma], drafted[..., None], axis=-1)[..., 0]
-    q_drafted = jnp.take_along_axis(q, drafted[..., None], axis=-1)[..., 0]
+    # p = e / s, divided only where used (`unnormalized`).
+    e, s = unnormalized(p_logits, temperature)  # [B, gamma+1, V], [B, gamma+1, 1]
+    e_drafted = jnp.take_along_axis(e[:, :gamma], drafted[..., None], axis=-1)
+    p_drafted = (e_drafted / s[:, :gamma])[..., 0]
     u = jax.random.uniform(key_accept, drafted.shape)
-    accept = u * q_drafted < lenient_target_prob(p_drafted, lenience, eps)
+    accept = u * q.of(drafted) < lenient_target_prob(p_drafted, lenience, eps)
     accepted = jnp.cumprod(accept, axis=1).astype(bool)
     num_accepted = accepted.sum(axis=1)
-    q_padded = jnp.concatenate([q, jnp.zeros_like(q[:, :1])], axis=1)  # bonus: q = 0
-    next_probs = residual_distribution(
-        _gather_rows(p, num_accepted), _gather_rows(q_padded, num_accepted)
-    )
+    p_next = _gather_rows(e, num_accepted) / _gather_rows(s, num_accepted)
+    next_probs = residual_distribution(p_next, q.row(num_accepted))
     return accepted, sample_probs(key_next, next_probs)
 
 
@@ -593,17 +638,18 @@ def _speculative_jit(
     _, target_cache = target_model.decode(target_params, target_cache, prompt_tokens, zero_pos)
     _, draft_cache = draft_model.decode(draft_params, draft_cache, prompt_tokens, zero_pos)
 
-    def draft_token(key: Array, logits: Array) -> tuple[Array, Array | None]:
-        """A draft token [B] and the distribution it was drawn from [B, V] (kept for
-        the acceptance test, not recomputed there; None when greedy)."""
+    def draft_token(key: Array, logits: Array) -> tuple[Array, tuple[Array, Array] | None]:
+        """A draft token [B] and the distribution it was drawn from, unnormalised
+        ([B, V] and its sum [B, 1]; kept for the acceptance test, not recomputed
+        there; None when greedy)."""
         if greedy:
             return argmax(logits), None
-        probs = probabilities(logits, temperature)
-        return sample_probs(key, probs), probs
+        e, s = unnormalized(logits, temperature)
+        return sample_probs(key, e), (e, s)
 
-    def draft_block(state: _SDState, key: Array) -> tuple[Array, Array | None, Any]:
-        """gamma draft calls: tokens [B, gamma], their distributions [B, gamma, V]
-        (None when greedy), cache."""
+    def draft_block(state: _SDState, key: Array) -> tuple[Array, _DraftProbs | None, Any]:
+        """gamma draft calls: tokens [B, gamma], their distributions (None when
+        greedy), cache."""
         keys = jax.random.split(key, gamma)
         n = state.lengths
         # First call feeds x[n-2], x[n-1]: re-feeding x[n-2] is harmless and puts
@@ -624,8 +670,7 @@ def _speculative_jit(
         drafted = jnp.concatenate([first[:, None], rest.T], axis=1)
         if greedy:
             return drafted, None, cache
-        q = jnp.concatenate([first_q[:, None], rest_q.swapaxes(0, 1)], axis=1)
-        return drafted, q, cache
+        return drafted, _DraftProbs(*first_q, *rest_q), cache
 
     def cond_fn(state: _SDState) -> Array:
         return (~state.done.all()) & (state.step < max_new_tokens)

@@ -562,3 +562,20 @@ def test_sample_probs_follows_the_distribution_and_skips_zeros():
     assert stats.chisquare(counts[[1, 3, 4]], expected).pvalue > 1e-3
     # A wrong distribution is rejected by the same test.
     assert stats.chisquare(counts[[1, 3, 4]], np.array([0.4, 0.3, 0.3]) * 20000).pvalue < 1e-6
+
+
+@pytest.mark.parametrize("gamma", [1, 4])
+def test_unnormalised_draft_probs_give_the_softmax_entries(gamma):
+    # The samplers keep e and s with softmax = e / s and divide only what they use.
+    logits = 2 * jax.random.normal(jax.random.PRNGKey(0), (3, gamma, 300))
+    e, s = sampling.unnormalized(logits, 0.7)
+    q = sampling.probabilities(logits, 0.7)
+    np.testing.assert_allclose(e / s, q, rtol=1e-6)
+    parts = [e[:, 0], s[:, 0], e[:, 1:].swapaxes(0, 1), s[:, 1:].swapaxes(0, 1)]
+    probs = sampling._DraftProbs(*parts)
+    drafted = jax.random.randint(jax.random.PRNGKey(1), (3, gamma), 0, 300)
+    expected = np.take_along_axis(np.asarray(q), np.asarray(drafted)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(probs.of(drafted), expected, rtol=1e-6)
+    index = jnp.array([0, gamma - 1, gamma])  # The last row: the bonus position, no draft.
+    np.testing.assert_allclose(probs.row(index)[:2], q[jnp.arange(2), index[:2]], rtol=1e-6)
+    np.testing.assert_array_equal(probs.row(index)[2], np.zeros(300))
