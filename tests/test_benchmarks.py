@@ -1,11 +1,12 @@
-"""The speculative benchmark's command line: argument checks, and one small run's JSON."""
+"""The benchmarks' command lines: argument checks, and small runs' JSON."""
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
 
-from benchmarks import plot_speculative, speculative
+from benchmarks import ab_sampler, plot_speculative, speculative
 
 
 @pytest.mark.parametrize(
@@ -48,3 +49,32 @@ def test_the_plot_refuses_results_without_the_per_run_columns(tmp_path, capsys):
     with pytest.raises(SystemExit):
         plot_speculative.main([str(old), "--out", str(tmp_path / "x.png")])
     assert "rerun benchmarks.speculative" in capsys.readouterr().err
+
+
+def test_ab_sampler_names_a_revision_it_cannot_read(capsys):
+    with pytest.raises(SystemExit, match="--base 'no-such-rev': cannot read sampling.py there"):
+        ab_sampler.main(["--base", "no-such-rev"])
+    with pytest.raises(SystemExit):
+        ab_sampler.main(["--base", "HEAD", "--batches", "one"])
+    assert "comma lists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ab_sampler_against_this_revision_finds_identical_outputs(tmp_path):
+    # HEAD's sampler against the working tree's, the same code: the outputs must agree
+    # bit for bit.
+    unchanged = subprocess.run(
+        ["git", "diff", "--quiet", "HEAD", "--", "distillspec_jax/sampling.py"], cwd=ab_sampler.ROOT
+    )
+    if unchanged.returncode != 0:
+        pytest.skip("not a git checkout, or sampling.py differs from HEAD")
+    out = tmp_path / "ab.json"
+    ab_sampler.main(
+        ["--base", "HEAD", "--vocabs", "64", "--batches", "2", "--temperatures", "0,1",
+         "--new_tokens", "12", "--repeats", "2", "--out", str(out)]
+    )  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["temperature"] for row in rows] == [0.0, 1.0]
+    for row in rows:
+        assert row["sd_same_outputs"] and row["ar_same_outputs"], row
+        assert row["sd_new_ms"] > 0 and row["ar_base_ms"] > 0
