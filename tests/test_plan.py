@@ -37,6 +37,7 @@ def _part(result, name):
     return part
 
 
+@pytest.mark.slow  # 18 s of compilation.
 def test_plan_of_a_distillation_config():
     devices = jax.devices()[:8]
     result = plan.plan(_distill_config(), devices)

@@ -110,6 +110,7 @@ def test_supervised_then_distill_on_a_2x4_mesh(family, tmp_path):
     )
 
 
+@pytest.mark.slow  # 38 s; the mesh and distillation stay in the fast tier (test above).
 def test_on_policy_distill_step_runs_sharded(tmp_path):
     batch = _fixed_batch("t5")
     _train(_config("supervised", "t5", steps=5), tmp_path / "t", batch)
