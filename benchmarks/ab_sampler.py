@@ -27,14 +27,13 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import loop_cost
-from distillspec_jax import sampling
+from benchmarks import loop_cost, speculative
+from distillspec_jax import evaluation, sampling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,34 +61,21 @@ def load_base(revision: str):
     return module
 
 
-def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each fn, `repeats` rounds calling every fn once (after one
-    call each to compile)."""
-    for fn in fns.values():
-        jax.block_until_ready(fn())
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def compare(modules: dict, pair: tuple, batch: int, gamma: int, repeats: int, **common) -> dict:
-    """One cell: SD and AR of each module on the same pair, inputs and key."""
-    target, target_params, draft, draft_params, make_prompts, eos_id = pair
-    tokens, lengths, encoder_inputs = make_prompts(batch)
+def compare(modules: dict, setup, batch: int, gamma: int, repeats: int, **common) -> dict:
+    """One cell: SD and AR of each module on the same pair (a `speculative.Setup`),
+    inputs and key."""
+    tokens, lengths, encoder_inputs = setup.prompts(batch)
     key = jax.random.PRNGKey(1)
-    common.update(eos_id=eos_id, encoder_inputs=encoder_inputs)
+    common.update(eos_id=setup.eos_id, encoder_inputs=encoder_inputs)
+    target, target_params = setup.target, setup.target_params
     fns = {}
     for name, m in modules.items():
         fns[f"{name}_sd"] = lambda m=m: (
             m.speculative_sample(
                 target,
                 target_params,
-                draft,
-                draft_params,
+                setup.draft,
+                setup.draft_params,
                 tokens,
                 lengths,
                 key,
@@ -101,7 +87,8 @@ def compare(modules: dict, pair: tuple, batch: int, gamma: int, repeats: int, **
             m.autoregressive_sample(target, target_params, tokens, lengths, key, **common).sequences
         )
     outputs = {name: np.asarray(fn()) for name, fn in fns.items()}
-    times = interleaved(fns, repeats)
+    _, seconds = evaluation.interleaved_times(list(fns.values()), repeats)
+    times = dict(zip(fns, seconds, strict=True))
     row = {}
     for kind in ("sd", "ar"):
         base, new = times[f"base_{kind}"], times[f"new_{kind}"]
@@ -141,34 +128,29 @@ def main(argv=None) -> None:
     out = args.out or f"benchmarks/results/ab_sampler_{args.pair}_cpu.json"
 
     if args.pair == "trained":
-        from benchmarks import speculative
-
-        setup = speculative.trained_setup(args.pretrained, "")
-        pairs = {
-            "trained": (setup.target, setup.target_params, setup.draft, setup.draft_params,
-                        setup.prompts, setup.eos_id),
-        }  # fmt: skip
+        setups = [speculative.trained_setup(args.pretrained, "")]
     else:
 
         def prompts(batch):
             return jnp.ones((batch, 4), jnp.int32), jnp.full((batch,), 4, jnp.int32), None
 
-        pairs = {}
+        setups = []
         for vocab in vocabs:
             model = loop_cost.TableModel(vocab)
             params = {"table": jax.random.normal(jax.random.PRNGKey(0), (vocab, vocab)) * 3.0}
-            pairs[f"table_v{vocab}"] = (model, params, model, params, prompts, None)
+            name = f"table_v{vocab}"
+            setups.append(speculative.Setup(name, model, params, model, params, prompts))
 
     rows = []
-    for name, pair in pairs.items():
+    for setup in setups:
         for batch in batches:
             for temperature in temperatures:
                 for gamma in gammas:
-                    row = dict(pair=name, batch=batch, temperature=temperature, gamma=gamma)
+                    row = dict(pair=setup.name, batch=batch, temperature=temperature, gamma=gamma)
                     row.update(
                         compare(
                             modules,
-                            pair,
+                            setup,
                             batch,
                             gamma,
                             args.repeats,

@@ -228,14 +228,13 @@ def _token_acceptance_jit(
 # --------------------------------------------------------------------------
 
 
-def time_calls(fns: Sequence[Callable[[], Any]], repeats: int = 3) -> list[tuple[float, float]]:
-    """Per function: (first call seconds, incl. compilation; fastest of `repeats` more).
-
-    The timed calls are interleaved (round r calls every function once), so a
-    slow spell of a shared machine slows one round of every function rather than
-    every repeat of one. The minimum, not the mean, because interference only
-    ever adds time.
-    """
+def interleaved_times(
+    fns: Sequence[Callable[[], Any]], repeats: int = 3
+) -> tuple[list[float], list[list[float]]]:
+    """Per function: (first call seconds, incl. compilation), and the seconds of each of
+    `repeats` more calls, made in interleaved rounds (round r calls every function once),
+    so a slow spell of a shared machine slows one round of every function rather than
+    every repeat of one."""
     firsts, times = [], [[] for _ in fns]
     for fn in fns:
         start = time.perf_counter()
@@ -246,6 +245,16 @@ def time_calls(fns: Sequence[Callable[[], Any]], repeats: int = 3) -> list[tuple
             start = time.perf_counter()
             jax.block_until_ready(fn())
             fn_times.append(time.perf_counter() - start)
+    return firsts, times
+
+
+def time_calls(fns: Sequence[Callable[[], Any]], repeats: int = 3) -> list[tuple[float, float]]:
+    """Per function: (first call seconds, incl. compilation; fastest of `repeats` more).
+
+    The timed calls are interleaved (`interleaved_times`). The minimum, not the mean,
+    because interference only ever adds time.
+    """
+    firsts, times = interleaved_times(fns, repeats)
     return [(first, float(np.min(t))) for first, t in zip(firsts, times, strict=True)]
 
 
