@@ -228,6 +228,10 @@ def _token_acceptance_jit(
 # --------------------------------------------------------------------------
 
 
+class TimingNoiseError(RuntimeError):
+    """The machine's timing noise hid what was to be measured (`time_per_call`)."""
+
+
 def interleaved_times(
     fns: Sequence[Callable[[], Any]], repeats: int = 3
 ) -> tuple[list[float], list[list[float]]]:
@@ -288,7 +292,7 @@ def time_per_call(
         per_call = [(times[k + i] - times[i]) / num_steps for i in range(k)]
         if min(per_call, default=1.0) > 0:
             return per_call, times[2 * k :]
-    raise RuntimeError(
+    raise TimingNoiseError(
         f"{num_steps} more calls did not take longer (timing noise): raise num_steps "
         f"or repeats ({repeats})"
     )
