@@ -289,6 +289,10 @@ def evaluation(**overrides: Any) -> ml_collections.ConfigDict:
     config.timing_repeats = 2
     config.cost_steps = 64
     config.seed = 0
+    # Devices the target and drafts are split over: () = one device; (1, -1) = every
+    # local device (this host's chips) on the model axis, tensor parallel, so a target
+    # too large for one chip (its parameters and KV cache) fits. The data axis must be 1.
+    config.mesh_shape = ()
     config.update(overrides)
     return config
 
@@ -311,5 +315,6 @@ def pair_evaluation(
         gammas=(1, 3, 5, 7),
         temperatures=(0.0, 1.0),
         timed_prompts=64,
+        mesh_shape=(1, -1),
     )
     return evaluation(**{**fields, **overrides})

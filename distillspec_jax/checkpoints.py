@@ -155,14 +155,21 @@ def recorded_model(workdir: str) -> Any:
     return models.from_description(record["model"]) if record else None
 
 
-def abstract_params_on_one_device(model: Any) -> Any:
-    """The model's parameter shapes placed on one device: restoring with them reads a
-    checkpoint whatever sharding it was written with."""
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+def abstract_params(model: Any, shardings: Any) -> Any:
+    """The model's parameter shapes with `shardings` (one sharding, or a matching tree):
+    restoring with them reads each array straight into its place, whatever sharding the
+    checkpoint was written with."""
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree_util.tree_map(lambda _: shardings, shapes)
     return jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        jax.eval_shape(model.init, jax.random.PRNGKey(0)),
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
+
+
+def abstract_params_on_one_device(model: Any) -> Any:
+    """The model's parameter shapes placed on one device (`abstract_params`)."""
+    return abstract_params(model, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
 
 
 def restore_params(directory: str, abstract_params: Any, what: str = "target") -> Any:

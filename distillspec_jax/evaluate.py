@@ -19,6 +19,7 @@ metric of SD and AR outputs, whether greedy SD equals greedy AR per prompt,
 and on a timed batch-1 subset the tokens/s of SD and AR, the cost ratio c and
 the measured speedup. Output: OUT/results.json (typed rows), OUT/report.md,
 OUT/plots/. Each cell is written to OUT/cells/ when done, so a rerun resumes.
+`--config.mesh_shape='(1,-1)'` splits the models over this host's chips.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from distillspec_jax import checkpoints, cli, evaluation, fs, models, sampling
+from distillspec_jax import checkpoints, cli, evaluation, fs, models, partitioning, sampling
 
 Array = jax.Array
 
@@ -172,13 +173,44 @@ def model_of(source: ml_collections.ConfigDict, vocab_size: int, what: str) -> m
     )
 
 
-def load_params(source: ml_collections.ConfigDict, model: models.BaseModel, what: str) -> Any:
+def load_params(
+    source: ml_collections.ConfigDict, model: models.BaseModel, what: str, mesh: Any = None
+) -> Any:
+    """A model source's parameters: on one device, or split over `mesh` by the model's
+    logical axes (a checkpoint is read straight into its shards)."""
+    shardings = (
+        jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        if mesh is None
+        else partitioning.param_shardings(model, mesh)
+    )
     if is_hf_directory(source.path):
         from distillspec_jax import interop
 
-        return interop.load_hf(source.path)[1]
-    abstract = checkpoints.abstract_params_on_one_device(model)
-    return checkpoints.restore_params(source.path, abstract, what)
+        return jax.device_put(interop.load_hf(source.path)[1], shardings)
+    return checkpoints.restore_params(
+        source.path, checkpoints.abstract_params(model, shardings), what
+    )
+
+
+def evaluation_mesh(config: ml_collections.ConfigDict) -> Any:
+    """The (data, model) mesh `config.mesh_shape` asks for over this host's devices (a -1
+    takes all of them; else the first ones), or None for one device. Raises
+    EvaluationError for a shape the devices cannot make."""
+    if not config.mesh_shape:
+        return None
+    devices = jax.local_devices()
+    if -1 not in config.mesh_shape:
+        devices = devices[: max(int(np.prod(config.mesh_shape)), 1)]
+    try:
+        shape = partitioning.resolve_mesh_shape(config.mesh_shape, len(devices))
+    except ValueError as e:
+        raise EvaluationError(f"mesh_shape: {e}") from None
+    if len(shape) != 2 or shape[0] != 1:
+        raise EvaluationError(
+            f"mesh_shape must be (1, N) (models split over N devices; the batch-1 timed runs "
+            f"cannot be split over data), got {tuple(config.mesh_shape)}"
+        )
+    return partitioning.create_mesh(shape, devices=devices)
 
 
 def model_fingerprint(path: str) -> dict[str, Any]:
@@ -283,6 +315,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.timed_prompts < 0:
         raise EvaluationError(f"timed_prompts must be >= 0, got {config.timed_prompts}")
     lenience_settings(config)
+    evaluation_mesh(config)
 
 
 # --------------------------------------------------------------------------
@@ -533,9 +566,10 @@ class Evaluator:
             t: load_prompts(t, config, self.family, self.vocab) for t in task_names(task)
         }
         self.lenience = lenience_settings(config)
-        self.target_params = load_params(config.target, self.target, "target")
+        self.mesh = evaluation_mesh(config)
+        self.target_params = load_params(config.target, self.target, "target", self.mesh)
         self.draft_params = {
-            name: load_params(source, self.drafts[name], f"draft {name}")
+            name: load_params(source, self.drafts[name], f"draft {name}", self.mesh)
             for name, source in config.drafts.items()
         }
         self._cost: dict[str, dict[str, float]] = {}
@@ -724,6 +758,14 @@ class Evaluator:
         return out
 
     def run(self) -> list[CellResult]:
+        """Measures every cell (keeping each in `cells/`), then the target's quality. On a
+        mesh, the models' logical sharding constraints resolve against it."""
+        if self.mesh is None:
+            return self._run()
+        with partitioning.activate(self.mesh):
+            return self._run()
+
+    def _run(self) -> list[CellResult]:
         cfg = self.config
         cells = [
             (task, temperature, draft, gamma, lenience, eps)

@@ -959,8 +959,9 @@ class T5Transformer(nn.Module):
         cross = self.decoder.cross_kv(self.encode(encoder_input_tokens))
         shape = (batch, cfg.num_heads, max_length, cfg.head_dim)
         cache = {"encoder_mask": encoder_input_tokens > 0}
+        axes = KV_AXES
         if cfg.scan_layers:
-            shape = (cfg.num_decoder_layers,) + shape
+            shape, axes = (cfg.num_decoder_layers,) + shape, ("layers",) + KV_AXES
             cross = {"layers": cross}  # One stacked entry, named as the scan names it.
         for name, (key, value) in cross.items():
             layer = {
@@ -969,7 +970,7 @@ class T5Transformer(nn.Module):
                 "cross_key": key.astype(dtype),
                 "cross_value": value.astype(dtype),
             }
-            cache[name] = layer
+            cache[name] = {k: _constrain(v, axes) for k, v in layer.items()}
         return cache
 
     def decode(self, tokens: Array, positions: Array, cache: Cache) -> tuple[Array, Cache]:
@@ -1096,10 +1097,9 @@ class DecoderOnlyTransformer(nn.Module):
         shape = (batch_size, cfg.num_kv_heads, max_length, cfg.head_dim)
         if cfg.scan_layers:
             shape = (cfg.num_layers,) + shape
-            return {
-                "layers": {"key": jnp.zeros(shape, cfg.dtype), "value": jnp.zeros(shape, cfg.dtype)}
-            }
-        zeros = functools.partial(jnp.zeros, shape, jnp.dtype(cfg.dtype))
+            zeros = lambda: _constrain(jnp.zeros(shape, cfg.dtype), ("layers",) + KV_AXES)  # noqa: E731
+            return {"layers": {"key": zeros(), "value": zeros()}}
+        zeros = lambda: _constrain(jnp.zeros(shape, cfg.dtype), KV_AXES)  # noqa: E731
         return {f"layers_{i}": {"key": zeros(), "value": zeros()} for i in range(cfg.num_layers)}
 
     def decode(self, tokens: Array, positions: Array, cache: Cache) -> tuple[Array, Cache]:

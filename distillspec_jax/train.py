@@ -387,7 +387,7 @@ def train_and_evaluate(
             )
     train, target_shardings = make_trainer(config, model, mesh, target_model)
     if target_model is not None:
-        abstract_target = _abstract_params(target_model, target_shardings)
+        abstract_target = checkpoints.abstract_params(target_model, target_shardings)
         target_params = checkpoints.restore_params(
             config.target_checkpoint, abstract_target, "target"
         )
@@ -408,7 +408,9 @@ def train_and_evaluate(
         logging.info("Resumed %s at step %d", workdir, meta["step"])
     elif config.init_checkpoint:
         init = checkpoints.restore_params(
-            config.init_checkpoint, _abstract_params(model, train.state_shardings.params), "init"
+            config.init_checkpoint,
+            checkpoints.abstract_params(model, train.state_shardings.params),
+            "init",
         )
         state = train.init_state(init)
     else:
@@ -569,13 +571,6 @@ def _configured_model(
             f"(model.json): set {field}"
         )
     return recorded
-
-
-def _abstract_params(model: Any, shardings: Any) -> Any:
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-    return jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
-    )
 
 
 def main(argv=None) -> None:

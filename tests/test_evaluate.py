@@ -241,6 +241,8 @@ def test_bad_input_fails_before_decoding(setup, tmp_path, monkeypatch):
         (dict(reference_draft="nope"), evaluate.EvaluationError, "reference_draft 'nope'"),
         (dict(lenience=("cubic",)), evaluate.EvaluationError, "lenience 'cubic' is unknown"),
         (dict(split="validation"), evaluate.EvaluationError, "has no split 'validation'"),
+        (dict(mesh_shape=(2, -1)), evaluate.EvaluationError, r"mesh_shape must be \(1, N\)"),
+        (dict(mesh_shape=(1, 64)), evaluate.EvaluationError, "mesh_shape: .* needs 64 devices"),
     ]
     for overrides, error, match in cases:
         with pytest.raises(error, match=match):
@@ -266,6 +268,35 @@ def test_bad_input_fails_before_decoding(setup, tmp_path, monkeypatch):
     config.drafts["bare"] = common.model_source(str(empty))
     with pytest.raises(evaluate.EvaluationError, match="records no architecture"):
         evaluate.Evaluator(config, str(tmp_path / "out"), progress=False)
+
+
+@pytest.mark.slow
+def test_models_split_over_a_mesh_give_the_one_device_results(setup, tmp_path):
+    """mesh_shape=(1, 4): the target's and drafts' parameters are split over four devices
+    (model axis) and every cell decodes as on one device: greedy SD reproduces greedy AR,
+    and the per-prompt counters (hence tau) are the one-device run's."""
+    assert jax.local_device_count() >= 4  # conftest simulates 8 CPU devices.
+    common_overrides = dict(temperatures=(0.0,), gammas=(3,), timed_prompts=1)
+    rows = {}
+    for mesh_shape in ((), (1, 4)):
+        config = _config(setup, mesh_shape=mesh_shape, **common_overrides)
+        evaluator = evaluate.Evaluator(config, str(tmp_path / str(len(mesh_shape))), False)
+        if mesh_shape:
+            specs = {
+                str(leaf.sharding.spec)
+                for leaf in jax.tree_util.tree_leaves(evaluator.target_params)
+            }
+            assert any("model" in spec for spec in specs), specs
+            for params in evaluator.draft_params.values():  # The workdir and the HF draft.
+                leaves = jax.tree_util.tree_leaves(params)
+                assert any(len(leaf.sharding.device_set) == 4 for leaf in leaves)
+        rows[mesh_shape] = {row.draft: row for row in evaluator.run()}
+    for draft, row in rows[(1, 4)].items():
+        one = rows[()][draft]
+        assert row.greedy_identical_fraction == 1.0
+        assert row.prompt_tokens == one.prompt_tokens
+        assert row.prompt_target_calls == one.prompt_target_calls
+        assert row.block_efficiency == one.block_efficiency
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from distillspec_jax import models, partitioning
+from distillspec_jax import models, partitioning, sampling
 
 
 def _batch(family, rng, batch=4, length=6):
@@ -169,3 +169,53 @@ def test_fsdp_rules_keep_activations_on_the_batch():
     assert nn.logical_to_mesh_axes(("embed", "mlp"), rules) == P("data", "model")
     assert nn.logical_to_mesh_axes(("vocab", "embed"), rules) == P("model", "data")
     assert partitioning.logical_axis_rules(False) == partitioning.LOGICAL_AXIS_RULES
+
+
+@pytest.mark.parametrize("family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"])
+def test_samplers_on_a_model_parallel_mesh_match_one_device(family):
+    """What `evaluate` does with mesh_shape=(1, 2): target and draft parameters split over
+    the model axis, the samplers traced under the mesh. Greedy AR and SD give the
+    one-device tokens and counters; the caches they build are split too (over key/value
+    heads: the tiny models have 2)."""
+    target = models.build_model(family, "tiny")
+    draft = (
+        models.build_model(family, "tiny", num_layers=1)
+        if family == "decoder_only"
+        else (models.build_model(family, "tiny", num_decoder_layers=1))
+    )
+    target_params = target.init(jax.random.PRNGKey(0))
+    draft_params = draft.init(jax.random.PRNGKey(1))
+    rng = np.random.default_rng(0)
+    prompts = jnp.asarray(rng.integers(2, 128, size=(2, 4)), jnp.int32)
+    lengths = jnp.asarray([4, 2], jnp.int32)
+    enc = jnp.asarray(rng.integers(2, 128, size=(2, 5)), jnp.int32) if family == "t5" else None
+    common = dict(max_new_tokens=8, temperature=0.0, encoder_inputs=enc)
+
+    def run(t_params, d_params):
+        ar = sampling.autoregressive_sample(
+            target, t_params, prompts, lengths, jax.random.PRNGKey(0), **common
+        )
+        sd = sampling.speculative_sample(
+            target, t_params, draft, d_params, prompts, lengths, jax.random.PRNGKey(0),
+            gamma=3, **common,
+        )  # fmt: skip
+        return ar, sd
+
+    ref_ar, ref_sd = run(target_params, draft_params)
+    mesh = partitioning.create_mesh((1, 2), devices=jax.devices()[:2])
+    put = lambda model, p: jax.device_put(p, partitioning.param_shardings(model, mesh))  # noqa: E731
+    with partitioning.activate(mesh):
+        ar, sd = run(put(target, target_params), put(draft, draft_params))
+        cache = jax.jit(target.init_cache, static_argnums=(1, 2))(
+            put(target, target_params), 2, 16, enc
+        )
+    for name, leaf in jax.tree_util.tree_leaves_with_path(cache):
+        if leaf.ndim == 4:  # Self and cross keys / values [B, H, M, D]; not the mask.
+            assert leaf.sharding.spec == P(None, "model"), (name, leaf.sharding.spec)
+    np.testing.assert_array_equal(ar.sequences, ref_ar.sequences)
+    np.testing.assert_array_equal(sd.sequences, ref_sd.sequences)
+    np.testing.assert_array_equal(sd.lengths, ar.lengths)  # Lossless: SD's tokens are AR's.
+    width = ar.sequences.shape[1]
+    np.testing.assert_array_equal(sd.sequences[:, :width], ar.sequences)
+    np.testing.assert_array_equal(sd.num_target_calls, ref_sd.num_target_calls)
+    np.testing.assert_array_equal(sd.num_accepted, ref_sd.num_accepted)

@@ -85,7 +85,7 @@ def test_supervised_then_distill_on_a_2x4_mesh(family, tmp_path):
     assert 1.0 <= result["eval"]["block_efficiency"] <= 4.0
     # The frozen target equals its checkpoint bit for bit, and was never written.
     model = models.model_from_gin(config.target_gin_file)
-    abstract = train._abstract_params(
+    abstract = checkpoints.abstract_params(
         model, partitioning.param_shardings(model, partitioning.create_mesh((2, 4)))
     )
     saved = checkpoints.restore_params(str(target_dir), abstract)
@@ -99,7 +99,7 @@ def test_supervised_then_distill_on_a_2x4_mesh(family, tmp_path):
     # Only the draft is checkpointed in the distill workdir.
     draft_saved = checkpoints.restore_params(
         str(distill_dir),
-        train._abstract_params(
+        checkpoints.abstract_params(
             result["model"],
             partitioning.param_shardings(result["model"], partitioning.create_mesh((2, 4))),
         ),

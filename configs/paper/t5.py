@@ -21,7 +21,8 @@ T5 v1.1 checkpoints (converted with distillspec_jax.interop), then distil.
          --config.init_checkpoint=gs://BUCKET/xsum/draft
 
   # 4. tau, alpha, ROUGE / BLEU / accuracy and speedup of both drafts (baseline = the
-  #    fine-tuned draft, distilled = step 3's) against the target, on the target's slice
+  #    fine-tuned draft, distilled = step 3's) against the target: on worker 0 of the
+  #    target's slice, the models split over its 4 chips (mesh_shape=(1, -1))
   tpu_scripts/launch.sh ... --accelerator v4-32 --module evaluate \
       --config configs/paper/t5.py:task=xsum,target=xl,stage=evaluate,root=gs://BUCKET/xsum \
       --workdir gs://BUCKET/xsum/evaluate_xl_t1
