@@ -171,7 +171,8 @@ def test_fsdp_rules_keep_activations_on_the_batch():
     assert partitioning.logical_axis_rules(False) == partitioning.LOGICAL_AXIS_RULES
 
 
-@pytest.mark.parametrize("family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"])
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["t5", "decoder_only"])
 def test_samplers_on_a_model_parallel_mesh_match_one_device(family):
     """What `evaluate` does with mesh_shape=(1, 2): target and draft parameters split over
     the model axis, the samplers traced under the mesh. Greedy AR and SD give the

@@ -64,7 +64,7 @@ def _losses(workdir):
     return [r["loss"] for r in rows if r["split"] == "train"]
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize("family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"])
 def test_supervised_then_distill_on_a_2x4_mesh(family, tmp_path):
     batch = _fixed_batch(family)
     target_dir = tmp_path / "target"
