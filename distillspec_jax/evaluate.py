@@ -19,12 +19,14 @@ metric of SD and AR outputs, whether greedy SD equals greedy AR per prompt,
 and on a timed batch-1 subset the tokens/s of SD and AR, the cost ratio c and
 the measured speedup. Output: OUT/results.json (typed rows), OUT/report.md,
 OUT/plots/. Each cell is written to OUT/cells/ when done, so a rerun resumes.
-`--config.mesh_shape='(1,-1)'` splits the models over this host's chips.
+`--config.mesh_shape='(1,-1)'` splits the models over this host's chips;
+`--config.param_dtype=bfloat16` halves the weight bytes a decode step reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -173,11 +175,19 @@ def model_of(source: ml_collections.ConfigDict, vocab_size: int, what: str) -> m
     )
 
 
+PARAM_DTYPES = ("", "float32", "bfloat16")
+
+
 def load_params(
-    source: ml_collections.ConfigDict, model: models.BaseModel, what: str, mesh: Any = None
+    source: ml_collections.ConfigDict,
+    model: models.BaseModel,
+    what: str,
+    mesh: Any = None,
+    dtype: str = "",
 ) -> Any:
     """A model source's parameters: on one device, or split over `mesh` by the model's
-    logical axes (a checkpoint is read straight into its shards)."""
+    logical axes (a checkpoint is read straight into its shards); floating ones cast to
+    `dtype` ('' keeps the stored dtype)."""
     shardings = (
         jax.sharding.SingleDeviceSharding(jax.devices()[0])
         if mesh is None
@@ -186,10 +196,14 @@ def load_params(
     if is_hf_directory(source.path):
         from distillspec_jax import interop
 
-        return jax.device_put(interop.load_hf(source.path)[1], shardings)
-    return checkpoints.restore_params(
-        source.path, checkpoints.abstract_params(model, shardings), what
-    )
+        params = jax.device_put(interop.load_hf(source.path)[1], shardings)
+    else:
+        abstract = checkpoints.abstract_params(model, shardings)
+        params = checkpoints.restore_params(source.path, abstract, what)
+    if not dtype:
+        return params
+    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
+    return jax.tree_util.tree_map(cast, params)
 
 
 def evaluation_mesh(config: ml_collections.ConfigDict) -> Any:
@@ -316,6 +330,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise EvaluationError(f"timed_prompts must be >= 0, got {config.timed_prompts}")
     lenience_settings(config)
     evaluation_mesh(config)
+    if config.param_dtype not in PARAM_DTYPES:
+        raise EvaluationError(
+            f"param_dtype must be one of {PARAM_DTYPES}, got {config.param_dtype!r}"
+        )
 
 
 # --------------------------------------------------------------------------
@@ -567,9 +585,10 @@ class Evaluator:
         }
         self.lenience = lenience_settings(config)
         self.mesh = evaluation_mesh(config)
-        self.target_params = load_params(config.target, self.target, "target", self.mesh)
+        load = functools.partial(load_params, mesh=self.mesh, dtype=config.param_dtype)
+        self.target_params = load(config.target, self.target, "target")
         self.draft_params = {
-            name: load_params(source, self.drafts[name], f"draft {name}", self.mesh)
+            name: load(source, self.drafts[name], f"draft {name}")
             for name, source in config.drafts.items()
         }
         self._cost: dict[str, dict[str, float]] = {}

@@ -243,6 +243,7 @@ def test_bad_input_fails_before_decoding(setup, tmp_path, monkeypatch):
         (dict(split="validation"), evaluate.EvaluationError, "has no split 'validation'"),
         (dict(mesh_shape=(2, -1)), evaluate.EvaluationError, r"mesh_shape must be \(1, N\)"),
         (dict(mesh_shape=(1, 64)), evaluate.EvaluationError, "mesh_shape: .* needs 64 devices"),
+        (dict(param_dtype="float16"), evaluate.EvaluationError, "param_dtype must be one of"),
     ]
     for overrides, error, match in cases:
         with pytest.raises(error, match=match):
@@ -274,13 +275,19 @@ def test_bad_input_fails_before_decoding(setup, tmp_path, monkeypatch):
 def test_models_split_over_a_mesh_give_the_one_device_results(setup, tmp_path):
     """mesh_shape=(1, 4): the target's and drafts' parameters are split over four devices
     (model axis) and every cell decodes as on one device: greedy SD reproduces greedy AR,
-    and the per-prompt counters (hence tau) are the one-device run's."""
+    and the per-prompt counters (hence tau) are the one-device run's. param_dtype=bfloat16
+    casts every parameter (a different model, so only SD == AR is checked there)."""
     assert jax.local_device_count() >= 4  # conftest simulates 8 CPU devices.
     common_overrides = dict(temperatures=(0.0,), gammas=(3,), timed_prompts=1)
     rows = {}
-    for mesh_shape in ((), (1, 4)):
-        config = _config(setup, mesh_shape=mesh_shape, **common_overrides)
-        evaluator = evaluate.Evaluator(config, str(tmp_path / str(len(mesh_shape))), False)
+    for mesh_shape, dtype in (((), ""), ((1, 4), ""), ((1, 4), "bfloat16")):
+        config = _config(setup, mesh_shape=mesh_shape, param_dtype=dtype, **common_overrides)
+        out = str(tmp_path / f"{len(mesh_shape)}{dtype}")
+        evaluator = evaluate.Evaluator(config, out, progress=False)
+        leaves = jax.tree_util.tree_leaves(
+            (evaluator.target_params, list(evaluator.draft_params.values()))
+        )
+        assert {str(leaf.dtype) for leaf in leaves} == {dtype or "float32"}
         if mesh_shape:
             specs = {
                 str(leaf.sharding.spec)
@@ -290,13 +297,15 @@ def test_models_split_over_a_mesh_give_the_one_device_results(setup, tmp_path):
             for params in evaluator.draft_params.values():  # The workdir and the HF draft.
                 leaves = jax.tree_util.tree_leaves(params)
                 assert any(len(leaf.sharding.device_set) == 4 for leaf in leaves)
-        rows[mesh_shape] = {row.draft: row for row in evaluator.run()}
-    for draft, row in rows[(1, 4)].items():
-        one = rows[()][draft]
+        rows[mesh_shape, dtype] = {row.draft: row for row in evaluator.run()}
+    for draft, row in rows[(1, 4), ""].items():
+        one = rows[(), ""][draft]
         assert row.greedy_identical_fraction == 1.0
         assert row.prompt_tokens == one.prompt_tokens
         assert row.prompt_target_calls == one.prompt_target_calls
         assert row.block_efficiency == one.block_efficiency
+    for row in rows[(1, 4), "bfloat16"].values():
+        assert row.greedy_identical_fraction == 1.0
 
 
 @pytest.mark.slow
