@@ -1,13 +1,15 @@
-r"""Memory and compile plan of every configs/paper/ training experiment on its slice.
+r"""Memory and compile plan of every configs/paper/ experiment on its slice.
 
   python -m benchmarks.plan_paper [--out benchmarks/results/plan_paper.json] [--only xxl]
 
 Runs `python -m distillspec_jax.plan` (one process per experiment: each needs
 its own number of simulated devices) on the config's default memory layout
-(scanned layers, no remat, 1-D parameter sharding). Where that does not fit a
-chip, it tries, in order, remat=full, then FSDP as well, then gradient
-accumulation (microbatches 2, 4, 8), and records the first that fits in 90% of a chip. Writes
-the JSON and prints a Markdown table (the README's).
+(scanned layers, no remat, 1-D parameter sharding). Where a training stage does
+not fit a chip, it tries, in order, remat=full, then FSDP as well, then gradient
+accumulation (microbatches 2, 4, 8); where an evaluation (one host of the slice,
+the models split over its chips) does not, halved batch sizes. It records the
+first setting that fits in 90% of a chip, writes the JSON and prints a Markdown
+table (the README's).
 """
 
 from __future__ import annotations
@@ -27,17 +29,24 @@ T5_TARGETS = ("base", "large", "xl", "xxl")
 
 
 def experiments() -> list[str]:
-    """Config strings of every paper training stage (evaluation stages plan nothing new:
-    their sampler is the distillation stage's)."""
+    """Config strings of every paper stage: training, and evaluation (on one host of the
+    slice, not the distillation stage's mesh)."""
     out = []
     for task in T5_TASKS:
         out.append(f"configs/paper/t5.py:task={task},stage=draft")
         for target in T5_TARGETS:
-            out.append(f"configs/paper/t5.py:task={task},target={target},stage=target")
-            out.append(f"configs/paper/t5.py:task={task},target={target},stage=distill")
+            for stage in ("target", "distill", "evaluate"):
+                out.append(f"configs/paper/t5.py:task={task},target={target},stage={stage}")
     out += [f"configs/paper/gpt_lm1b.py:stage={s}" for s in ("target", "draft", "distill")]
+    out += ["configs/paper/gpt_lm1b.py:stage=evaluate"]
     out += [f"configs/paper/model_garden.py:task=gsm8k,stage={s}" for s in ("target", "draft")]
+    out += ["configs/paper/model_garden.py:task=gsm8k,stage=evaluate"]
+    out += ["configs/paper/bbh_transfer.py"]
     return out
+
+
+def is_evaluation(config: str) -> bool:
+    return "stage=evaluate" in config or "bbh_transfer" in config
 
 
 # Memory settings tried in turn until one fits: (config args, extra flags).
@@ -48,6 +57,13 @@ ESCALATION = (
     ("remat=full,fsdp=True", ("--config.optimizer.microbatches=2",)),
     ("remat=full,fsdp=True", ("--config.optimizer.microbatches=4",)),
     ("remat=full,fsdp=True", ("--config.optimizer.microbatches=8",)),
+)
+# An evaluation's: the config's batch, then smaller ones.
+EVALUATION_ESCALATION = (
+    ("", ()),
+    ("", ("--config.batch_size=32",)),
+    ("", ("--config.batch_size=16",)),
+    ("", ("--config.batch_size=8",)),
 )
 
 
@@ -124,7 +140,7 @@ def main() -> None:
         if args.only and args.only not in config:
             continue
         tried = []
-        for settings, flags in ESCALATION:
+        for settings, flags in EVALUATION_ESCALATION if is_evaluation(config) else ESCALATION:
             result = plan_one(config, settings, flags)
             result["config"] = config
             tried.append({"settings": result["settings"], "fits": fits(result)})

@@ -299,6 +299,11 @@ def evaluation(**overrides: Any) -> ml_collections.ConfigDict:
     # (whose bfloat16-stored weights it leaves unchanged) whole runs were no faster on
     # 2 cores, and SD with a bfloat16 draft 20% slower.
     config.param_dtype = ""
+    # Gin bindings for a model source named by its gin_file (a workdir without
+    # model.json, or one `python -m distillspec_jax.plan` cannot read, such as a bucket).
+    config.gin_bindings = ()
+    # The slice it runs on (worker 0 of it), for the plan's chip memory.
+    config.accelerator = ""
     config.update(overrides)
     return config
 

@@ -157,8 +157,11 @@ def is_hf_directory(path: str) -> bool:
     )
 
 
-def model_of(source: ml_collections.ConfigDict, vocab_size: int, what: str) -> models.BaseModel:
-    """The architecture of a model source (no parameters are read)."""
+def model_of(
+    source: ml_collections.ConfigDict, vocab_size: int, what: str, bindings: Sequence[str] = ()
+) -> models.BaseModel:
+    """The architecture of a model source (no parameters are read): a Hugging Face
+    config, the workdir's record, else its gin file with `bindings`."""
     path = source.path
     if is_hf_directory(path):
         from distillspec_jax import interop
@@ -168,7 +171,7 @@ def model_of(source: ml_collections.ConfigDict, vocab_size: int, what: str) -> m
     if recorded is not None:
         return recorded
     if source.get("gin_file"):
-        return models.model_from_gin(source.gin_file, vocab_size=vocab_size)
+        return models.model_from_gin(source.gin_file, bindings, vocab_size=vocab_size)
     raise EvaluationError(
         f"{what}.path={path} records no architecture ({checkpoints.MODEL_FILE}); set "
         f"{what}.gin_file to the gin file it was trained with"
@@ -557,9 +560,9 @@ class Evaluator:
         self.vocab = tasks.get_vocabulary(vocabulary_path(config))
         vocab_size = config.data.model_vocab_size or self.vocab.vocab_size
         # Architectures first: a mismatch fails before any checkpoint is read.
-        self.target = model_of(config.target, vocab_size, "target")
+        self.target = model_of(config.target, vocab_size, "target", config.gin_bindings)
         self.drafts = {
-            name: model_of(source, vocab_size, f"drafts.{name}")
+            name: model_of(source, vocab_size, f"drafts.{name}", config.gin_bindings)
             for name, source in config.drafts.items()
         }
         for name, draft in self.drafts.items():

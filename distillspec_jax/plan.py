@@ -1,6 +1,7 @@
-r"""Per-device memory and compile plan of a training config on its slice, without a slice.
+r"""Per-device memory and compile plan of a config on its slice, without a slice.
 
   python -m distillspec_jax.plan --config configs/paper/t5.py:task=xsum,target=xxl,stage=distill
+  python -m distillspec_jax.plan --config configs/paper/t5.py:task=xsum,target=xxl,stage=evaluate
 
 builds the config's (data, model) mesh on N simulated CPU devices, then lowers
 and compiles, on abstract arrays (nothing is allocated), what the run executes:
@@ -10,7 +11,10 @@ generation) and, for a distillation config, the speculative sampler of the
 device: parameter, optimizer-state, frozen-target and KV-cache bytes (from the
 shardings), XLA's own accounting of arguments, outputs and temporaries (its
 memory analysis of the compiled SPMD program, which is per device), the
-compile time, and whether the total fits a chip of the slice.
+compile time, and whether the total fits a chip of the slice. An evaluation
+config (`python -m distillspec_jax.evaluate`'s) is planned on one host of its
+slice, as `evaluate` runs: its speculative sampler with the models split by
+`mesh_shape` over that host's chips (`plan_evaluation`).
 
 N and the chip come from `config.accelerator` (say 'v4-64': 32 v4 chips of 32
 GiB), or --num_devices / --accelerator. The compiler is XLA's CPU backend: its
@@ -67,11 +71,13 @@ class PartPlan:
     outputs: int
     aliased: int  # outputs written into donated inputs.
     temporaries: int
+    resident: int = 0  # held beside the program: the drafts `evaluate` keeps loaded.
 
     @property
     def total(self) -> int:
-        """Live at once per device: inputs, new outputs (not donated), temporaries."""
-        return self.arguments + self.outputs - self.aliased + self.temporaries
+        """Live at once per device: inputs, new outputs (not donated), temporaries (and
+        what is resident beside them)."""
+        return self.arguments + self.outputs - self.aliased + self.temporaries + self.resident
 
 
 def _per_device_bytes(tree: Any) -> int:
@@ -160,12 +166,82 @@ def _memory(compiled: Any) -> dict[str, int]:
     }
 
 
-def plan(config: Any, devices: list[Any]) -> dict[str, Any]:
-    """Compiles the config's programs on `devices`; returns the plan (JSON-able)."""
+def _sampler_part(
+    name: str,
+    target_model: Any,
+    abstract_target: Any,
+    draft_model: Any,
+    draft_params: Any,
+    mesh: Any,
+    rules: Any,
+    rows: int,
+    input_length: int,
+    gamma: int,
+    max_new_tokens: int,
+    greedy: bool,
+) -> PartPlan:
+    """The speculative sampler of (target, draft) on `mesh`, `rows` prompts of
+    `input_length` tokens (the encoder's, or the decoder prompt's), compiled."""
     import jax
     import jax.numpy as jnp
 
-    from distillspec_jax import models, partitioning, sampling, trainer
+    from distillspec_jax import models, partitioning, sampling
+
+    data_size = mesh.shape["data"]
+    row_sharding = (
+        partitioning.data_sharding(mesh) if rows % data_size == 0 else partitioning.replicated(mesh)
+    )
+    encoder = models.is_encoder_decoder(draft_model)
+    prompt_len = 1 if encoder else max(int(input_length), 1)
+    enc = (
+        jax.ShapeDtypeStruct((rows, input_length), jnp.int32, sharding=row_sharding)
+        if encoder
+        else None
+    )
+    cache_length = sampling.speculative_cache_length(prompt_len, max_new_tokens, gamma)
+    cache_bytes = 0
+    for m, p in ((target_model, abstract_target), (draft_model, draft_params)):
+        shapes = jax.eval_shape(lambda p, e, m=m: m.init_cache(p, rows, cache_length, e), p, enc)
+        cache_bytes += _cache_bytes(shapes, mesh)
+    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=partitioning.replicated(mesh))
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioning.replicated(mesh))
+    compiled, seconds = _compile(
+        sampling._speculative_jit,
+        target_model,
+        draft_model,
+        abstract_target,
+        draft_params,
+        jax.ShapeDtypeStruct((rows, prompt_len), jnp.int32, sharding=row_sharding),
+        jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=row_sharding),
+        key,
+        enc,
+        scalar,
+        scalar,
+        mesh=mesh,
+        rules=rules,
+        gamma=gamma,
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        lenience="none",
+        eos_id=1,
+        cache_length=cache_length,
+    )
+    return PartPlan(
+        name=name,
+        compile_seconds=seconds,
+        params=_per_device_bytes(draft_params),
+        opt_state=0,
+        target_params=_per_device_bytes(abstract_target),
+        kv_cache=cache_bytes,
+        **_memory(compiled),
+    )
+
+
+def plan(config: Any, devices: list[Any]) -> dict[str, Any]:
+    """Compiles the config's programs on `devices`; returns the plan (JSON-able)."""
+    import jax
+
+    from distillspec_jax import models, partitioning, trainer
     from distillspec_jax import train as train_lib
 
     check_training_config(config)
@@ -209,62 +285,21 @@ def plan(config: Any, devices: list[Any]) -> dict[str, Any]:
 
     if config.mode == "distill":
         spec = config.speculative_eval
-        rows, data_size = config.batch_size, mesh.shape["data"]
-        row_sharding = (
-            partitioning.data_sharding(mesh)
-            if rows % data_size == 0
-            else partitioning.replicated(mesh)
-        )
-        encoder = models.is_encoder_decoder(model)
-        prompt_len = 1 if encoder else max(int(config.data.max_input_length), 1)
-        enc = (
-            jax.ShapeDtypeStruct(
-                (rows, config.data.max_input_length), jnp.int32, sharding=row_sharding
-            )
-            if encoder
-            else None
-        )
-        cache_length = prompt_len + spec.max_new_tokens + spec.gamma + 1
-        draft_params = state.params
-        cache_bytes = 0
-        for m, p in ((target_model, abstract_target), (model, draft_params)):
-            shapes = jax.eval_shape(
-                lambda p, e, m=m: m.init_cache(p, rows, cache_length, e), p, enc
-            )
-            cache_bytes += _cache_bytes(shapes, mesh)
-        scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=partitioning.replicated(mesh))
-        key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioning.replicated(mesh))
-        compiled, seconds = _compile(
-            sampling._speculative_jit,
-            target_model,
-            model,
-            abstract_target,
-            draft_params,
-            jax.ShapeDtypeStruct((rows, prompt_len), jnp.int32, sharding=row_sharding),
-            jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=row_sharding),
-            key,
-            enc,
-            scalar,
-            scalar,
-            mesh=mesh,
-            rules=rules,
-            gamma=int(spec.gamma),
-            max_new_tokens=int(spec.max_new_tokens),
-            greedy=float(spec.temperature) == 0.0,
-            lenience="none",
-            eos_id=1,
-            cache_length=cache_length,
-        )
         parts.append(
-            PartPlan(
-                name="speculative sampler",
-                compile_seconds=seconds,
-                params=_per_device_bytes(draft_params),
-                opt_state=0,
-                target_params=target_bytes,
-                kv_cache=cache_bytes,
-                **_memory(compiled),
-            )
+            _sampler_part(
+                "speculative sampler",
+                target_model,
+                abstract_target,
+                model,
+                state.params,
+                mesh,
+                rules,
+                config.batch_size,
+                config.data.max_input_length,
+                int(spec.gamma),
+                int(spec.max_new_tokens),
+                float(spec.temperature) == 0.0,
+            )  # fmt: skip
         )
     return {
         "mesh": dict(mesh.shape),
@@ -348,19 +383,116 @@ def _backend_started() -> bool:
     return started() if started is not None else bool(getattr(xla_bridge, "_backends", True))
 
 
+def is_evaluation_config(config: Any) -> bool:
+    """A `python -m distillspec_jax.evaluate` config (a target and drafts, no mode)."""
+    return "drafts" in config and "target" in config and "mode" not in config
+
+
 def check_training_config(config: Any) -> None:
     if config.get("mode") not in ("supervised", "distill"):
         raise ValueError(
-            "plan takes a training config (mode 'supervised' or 'distill'); an evaluation "
-            "config's models are planned by the distillation stage of the same pair"
+            "plan takes a training config (mode 'supervised' or 'distill') or an evaluation "
+            "config (a target and drafts)"
         )
 
 
+# Chips of one host (evaluate runs on one host, worker 0: launch.sh).
+HOST_CHIPS = {"v4": 4, "v5p": 4, "v5e": 8}
+
+
+def _evaluated_model(source: Any, config: Any, what: str) -> Any:
+    """A model source's architecture for the plan: its gin file with the config's
+    bindings when set (the paper configs set them: their workdirs may be buckets),
+    else what the workdir records."""
+    from distillspec_jax import evaluate, fs, models
+
+    vocab = config.data.model_vocab_size or config.data.vocab_size
+    if source.gin_file:
+        return models.model_from_gin(source.gin_file, config.gin_bindings, vocab_size=vocab)
+    if fs.is_remote(source.path) or not fs.exists(source.path):
+        raise ValueError(
+            f"plan cannot read {what}.path={source.path}: set {what}.gin_file (and the "
+            f"config's gin_bindings) to plan it"
+        )
+    return evaluate.model_of(source, vocab, what, config.gin_bindings)
+
+
+def plan_evaluation(config: Any, devices: list[Any]) -> dict[str, Any]:
+    """The evaluation's speculative sampler on one host's `devices` (config.mesh_shape
+    over them, as `evaluate` builds it) at its batch, input length, largest gamma and
+    budget, sampled if any temperature is > 0: per draft architecture, with every
+    model's parameters loaded (the other drafts' are resident beside the program)."""
+    import jax
+
+    from distillspec_jax import checkpoints, evaluate, models, partitioning
+
+    evaluate.validate(config)
+    mesh = evaluate.evaluation_mesh(config) or partitioning.create_mesh((1, 1), devices=devices[:1])
+    target = _evaluated_model(config.target, config, "target")
+    drafts = {
+        name: _evaluated_model(source, config, f"drafts.{name}")
+        for name, source in config.drafts.items()
+    }
+
+    def abstract(model):
+        params = checkpoints.abstract_params(model, partitioning.param_shardings(model, mesh))
+        if not config.param_dtype:
+            return params
+        cast = lambda x: jax.ShapeDtypeStruct(  # noqa: E731
+            x.shape, config.param_dtype if x.dtype.kind == "f" else x.dtype, sharding=x.sharding
+        )
+        return jax.tree_util.tree_map(cast, params)
+
+    abstract_target = abstract(target)
+    abstract_drafts = {name: abstract(m) for name, m in drafts.items()}
+    draft_bytes = {name: _per_device_bytes(p) for name, p in abstract_drafts.items()}
+    parts, seen = [], {}
+    for name, model in drafts.items():
+        key = json.dumps(models.describe(model), sort_keys=True)
+        if key in seen:
+            continue
+        seen[key] = name
+        part = _sampler_part(
+            f"evaluate, {name}", target, abstract_target, model, abstract_drafts[name],
+            mesh, partitioning.LOGICAL_AXIS_RULES, int(config.batch_size),
+            int(config.data.max_input_length), max(int(g) for g in config.gammas),
+            int(config.max_new_tokens), max(config.temperatures) == 0.0,
+        )  # fmt: skip
+        part.resident = sum(b for n, b in draft_bytes.items() if n != name)
+        parts.append(part)
+    return {
+        "mesh": dict(mesh.shape),
+        "num_devices": len(devices),
+        "batch_size": int(config.batch_size),
+        "models": {
+            "target": models.describe(target)["config"],
+            **{f"draft {name}": models.describe(m)["config"] for name, m in drafts.items()},
+        },
+        "parameters": {
+            "target": models.count_params(abstract_target),
+            **{f"draft {name}": models.count_params(p) for name, p in abstract_drafts.items()},
+        },
+        "parts": [{**dataclasses.asdict(p), "total": p.total} for p in parts],
+    }
+
+
 def run(config: Any, num_devices: int = 0, accelerator: str = "") -> dict[str, Any]:
-    """The plan of `config` on its slice (or `num_devices` / `accelerator`)."""
-    check_training_config(config)  # Before the device count, which a study config lacks.
+    """The plan of `config` on its slice (or `num_devices` / `accelerator`); of an
+    evaluation config, on one host of it."""
     accelerator = accelerator or config.get("accelerator", "") or ""
     chip, chips = parse_accelerator(accelerator) if accelerator else (None, 0)
+    if is_evaluation_config(config):
+        num_devices = num_devices or (min(HOST_CHIPS[chip], chips) if chip else 0)
+        if not num_devices:
+            raise ValueError(
+                "an evaluation runs on one host: pass --num_devices (its chips) or "
+                "--accelerator (or set config.accelerator)"
+            )
+        result = plan_evaluation(config, _simulate_devices(num_devices))
+        result.update(accelerator=accelerator, chip=chip)
+        result["chip_memory_gib"] = CHIP_MEMORY_GIB[chip] if chip else None
+        return result
+    check_training_config(config)  # Before the device count, which a study config lacks.
     num_devices = num_devices or chips
     if not num_devices:
         shape = [int(s) for s in config.mesh_shape]
@@ -383,9 +515,11 @@ def main(argv: list[str] | None = None) -> None:
     from absl import app, flags
     from ml_collections import config_flags
 
-    from distillspec_jax import cli
+    from distillspec_jax import cli, evaluate
 
-    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config", None, "Training or evaluation config file.", lock_config=True
+    )
     flags.DEFINE_integer("num_devices", 0, "Simulated devices (default: config.accelerator's).")
     flags.DEFINE_string("accelerator", "", "Slice type, e.g. v4-64 (default: config's).")
     flags.DEFINE_string("json", "", "Also write the plan as JSON to this file.")
@@ -397,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.configure_logging(values.verbose, data=False)
         try:
             result = run(values.config, values.num_devices, values.accelerator)
-        except (ValueError, FileNotFoundError) as error:
+        except (ValueError, FileNotFoundError, evaluate.EvaluationError) as error:
             if values.verbose:
                 raise
             raise SystemExit(f"plan: {error}") from None

@@ -1,6 +1,7 @@
 """Every paper config loads, and its models build abstractly and shard on its slice."""
 
 import importlib
+import os
 import types
 
 import jax
@@ -10,6 +11,8 @@ from flax import linen as nn
 
 from configs.paper import t5
 from distillspec_jax import models, partitioning
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Every (target size, stage) once, and every task once: the task only sets lengths.
 CASES = [
@@ -94,6 +97,10 @@ def test_evaluation_configs(name, arg, target, distilled):
     assert config.drafts.distilled.path == distilled and config.reference_draft == "baseline"
     assert "stage=evaluate" in module.__doc__ or name == "bbh_transfer"
     assert "--module evaluate" in module.__doc__
+    # Split over the host's chips; architectures and slice named for the plan.
+    assert tuple(config.mesh_shape) == (1, -1) and config.accelerator.startswith("v4-")
+    for source in [config.target, *config.drafts.values()]:
+        assert os.path.exists(os.path.join(REPO, source.gin_file)), source.gin_file
     if name == "bbh_transfer":
         assert config.data.task == "bbh" and len(config.data.bbh_files) == 27
         assert config.data.bbh_files.navigate == "/b/navigate.json"

@@ -128,3 +128,52 @@ def test_t5_xxl_distillation_fits_its_v4_64_slice(tmp_path):
     for part in result["parts"]:
         assert part["total"] <= 0.9 * 32 * 1024**3, part
         assert part["compile_seconds"] < 300, part
+
+
+def _evaluation_config(**fields):
+    from configs import common
+
+    config = common.evaluation(
+        target=common.model_source("/no/such/target", "gin/t5_1_1/cpu_target.gin"),
+        drafts={
+            "small": common.model_source("/no/such/small", "gin/t5_1_1/cpu_draft.gin"),
+            "tiny": common.model_source("/no/such/tiny", "gin/t5_1_1/tiny.gin"),
+        },
+        batch_size=8,
+        max_new_tokens=16,
+        gammas=(3, 5),
+        mesh_shape=(1, -1),
+        accelerator="v4-8",
+    )
+    config.data.max_input_length = 32
+    config.data.model_vocab_size = 512
+    config.update(fields)
+    return config
+
+
+@pytest.mark.slow  # 20-30 s of compilation.
+def test_plan_of_an_evaluation_config_is_one_host_of_its_slice():
+    """An evaluate config is planned as `evaluate` runs it: on one host (4 chips of a
+    v4-8), the models split over them, one sampler per draft architecture, with every
+    other draft's parameters resident beside it."""
+    result = plan.run(_evaluation_config())
+    assert result["num_devices"] == 4 and result["mesh"] == {"data": 1, "model": 4}
+    assert result["chip_memory_gib"] == 32.0
+    small, tiny = (_part(result, f"evaluate, {name}") for name in ("small", "tiny"))
+    assert small["resident"] == tiny["params"] and tiny["resident"] == small["params"]
+    target_bytes = 4 * result["parameters"]["target"]
+    for part in (small, tiny):
+        assert target_bytes / 4 <= part["target_params"] < target_bytes  # Split over model.
+        assert part["kv_cache"] > 0 and part["temporaries"] > 0
+        assert part["total"] == (
+            part["arguments"] + part["outputs"] - part["aliased"] + part["temporaries"]
+            + part["resident"]
+        )  # fmt: skip
+    half = plan.run(_evaluation_config(param_dtype="bfloat16"))
+    assert _part(half, "evaluate, small")["target_params"] == small["target_params"] // 2
+    with pytest.raises(ValueError, match="one host: pass --num_devices"):
+        plan.run(_evaluation_config(accelerator=""))
+    config = _evaluation_config()
+    config.target.gin_file = ""
+    with pytest.raises(ValueError, match="plan cannot read target.path=/no/such/target"):
+        plan.run(config)

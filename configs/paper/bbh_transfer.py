@@ -23,6 +23,7 @@ plus the average.
 import ml_collections
 
 from configs import common
+from configs.paper import t5
 
 BBH_TASKS = (
     "boolean_expressions", "causal_judgement", "date_understanding", "disambiguation_qa",
@@ -39,11 +40,16 @@ BBH_TASKS = (
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(
-        arg, bbh_dir="gs://BUCKET/bbh", gsm8k="gs://BUCKET/gsm8k", target="xl", temperature=1.0
+        arg,
+        bbh_dir="gs://BUCKET/bbh",
+        gsm8k="gs://BUCKET/gsm8k",
+        target="xl",
+        temperature=1.0,
+        **common.MEMORY_ARGS,
     )
     data = common.paper_data("bbh", max_input_length=512, max_target_length=256)
     data.bbh_files = ml_collections.ConfigDict({t: f"{args.bbh_dir}/{t}.json" for t in BBH_TASKS})
-    return common.pair_evaluation(
+    config = common.pair_evaluation(
         f"{args.gsm8k}/target_{args.target}",
         f"{args.gsm8k}/draft",
         f"{args.gsm8k}/distill_{args.target}_t{args.temperature:g}",
@@ -54,3 +60,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         gammas=(3, 5, 7),
         timed_prompts=0,
     )
+    return t5.with_architectures(config, args)

@@ -33,9 +33,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "lm1b", max_input_length=0, max_target_length=128, model_vocab_size=32000
     )
     if args.stage == "evaluate":
-        return common.pair_evaluation(
-            f"{args.root}/target", f"{args.root}/draft", f"{args.root}/distill", data, split="test"
+        config = common.pair_evaluation(
+            f"{args.root}/target",
+            f"{args.root}/draft",
+            f"{args.root}/distill",
+            data,
+            split="test",
+            # For `python -m distillspec_jax.plan`; evaluate reads each workdir's model.json.
+            gin_bindings=common.memory_layout(args)["gin_bindings"],
+            accelerator="v4-8",
         )
+        config.target.gin_file = "gin/decoder_only/gpt_target_234m.gin"
+        for source in config.drafts.values():
+            source.gin_file = "gin/decoder_only/gpt_draft_33m.gin"
+        return config
     trained = "gpt_target_234m" if args.stage == "target" else "gpt_draft_33m"
     return common.training_config(
         mode="distill" if args.stage == "distill" else "supervised",

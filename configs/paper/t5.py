@@ -56,15 +56,40 @@ STAGES = ("target", "draft", "distill", "evaluate")
 
 
 def evaluation_config(args, data) -> ml_collections.ConfigDict:
-    """`python -m distillspec_jax.evaluate` of step 4, over the workdirs of steps 1-3."""
+    """`python -m distillspec_jax.evaluate` of step 4, over the workdirs of steps 1-3.
+
+    The gin files, bindings and slice are for `python -m distillspec_jax.plan` (which
+    cannot read the bucket); evaluate itself reads each workdir's model.json.
+    """
     root = args.root
-    return common.pair_evaluation(
+    config = common.pair_evaluation(
         f"{root}/target_{args.target}",
         f"{root}/draft",
         f"{root}/distill_{args.target}_t{args.temperature:g}",
         data,
         split=data.eval_split,
+        batch_size=EVALUATION_BATCH.get((args.task, args.target), 64),
     )
+    return with_architectures(config, args)
+
+
+# Evaluation batches below the default 64, where the plan of one host (4 v4 chips) needs
+# them to fit (`python -m benchmarks.plan_paper`): T5-XXL's CNN/DM caches at batch 64
+# (2,048 input tokens) need 43.8 GiB per chip.
+EVALUATION_BATCH = {("cnn_dailymail", "xxl"): 32}
+
+
+def with_architectures(
+    config: ml_collections.ConfigDict, args: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """An evaluation of a T5 `args.target` and T5-Small drafts, told their gin files,
+    bindings and the target's slice (what `python -m distillspec_jax.plan` needs)."""
+    config.gin_bindings = common.memory_layout(args)["gin_bindings"]
+    config.accelerator = f"v4-{2 * SLICES[args.target][0]}"  # v4 names count 2 per chip.
+    config.target.gin_file = f"gin/t5_1_1/{args.target}.gin"
+    for source in config.drafts.values():
+        source.gin_file = "gin/t5_1_1/small.gin"
+    return config
 
 
 def memory_defaults(task: str, target: str, stage: str) -> dict:
