@@ -209,13 +209,13 @@ def load_params(
     return jax.tree_util.tree_map(cast, params)
 
 
-def evaluation_mesh(config: ml_collections.ConfigDict) -> Any:
-    """The (data, model) mesh `config.mesh_shape` asks for over this host's devices (a -1
-    takes all of them; else the first ones), or None for one device. Raises
-    EvaluationError for a shape the devices cannot make."""
+def evaluation_mesh(config: ml_collections.ConfigDict, devices: Sequence[Any] = ()) -> Any:
+    """The (data, model) mesh `config.mesh_shape` asks for over this host's devices (or
+    `devices`; a -1 takes all of them, else the first ones), or None for one device.
+    Raises EvaluationError for a shape the devices cannot make."""
     if not config.mesh_shape:
         return None
-    devices = jax.local_devices()
+    devices = list(devices) or jax.local_devices()
     if -1 not in config.mesh_shape:
         devices = devices[: max(int(np.prod(config.mesh_shape)), 1)]
     try:

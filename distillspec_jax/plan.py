@@ -427,7 +427,9 @@ def plan_evaluation(config: Any, devices: list[Any]) -> dict[str, Any]:
     from distillspec_jax import checkpoints, evaluate, models, partitioning
 
     evaluate.validate(config)
-    mesh = evaluate.evaluation_mesh(config) or partitioning.create_mesh((1, 1), devices=devices[:1])
+    mesh = evaluate.evaluation_mesh(config, devices) or partitioning.create_mesh(
+        (1, 1), devices=devices[:1]
+    )
     target = _evaluated_model(config.target, config, "target")
     drafts = {
         name: _evaluated_model(source, config, f"drafts.{name}")
