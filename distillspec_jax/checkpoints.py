@@ -155,16 +155,20 @@ def recorded_model(workdir: str) -> Any:
     return models.from_description(record["model"]) if record else None
 
 
-def abstract_params(model: Any, shardings: Any) -> Any:
-    """The model's parameter shapes with `shardings` (one sharding, or a matching tree):
-    restoring with them reads each array straight into its place, whatever sharding the
-    checkpoint was written with."""
+def abstract_params(model: Any, shardings: Any, dtype: str = "") -> Any:
+    """The model's parameter shapes with `shardings` (one sharding, or a matching tree),
+    floating ones in `dtype` ('' = the model's): restoring with them reads each array
+    straight into its place and dtype, whatever sharding and dtype the checkpoint was
+    written with."""
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     if isinstance(shardings, jax.sharding.Sharding):
         shardings = jax.tree_util.tree_map(lambda _: shardings, shapes)
-    return jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
-    )
+
+    def abstract(s, sharding):
+        cast = dtype and jnp.issubdtype(s.dtype, jnp.floating)
+        return jax.ShapeDtypeStruct(s.shape, dtype if cast else s.dtype, sharding=sharding)
+
+    return jax.tree_util.tree_map(abstract, shapes, shardings)
 
 
 def abstract_params_on_one_device(model: Any) -> Any:

@@ -189,24 +189,24 @@ def load_params(
     dtype: str = "",
 ) -> Any:
     """A model source's parameters: on one device, or split over `mesh` by the model's
-    logical axes (a checkpoint is read straight into its shards); floating ones cast to
-    `dtype` ('' keeps the stored dtype)."""
+    logical axes, floating ones in `dtype` ('' keeps the stored dtype). A checkpoint is
+    read straight into its shards and dtype (`checkpoints.abstract_params`)."""
     shardings = (
         jax.sharding.SingleDeviceSharding(jax.devices()[0])
         if mesh is None
         else partitioning.param_shardings(model, mesh)
     )
+    abstract = checkpoints.abstract_params(model, shardings, dtype)
     if is_hf_directory(source.path):
         from distillspec_jax import interop
 
-        params = jax.device_put(interop.load_hf(source.path)[1], shardings)
-    else:
-        abstract = checkpoints.abstract_params(model, shardings)
-        params = checkpoints.restore_params(source.path, abstract, what)
-    if not dtype:
-        return params
-    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
-    return jax.tree_util.tree_map(cast, params)
+        params = interop.load_hf(source.path)[1]
+        if dtype:  # Cast on the host: the device never holds the stored dtype's copy.
+            params = jax.tree_util.tree_map(
+                lambda x, a: np.asarray(x).astype(a.dtype), params, abstract
+            )
+        return jax.device_put(params, shardings)
+    return checkpoints.restore_params(source.path, abstract, what)
 
 
 def evaluation_mesh(config: ml_collections.ConfigDict, devices: Sequence[Any] = ()) -> Any:

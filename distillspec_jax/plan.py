@@ -92,14 +92,6 @@ def _per_device_bytes(tree: Any) -> int:
     return total
 
 
-def _abstract(shapes: Any, shardings: Any) -> Any:
-    import jax
-
-    return jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
-    )
-
-
 def _cache_bytes(cache_shapes: Any, mesh: Any) -> int:
     """Per-device bytes of a decoding cache: batch split over `data`, heads over
     `model` (the logical constraints the attention puts on it), where they divide."""
@@ -241,7 +233,7 @@ def plan(config: Any, devices: list[Any]) -> dict[str, Any]:
     """Compiles the config's programs on `devices`; returns the plan (JSON-able)."""
     import jax
 
-    from distillspec_jax import models, partitioning, trainer
+    from distillspec_jax import checkpoints, models, partitioning, trainer
     from distillspec_jax import train as train_lib
 
     check_training_config(config)
@@ -262,9 +254,7 @@ def plan(config: Any, devices: list[Any]) -> dict[str, Any]:
         )
     train, target_shardings = train_lib.make_trainer(config, model, mesh, target_model)
     if target_model is not None:
-        abstract_target = _abstract(
-            jax.eval_shape(target_model.init, jax.random.PRNGKey(0)), target_shardings
-        )
+        abstract_target = checkpoints.abstract_params(target_model, target_shardings)
     state = train.abstract_state()
     batch = _batch(config, model, train.batch_sharding)
     compiled, seconds = _compile(
@@ -422,7 +412,6 @@ def plan_evaluation(config: Any, devices: list[Any]) -> dict[str, Any]:
     over them, as `evaluate` builds it) at its batch, input length, largest gamma and
     budget, sampled if any temperature is > 0: per draft architecture, with every
     model's parameters loaded (the other drafts' are resident beside the program)."""
-    import jax
 
     from distillspec_jax import checkpoints, evaluate, models, partitioning
 
@@ -436,14 +425,9 @@ def plan_evaluation(config: Any, devices: list[Any]) -> dict[str, Any]:
         for name, source in config.drafts.items()
     }
 
-    def abstract(model):
-        params = checkpoints.abstract_params(model, partitioning.param_shardings(model, mesh))
-        if not config.param_dtype:
-            return params
-        cast = lambda x: jax.ShapeDtypeStruct(  # noqa: E731
-            x.shape, config.param_dtype if x.dtype.kind == "f" else x.dtype, sharding=x.sharding
-        )
-        return jax.tree_util.tree_map(cast, params)
+    def abstract(model):  # What evaluate.load_params restores.
+        shardings = partitioning.param_shardings(model, mesh)
+        return checkpoints.abstract_params(model, shardings, config.param_dtype)
 
     abstract_target = abstract(target)
     abstract_drafts = {name: abstract(m) for name, m in drafts.items()}
