@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import loop_cost, speculative
-from distillspec_jax import evaluation, sampling
+from distillspec_jax import sampling, timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,7 +87,7 @@ def compare(modules: dict, setup, batch: int, gamma: int, repeats: int, **common
             m.autoregressive_sample(target, target_params, tokens, lengths, key, **common).sequences
         )
     outputs = {name: np.asarray(fn()) for name, fn in fns.items()}
-    _, seconds = evaluation.interleaved_times(list(fns.values()), repeats)
+    _, seconds = timing.interleaved_times(list(fns.values()), repeats)
     times = dict(zip(fns, seconds, strict=True))
     row = {}
     for kind in ("sd", "ar"):

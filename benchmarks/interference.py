@@ -5,10 +5,10 @@ r"""What alternating two models costs: a draft and a target's calls in SD's orde
 
 On a CPU one block of the speculative sampler's calls (a 2-token draft call, gamma - 1
 one-token draft calls, a (gamma+1)-token verification), made in its order, costs more
-than the same calls timed apart (`evaluation.sampler_call_times(blocks=True)`). Each
+than the same calls timed apart (`timing.sampler_call_times(blocks=True)`). Each
 loop below runs blocks (fed argmax tokens, block i at position i, none of the
 sampler's acceptance or bookkeeping), all timed interleaved, fastest of --repeats, at
-64 and 128 blocks; a block costs the slope (`evaluation.time_per_call`):
+64 and 128 blocks; a block costs the slope (`timing.time_per_call`):
 
   both          the draft's calls, then the verification (the sampler's order)
   draft only    the draft's calls of each block
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import speculative
-from distillspec_jax import evaluation, models, sampling
+from distillspec_jax import models, sampling, timing
 
 NUM_BLOCKS = 64
 
@@ -49,7 +49,7 @@ def measure(setup, batch: int, gamma: int, repeats: int) -> dict:
     draft, target = (setup.draft, setup.draft_params), (setup.target, setup.target_params)
     # The calls timed apart, as the cost model times them; in the same rounds below.
     caches: dict = {}
-    apart = evaluation._decode_call_fns(
+    apart = timing.decode_call_fns(
         [(*draft, 1), (*draft, 2), (*target, gamma + 1)], batch, NUM_BLOCKS, enc, length, caches
     )
     state = (setup.draft_params, setup.target_params)
@@ -65,16 +65,16 @@ def measure(setup, batch: int, gamma: int, repeats: int) -> dict:
     }
     loops = []
     for draft_calls, verify, sweep in variants.values():
-        run = evaluation._block_loop(
+        run = timing.block_loop(
             setup.draft, setup.target, batch, gamma, draft=draft_calls, target=verify,
             extra=_sweep if sweep else None,
         )  # fmt: skip
         loops.append(lambda n, f=run, sweep=sweep: f(*state, n, array) if sweep else f(*state, n))
-    times = evaluation.time_per_call(loops + apart, NUM_BLOCKS, repeats)[0]
+    times = timing.time_per_call(loops + apart, NUM_BLOCKS, repeats)[0]
     block_s = dict(zip(variants, times[: len(variants)], strict=True))
     draft_step, draft_two, verify_s = times[-3:]
     apart_times = {"draft_step_s": draft_step, "draft_two_token_s": draft_two}
-    calls_apart = evaluation.isolated_block_s(
+    calls_apart = timing.isolated_block_s(
         {**apart_times, "target_verify_s": {str(gamma): verify_s}}, gamma
     )
     return {

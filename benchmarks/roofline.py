@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import speculative
-from distillspec_jax import evaluation, models
+from distillspec_jax import models, timing
 
 # Memory bandwidth (GB/s) of devices this may run on, by substring of device_kind.
 BANDWIDTH_GBS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0, "TPU v4": 1228.0,
@@ -78,10 +78,10 @@ def main(argv=None):
 
     start = time.time()
     # One untimed run first: the first timed batch must not pay for clocks ramping up.
-    evaluation.decode_step_time(target, params, 1, num_steps=args.steps, repeats=1)
+    timing.decode_step_time(target, params, 1, num_steps=args.steps, repeats=1)
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
-        step_s = evaluation.decode_step_time(target, params, batch, num_steps=args.steps)
+        step_s = timing.decode_step_time(target, params, batch, num_steps=args.steps)
         # decode_step_time times calls steps .. 2 * steps - 1 (the slope between loops of
         # steps and 2 * steps calls); call i attends to i + 1 positions: on average
         # (3 * steps + 1) / 2.

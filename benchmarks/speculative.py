@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distillspec_jax import evaluation, models, sampling
+from distillspec_jax import metrics, models, sampling, timing
 
 # Decoder-only pairs (random weights). "cpu": sized for a 2-core machine;
 # "gpu": a ~1.1B target with the ~33M draft preset, sized for one accelerator.
@@ -208,7 +208,7 @@ def derived_setups(
             calibration[0], calibration[1], jax.random.PRNGKey(1), gamma=3, max_new_tokens=48,
             temperature=temperature, eos_id=None,
         )  # fmt: skip
-        return evaluation.summarize(out, 3)["acceptance_rate"]
+        return metrics.summarize(out, 3)["acceptance_rate"]
 
     setups = []
     for temperature in temperatures:
@@ -307,7 +307,7 @@ def run(
             # The cost model's calls, interleaved, in a cache as long as the sampler's
             # (at the largest gamma): attention reads the whole buffer. And each
             # model's prefill (cache, encoder, prompt), which whole runs also pay.
-            cost = evaluation.sampler_call_times(
+            cost = timing.sampler_call_times(
                 draft, draft_params, target, target_params, batch,
                 sorted(set(gammas) | ({1} if overhead else set())), enc,
                 cache_length=sampling.speculative_cache_length(
@@ -326,23 +326,23 @@ def run(
             )
             for temperature in setup.temperatures:
                 for gamma in gammas:
-                    row = evaluation.compare_with_autoregressive(
+                    row = timing.compare_with_autoregressive(
                         target, target_params, draft, draft_params, prompts, lengths,
                         gamma=gamma, temperature=temperature, cost=cost["cost_ratio"],
                         **common,
                     )  # fmt: skip
-                    cost_model = evaluation.cost_model_speedup(row["block_efficiency"], gamma, cost)
+                    cost_model = timing.cost_model_speedup(row["block_efficiency"], gamma, cost)
                     # The whole runs predicted from the measured calls: both prefills
                     # and the loop iterations each run took (the slowest row sets
                     # them). What is left is the loops' own cost.
-                    run_model = evaluation.run_cost_model_speedup(cost, gamma, **_run_counts(row))
+                    run_model = timing.run_cost_model_speedup(cost, gamma, **_run_counts(row))
                     # The same with each block timed as the loop makes its calls: what
                     # is left is the loop's sampling, acceptance and writes alone.
-                    block_model = evaluation.run_cost_model_speedup(
+                    block_model = timing.run_cost_model_speedup(
                         cost, gamma, composed=True, **_run_counts(row)
                     )
                     # Each run against its own model: SD's and AR's loop costs apart.
-                    sd_s, ar_s = evaluation.run_model_seconds(
+                    sd_s, ar_s = timing.run_model_seconds(
                         cost, gamma, row["loop_iterations"], row["ar_loop_iterations"], True
                     )
                     row.update(
@@ -370,7 +370,7 @@ def run(
                 if not overhead:
                     continue
                 # Pure loop overhead: draft == target at gamma = 1 (theory: speedup 1).
-                same = evaluation.compare_with_autoregressive(
+                same = timing.compare_with_autoregressive(
                     target, target_params, target, target_params, prompts, lengths,
                     gamma=1, temperature=temperature, cost=1.0, **common,
                 )  # fmt: skip
@@ -381,7 +381,7 @@ def run(
                     "draft_two_token_s": verify[1],
                     "draft_prefill_s": cost["target_prefill_s"],
                 }
-                run_model = evaluation.run_cost_model_speedup(same_cost, 1, **_run_counts(same))
+                run_model = timing.run_cost_model_speedup(same_cost, 1, **_run_counts(same))
                 results["loop_overhead"].append(
                     {
                         "pair": setup.name,

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import optax
 
-from distillspec_jax import distill, divergences, evaluation, models, partitioning, trainer
+from distillspec_jax import distill, divergences, models, partitioning, timing, trainer
 
 SETUPS = {
     # name: (target gin, draft gin, vocab, batch, input length, target length)
@@ -90,7 +90,7 @@ def measure(name, repeats=3):
             holder["state"], metrics = t.train_step(holder["state"], batch, extra)
             return metrics["loss"]
 
-        compile_s, run_s = evaluation.time_call(step, repeats)
+        compile_s, run_s = timing.time_call(step, repeats)
         result[f"{key}_step_s"] = run_s
         result[f"{key}_compile_s"] = compile_s - run_s
         result[f"{key}_tokens_per_s"] = tokens / run_s
@@ -104,7 +104,7 @@ def measure(name, repeats=3):
     )
     gen = jax.jit(lambda p, b, r: student.distillation_batch(p, target_params, b, r)[0])
     with partitioning.activate(mesh):
-        _, gen_s = evaluation.time_call(
+        _, gen_s = timing.time_call(
             lambda: gen(draft_params, batch, jax.random.PRNGKey(1)), repeats
         )
     result["generation_s"] = gen_s
@@ -128,7 +128,7 @@ def _parts(target, draft, target_params, draft_params, gen, batch, mesh, repeats
     with partitioning.activate(mesh):
         data = jax.block_until_ready(gen(draft_params, batch, jax.random.PRNGKey(1)))
         target_forward = jax.jit(target.logits)
-        _, forward_s = evaluation.time_call(lambda: target_forward(target_params, data), repeats)
+        _, forward_s = timing.time_call(lambda: target_forward(target_params, data), repeats)
         target_logits = target_forward(target_params, data)
 
         def loss(params, data, target_logits):
@@ -145,7 +145,7 @@ def _parts(target, draft, target_params, draft_params, gen, batch, mesh, repeats
             return optax.apply_updates(params, updates), opt_state
 
         opt_state = optimizer.init(draft_params)
-        _, update_s = evaluation.time_call(
+        _, update_s = timing.time_call(
             lambda: update(draft_params, opt_state, data, target_logits), repeats
         )
     return {"target_forward_s": forward_s, "draft_update_s": update_s}

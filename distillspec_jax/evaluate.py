@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from distillspec_jax import checkpoints, cli, evaluation, fs, models, partitioning, sampling
+from distillspec_jax import checkpoints, cli, fs, metrics, models, partitioning, sampling, timing
 
 Array = jax.Array
 
@@ -482,9 +482,9 @@ def metrics_with_rouge(task: str, targets: list[str], predictions: list[str]):
     """(metrics, intervals): the task's metrics plus the mean ROUGE-L F of each output
     against its reference, and 90% bootstrap intervals of their per-prompt means."""
     per = per_prompt_metrics(task, targets, predictions)
-    metrics = task_metric(task, targets, predictions)
-    metrics["rougeL_vs_reference"] = float(np.mean(per["rougeL_vs_reference"]))
-    return metrics, {name: evaluation.mean_interval(v) for name, v in per.items()}
+    means = task_metric(task, targets, predictions)
+    means["rougeL_vs_reference"] = float(np.mean(per["rougeL_vs_reference"]))
+    return means, {name: metrics.mean_interval(v) for name, v in per.items()}
 
 
 def per_prompt_metrics(task: str, targets: list[str], predictions: list[str]) -> dict:
@@ -504,36 +504,6 @@ def new_tokens(out: sampling.SampleOutput, prompt_lengths: np.ndarray) -> list[n
     """Each row's generated tokens (EOS included when it was written)."""
     seqs, num = np.asarray(out.sequences), np.asarray(out.num_generated)
     return [seqs[i, s : s + n] for i, (s, n) in enumerate(zip(prompt_lengths, num, strict=True))]
-
-
-def timed_decodes(
-    fns: Sequence[Callable[[int], sampling.SampleOutput]], num: int, repeats: int
-) -> list[tuple[list[Any], float, float]]:
-    """Runs each fn(i) for prompts 0..num-1 at batch 1: per fn (outputs, seconds,
-    compile seconds).
-
-    Each fn(0) runs once first (compilation and warm-up). Then per prompt, `repeats`
-    rounds call every fn once (interleaved: a slow spell of a shared machine slows
-    all of them, not one), and each fn's fastest time counts (interference only
-    adds time).
-    """
-    compile_s = []
-    for fn in fns:
-        start = time.perf_counter()
-        jax.block_until_ready(fn(0))
-        compile_s.append(time.perf_counter() - start)
-    outputs, seconds = [[] for _ in fns], [0.0 for _ in fns]
-    for i in range(num):
-        times, last = [[] for _ in fns], [None for _ in fns]
-        for _ in range(repeats):
-            for j, fn in enumerate(fns):
-                start = time.perf_counter()
-                last[j] = jax.block_until_ready(fn(i))
-                times[j].append(time.perf_counter() - start)
-        for j in range(len(fns)):
-            seconds[j] += min(times[j])
-            outputs[j].append(jax.device_get(last[j]))
-    return [(outputs[j], seconds[j], compile_s[j]) for j in range(len(fns))]
 
 
 # --------------------------------------------------------------------------
@@ -653,7 +623,7 @@ class Evaluator:
         for start in range(0, len(prompts), size):
             stop = min(start + size, len(prompts))
             _, _, enc = prompts.rows(start, stop)
-            accept, num = evaluation.token_acceptance(
+            accept, num = metrics.token_acceptance(
                 self.target,
                 self.target_params,
                 self.drafts[draft],
@@ -684,7 +654,7 @@ class Evaluator:
         if draft not in self._cost:
             tokens, _, enc = prompts.rows(0, 1)
             try:
-                self._cost[draft] = evaluation.sampler_call_times(
+                self._cost[draft] = timing.sampler_call_times(
                     model,
                     self.draft_params[draft],
                     self.target,
@@ -698,7 +668,7 @@ class Evaluator:
                     ),
                     blocks=True,
                 )
-            except evaluation.TimingNoiseError as e:
+            except timing.TimingNoiseError as e:
                 # The call-time models are a diagnosis beside the wall clock: without
                 # them the cells keep tau, quality and the measured speedup.
                 logging.warning("draft %r: no call-time cost model (%s)", draft, e)
@@ -707,7 +677,7 @@ class Evaluator:
 
     def _timed(self, prompts: Prompts, temperature: float, draft: str, gamma: int):
         """((AR tokens, seconds), (SD tokens, seconds)) at batch 1 over the timed
-        prompts, AR and SD interleaved per prompt (`timed_decodes`)."""
+        prompts, AR and SD interleaved per prompt (`timing.interleaved_prompt_times`)."""
         cfg = self.config
 
         def prompt_fn(decode):
@@ -720,7 +690,7 @@ class Evaluator:
         num = min(cfg.timed_prompts, len(prompts))
         return [
             (float(sum(int(o.num_generated.sum()) for o in outs)), seconds)
-            for outs, seconds, _ in timed_decodes(fns, num, cfg.timing_repeats)
+            for outs, seconds, _ in timing.interleaved_prompt_times(fns, num, cfg.timing_repeats)
         ]
 
     # -- Cells -----------------------------------------------------------------
@@ -766,11 +736,11 @@ class Evaluator:
                     "temperature": float(temperature),
                     "num_prompts": len(prompts),
                     "max_new_tokens": cfg.max_new_tokens,
-                    **evaluation.output_form(new_tokens(ar, prompts.prompt_lengths)),
+                    **metrics.output_form(new_tokens(ar, prompts.prompt_lengths)),
                     "metrics": {
                         name: {
                             "mean": float(np.mean(values)),
-                            "interval_90": evaluation.mean_interval(values),
+                            "interval_90": metrics.mean_interval(values),
                         }
                         for name, values in per.items()
                     },
@@ -850,7 +820,7 @@ class Evaluator:
             )
         alpha_hat = alpha_cache[alpha_key]
         out = self._sd(draft, prompts, temperature, gamma, lenience, eps)
-        summary = evaluation.summarize(out, gamma)
+        summary = metrics.summarize(out, gamma)
         texts = generated_texts(self.vocab, out, prompts.prompt_lengths)
         metric_sd, metric_sd_interval = metrics_with_rouge(task, prompts.targets, texts)
         identical = None
@@ -874,7 +844,7 @@ class Evaluator:
             acceptance_rate=summary["acceptance_rate"],
             accepted_fraction=summary["accepted_fraction"],
             alpha_estimate=alpha_hat,
-            theoretical_block_efficiency=evaluation.theoretical_block_efficiency(alpha_hat, gamma),
+            theoretical_block_efficiency=metrics.theoretical_block_efficiency(alpha_hat, gamma),
             accept_prob_by_position=summary["accept_prob_by_position"],
             metric_sd=metric_sd,
             metric_sd_interval_90=metric_sd_interval,
@@ -895,18 +865,18 @@ class Evaluator:
             row.timed_prompts = min(cfg.timed_prompts, len(prompts))
             row.sd_tokens_per_s = sd_tokens / sd_seconds
             row.ar_tokens_per_s = ar_timed[0] / ar_timed[1]
-            row.measured_speedup = evaluation.measured_speedup(sd_tokens, sd_seconds, *ar_timed)
+            row.measured_speedup = metrics.measured_speedup(sd_tokens, sd_seconds, *ar_timed)
             costs = self._cost_ratio(draft, prompts)
             if costs:  # Empty when timing noise hid the calls (`_cost_ratio`).
-                row.cost_model_speedup = evaluation.cost_model_speedup(
+                row.cost_model_speedup = timing.cost_model_speedup(
                     row.block_efficiency, gamma, costs
                 )
                 # The same with the block timed as the loop makes its calls.
-                row.block_model_speedup = evaluation.cost_model_speedup(
+                row.block_model_speedup = timing.cost_model_speedup(
                     row.block_efficiency, gamma, costs, composed=True
                 )
                 row.cost_ratio = costs["cost_ratio"]
-                row.theoretical_speedup = evaluation.theoretical_speedup(
+                row.theoretical_speedup = metrics.theoretical_speedup(
                     row.block_efficiency, row.cost_ratio, gamma
                 )
         return row
@@ -920,7 +890,7 @@ def add_gains(rows: list[CellResult], reference: str) -> None:
         if ref is None or ref is row:
             continue
         row.tau_gain_percent = 100 * (row.block_efficiency / ref.block_efficiency - 1)
-        row.tau_gain_interval_90 = evaluation.tau_gain_interval(
+        row.tau_gain_interval_90 = metrics.tau_gain_interval(
             ref.prompt_tokens, ref.prompt_target_calls, row.prompt_tokens, row.prompt_target_calls
         )
 

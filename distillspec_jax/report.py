@@ -194,7 +194,7 @@ def _gains_text(g: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-# The measured call times a draft's cost model uses (`evaluation.sampler_call_times`).
+# The measured call times a draft's cost model uses (`timing.sampler_call_times`).
 COST_KEYS = ("draft_step_s", "target_step_s", "draft_two_token_s", "target_verify_s", "block_s")
 
 

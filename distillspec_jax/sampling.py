@@ -44,7 +44,7 @@ TRACE_COUNTS: collections.Counter = collections.Counter()
 
 @flax.struct.dataclass
 class SampleOutput:
-    """What a sampler returns. Counters are per row; `evaluation.py` reduces them."""
+    """What a sampler returns. Counters are per row; `metrics.py` reduces them."""
 
     sequences: Array  # [batch, max_len] prompt + generated tokens, 0 after `lengths`.
     lengths: Array  # [batch] prompt length + generated tokens.

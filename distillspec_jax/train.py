@@ -28,12 +28,14 @@ from distillspec_jax import (
     checkpoints,
     cli,
     distill,
-    evaluation,
     fs,
     models,
     partitioning,
     sampling,
     trainer,
+)
+from distillspec_jax import (
+    metrics as metrics_lib,
 )
 
 HostBatch = dict[str, np.ndarray]
@@ -283,7 +285,7 @@ def speculative_metrics(
         temperature=cfg.temperature,
         encoder_inputs=enc,
     )
-    summary = evaluation.summarize(out, cfg.gamma)
+    summary = metrics_lib.summarize(out, cfg.gamma)
     return {
         "block_efficiency": summary["block_efficiency"],
         "acceptance_rate": summary["acceptance_rate"],

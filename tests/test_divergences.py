@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from distillspec_jax import divergences, evaluation, models, sampling
+from distillspec_jax import divergences, metrics, models, sampling
 
 NAMES = [
     ("fkl", 0.5),
@@ -211,8 +211,8 @@ def test_one_minus_token_tvd_predicts_measured_acceptance():
         temperature=1.0,
         eos_id=None,
     )
-    measured = evaluation.acceptance_rate(sd)
-    verified = float(sd.num_accepted.sum()) + evaluation.num_rejections(sd)
+    measured = metrics.acceptance_rate(sd)
+    verified = float(sd.num_accepted.sum()) + metrics.num_rejections(sd)
     stderr = np.sqrt(measured * (1 - measured) / verified)
     assert 0.2 < predicted < 0.95  # a pair that is neither identical nor unrelated.
     # 4 standard errors, plus 0.02 for the correlation of tokens within a sequence.

@@ -13,7 +13,7 @@ import pytest
 
 from configs import common
 from configs import evaluate as evaluate_config
-from distillspec_jax import checkpoints, evaluate, evaluation, interop, models, sampling, tasks
+from distillspec_jax import checkpoints, evaluate, interop, metrics, models, sampling, tasks, timing
 
 
 def _perturbed(params, scale, seed):
@@ -149,9 +149,9 @@ def test_timing_noise_costs_the_call_time_models_not_the_run(setup, tmp_path, mo
     # On a loaded machine the cost model's calls may not resolve: the study still ends,
     # with tau, quality and the measured speedup, and a warning instead of the models.
     def noisy(*args, **kwargs):
-        raise evaluation.TimingNoiseError("16 more calls did not take longer (timing noise)")
+        raise timing.TimingNoiseError("16 more calls did not take longer (timing noise)")
 
-    monkeypatch.setattr(evaluation, "sampler_call_times", noisy)
+    monkeypatch.setattr(timing, "sampler_call_times", noisy)
     config = _config(setup, temperatures=(0.0,), gammas=(4,))
     workdir = str(tmp_path / "eval")
     results = evaluate.run(config, workdir, progress=False)
@@ -331,16 +331,15 @@ def test_cli_bad_input_is_one_line(setup, tmp_path):
 
 
 def test_repetition_and_eos_checks_on_hand_made_outputs():
-    from distillspec_jax import evaluation
 
     loop = [5, 6, 7] * 5  # A 3-gram five times in a row: more than 4 repeats.
-    assert evaluation.repeats_ngram([9, 9] + loop + [1])
-    assert not evaluation.repeats_ngram([9, 9] + [5, 6, 7] * 4 + [1])  # Only 4 times.
-    assert evaluation.repeats_ngram([4] * 5) and not evaluation.repeats_ngram([4] * 4)
-    assert not evaluation.repeats_ngram(list(range(40)))
+    assert metrics.repeats_ngram([9, 9] + loop + [1])
+    assert not metrics.repeats_ngram([9, 9] + [5, 6, 7] * 4 + [1])  # Only 4 times.
+    assert metrics.repeats_ngram([4] * 5) and not metrics.repeats_ngram([4] * 4)
+    assert not metrics.repeats_ngram(list(range(40)))
     # "24=24=24=24=24=" tokenised as 2 4 = ...: the 3-gram repeats 5 times.
-    assert evaluation.repeats_ngram([2, 4, 11] * 5)
-    form = evaluation.output_form(
+    assert metrics.repeats_ngram([2, 4, 11] * 5)
+    form = metrics.output_form(
         [np.array([3, 4, 1]), np.array(loop), np.array([7, 8, 9, 1])], eos_id=1
     )
     assert form["eos_fraction"] == pytest.approx(2 / 3)
@@ -348,4 +347,4 @@ def test_repetition_and_eos_checks_on_hand_made_outputs():
     assert form["mean_new_tokens"] == pytest.approx((3 + 15 + 4) / 3)
     low, high = form["eos_fraction_interval_90"]
     assert 0 <= low <= 2 / 3 <= high <= 1
-    assert evaluation.mean_interval([1.0] * 10) == [1.0, 1.0]
+    assert metrics.mean_interval([1.0] * 10) == [1.0, 1.0]

@@ -8,7 +8,7 @@ import pytest
 
 from configs import ablation as ablation_config
 from configs import default
-from distillspec_jax import ablation, evaluation, fs, main, report, sampling
+from distillspec_jax import ablation, fs, main, metrics, report, sampling
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +20,13 @@ def study(tmp_path_factory):
 def test_tau_gain_interval():
     base_tokens, base_calls = [10, 30, 20, 8], [10, 10, 8, 4]
     # The same prompts at twice the tokens per call: +100% in every resample.
-    low, high = evaluation.tau_gain_interval(base_tokens, base_calls, [20, 60, 40, 16], base_calls)
+    low, high = metrics.tau_gain_interval(base_tokens, base_calls, [20, 60, 40, 16], base_calls)
     assert low == pytest.approx(100) and high == pytest.approx(100)
     # Heterogeneous prompts: the interval contains the pooled estimate and has width.
     point = 100 * ((83 / 32) / (68 / 32) - 1)
-    low, high = evaluation.tau_gain_interval(base_tokens, base_calls, [15, 30, 30, 8], base_calls)
+    low, high = metrics.tau_gain_interval(base_tokens, base_calls, [15, 30, 30, 8], base_calls)
     assert low < point < high and high - low > 1
-    assert evaluation.tau_gain_interval([], [], [15], [10]) is None  # No counters.
+    assert metrics.tau_gain_interval([], [], [15], [10]) is None  # No counters.
 
 
 @pytest.mark.slow

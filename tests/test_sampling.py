@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from distillspec_jax import evaluation, models, sampling
+from distillspec_jax import metrics, models, sampling
 
 
 class BigramModel:
@@ -123,8 +123,8 @@ def test_draft_equal_to_target_accepts_everything_at_t1():
         eos_id=None,
     )
     np.testing.assert_array_equal(out.num_accepted, out.num_drafted)
-    assert evaluation.block_efficiency(out) == 5.0
-    assert evaluation.acceptance_rate(out) == 1.0
+    assert metrics.block_efficiency(out) == 5.0
+    assert metrics.acceptance_rate(out) == 1.0
 
 
 def _sharp_lm(seed, vocab=6):
@@ -247,9 +247,9 @@ def test_bigram_acceptance_matches_one_minus_tvd(gamma):
         temperature=1.0,
         eos_id=None,
     )
-    summary = evaluation.summarize(out, gamma)
+    summary = metrics.summarize(out, gamma)
     alpha = 1.0 - tvd
-    verified = np.asarray(out.num_accepted).sum() + evaluation.num_rejections(out)
+    verified = np.asarray(out.num_accepted).sum() + metrics.num_rejections(out)
     alpha_err = 4 * np.sqrt(alpha * (1 - alpha) / verified)  # 4 standard errors.
     assert abs(summary["acceptance_rate"] - alpha) < alpha_err
     # The independent estimate (1 - TVD on the target's own samples) sees the same alpha.
@@ -263,7 +263,7 @@ def test_bigram_acceptance_matches_one_minus_tvd(gamma):
         temperature=1.0,
         eos_id=None,
     )
-    accept_sum, count = evaluation.token_acceptance(
+    accept_sum, count = metrics.token_acceptance(
         target,
         target.log_table,
         draft,
@@ -286,7 +286,7 @@ def test_bigram_acceptance_matches_one_minus_tvd(gamma):
             prob * calls[max(left - k - 1, 0)] for k, prob in enumerate(block_probs)
         )
     expected_tau = budget / calls[budget]
-    assert expected_tau < evaluation.theoretical_block_efficiency(alpha, gamma)
+    assert expected_tau < metrics.theoretical_block_efficiency(alpha, gamma)
     taus = np.arange(gamma + 1) + 1
     tau_std = np.sqrt((block_probs * (taus - expected_tau) ** 2).sum() / summary["target_calls"])
     assert abs(summary["block_efficiency"] - expected_tau) < 4 * tau_std
@@ -305,7 +305,7 @@ def test_bigram_acceptance_matches_one_minus_tvd(gamma):
         eos_id=None,
     )
     np.testing.assert_allclose(
-        evaluation.summarize(long, gamma)["accept_prob_by_position"],
+        metrics.summarize(long, gamma)["accept_prob_by_position"],
         alpha ** np.arange(1, gamma + 1),
         atol=0.03,
     )
@@ -342,7 +342,7 @@ def test_tau_counts_only_emitted_tokens_at_eos_and_budget():
     calls = np.asarray(out.num_target_calls)
     accepted = np.asarray(out.num_accepted)
     assert (generated < 10).mean() > 0.5  # Most rows stop at EOS.
-    tau = evaluation.block_efficiency(out)
+    tau = metrics.block_efficiency(out)
     assert abs(tau - generated.sum() / calls.sum()) < 1e-6
     assert tau < 6.0  # The old counting gave 8.0 here.
     # Only emitted accepts count; no rejections with draft == target.
@@ -405,8 +405,8 @@ def test_lenience_eps_one_is_lossless_and_tiny_eps_accepts_nearly_all():
         lossy = sampling.speculative_sample(*args, lenience=kind, eps=1e-4, **common)
         seqs = np.asarray(lossy.sequences)
         assert ((seqs >= 0) & (seqs < vocab)).all()
-        assert evaluation.acceptance_rate(lossy) > 0.99
-        assert evaluation.acceptance_rate(lossy) > evaluation.acceptance_rate(lossless)
+        assert metrics.acceptance_rate(lossy) > 0.99
+        assert metrics.acceptance_rate(lossy) > metrics.acceptance_rate(lossless)
 
 
 def test_residual_distribution_never_divides_by_zero():
@@ -470,7 +470,7 @@ def test_temperature_eps_and_equal_drafts_share_one_compilation():
                 outs.append(run(draft, params, temperature=temperature, eps=eps))
     assert sampling.TRACE_COUNTS["speculative"] == before  # No new compilation.
     # eps really changes the rule: the most lenient setting accepts more.
-    assert evaluation.acceptance_rate(outs[8]) > evaluation.acceptance_rate(outs[0])
+    assert metrics.acceptance_rate(outs[8]) > metrics.acceptance_rate(outs[0])
     # Greedy is a separate (static) branch: one more compilation, then none.
     run(drafts[0], draft_params[0], temperature=0.0)
     run(drafts[1], draft_params[1], temperature=0.0, eps=0.3)

@@ -1,26 +1,15 @@
-"""Speculative-decoding measurements: block efficiency, acceptance, cost ratio, speedup.
+"""Timing on a shared machine: the one interleaved timer, the sampler's block loop,
+cached-decode call times and the cost model built from them.
 
-Definitions (Leviathan et al. 2023; DistillSpec, Zhou et al. 2024):
-  block efficiency  tau = tokens produced (emitted into the output) per target
-                    call, 1 .. gamma+1. Drafts accepted after an EOS or past
-                    `max_new_tokens` were never produced and do not count;
-  acceptance rate   alpha = accepted / (accepted + rejections) over drafts
-                    verified inside the kept window: the per-token rate the
-                    i.i.d. model uses (drafts after a block's first rejection
-                    are never verified, so `accepted_fraction` = accepted /
-                    drafted is a different number);
-  alpha estimate    E[sum_x min(q(x), f(p(x)))] over the target's own prefixes
-                    (lossless: 1 - TVD(p, q), the paper's alpha; greedy: the
-                    argmax agreement rate): independent of the SD counters;
-  theoretical tau   (1 - alpha^(gamma+1)) / (1 - alpha), from the estimate;
-  cost ratio        c = draft step time / target step time;
-  theoretical speedup  tau / (c * gamma + 1);
-  measured speedup  SD tokens/s over AR tokens/s on the same prompts.
+Every timer here interleaves what it compares (round r calls every function
+once), so a slow spell of a shared machine slows one round of each rather than
+every repeat of one, and keeps the fastest time (interference only adds time).
+The reductions over sampler output (tau, alpha, speedup definitions) are in
+`metrics`.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,207 +18,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distillspec_jax import sampling
-
-
-def _total(x: Any) -> float:
-    return float(np.asarray(x).sum())
-
-
-def block_efficiency(out: sampling.SampleOutput) -> float:
-    """tau: tokens produced per target call."""
-    return _total(out.num_generated) / max(_total(out.num_target_calls), 1.0)
-
-
-def num_rejections(out: sampling.SampleOutput) -> float:
-    """Drafts rejected whose correction token was emitted."""
-    return _total(out.num_rejected)
-
-
-def acceptance_rate(out: sampling.SampleOutput) -> float:
-    """alpha: accepted / verified drafted tokens (the i.i.d. per-token rate)."""
-    accepted = _total(out.num_accepted)
-    return accepted / max(accepted + num_rejections(out), 1.0)
-
-
-def theoretical_block_efficiency(alpha: float, gamma: int) -> float:
-    """E[tau] = (1 - alpha^(gamma+1)) / (1 - alpha) under i.i.d. acceptance."""
-    if alpha >= 1.0:
-        return float(gamma + 1)
-    return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
-
-
-def theoretical_speedup(tau: float, cost_ratio: float, gamma: int) -> float:
-    """Expected wall-clock speedup tau / (c * gamma + 1)."""
-    return tau / (cost_ratio * gamma + 1.0)
-
-
-def measured_speedup(
-    sd_tokens: float, sd_seconds: float, ar_tokens: float, ar_seconds: float
-) -> float:
-    """The one definition of measured speedup: SD tokens/s over AR tokens/s.
-
-    A ratio of rates, not of run times: at T > 0 the two runs sample different
-    outputs of different lengths.
-    """
-    return (sd_tokens / sd_seconds) / (ar_tokens / ar_seconds)
-
-
-def summarize(out: sampling.SampleOutput, gamma: int) -> dict[str, Any]:
-    """Counters of one speculative run reduced to the paper's quantities.
-
-    `theoretical_block_efficiency_from_counters` is the i.i.d. formula applied
-    to the counters' own alpha (a consistency check, not an independent one:
-    see `token_acceptance` for the independent estimate).
-    """
-    alpha = acceptance_rate(out)
-    calls = max(_total(out.num_target_calls), 1.0)
-    per_position = np.asarray(out.accepts_per_position).sum(axis=0) / calls
-    return {
-        "gamma": gamma,
-        "block_efficiency": block_efficiency(out),
-        "acceptance_rate": alpha,
-        "accepted_fraction": _total(out.num_accepted) / max(_total(out.num_drafted), 1.0),
-        "theoretical_block_efficiency_from_counters": theoretical_block_efficiency(alpha, gamma),
-        "target_calls": _total(out.num_target_calls),
-        "draft_calls": _total(out.num_draft_calls),
-        "generated_tokens": _total(out.num_generated),
-        # P(draft position i is accepted and emitted) per block, i = 1..gamma.
-        "accept_prob_by_position": per_position.tolist(),
-    }
-
-
-def tau_gain_interval(
-    reference_tokens: Any,
-    reference_calls: Any,
-    tokens: Any,
-    calls: Any,
-    level: float = 0.9,
-    samples: int = 2000,
-) -> list[float] | None:
-    """Paired bootstrap interval (percent) of a draft's tau gain over a reference.
-
-    Both drafts decoded the same prompts, so a resample takes the same prompts
-    for both; tau of a resample is its produced tokens / target calls. Inputs
-    are per-prompt counts; None when there are none.
-    """
-    ref_tok, ref_calls, tok, n_calls = (
-        np.asarray(x, np.float64) for x in (reference_tokens, reference_calls, tokens, calls)
-    )
-    if not len(ref_tok) or len(ref_tok) != len(tok):
-        return None
-    idx = np.random.default_rng(0).integers(0, len(tok), (samples, len(tok)))
-    gains = 100 * (
-        (tok[idx].sum(1) / n_calls[idx].sum(1)) / (ref_tok[idx].sum(1) / ref_calls[idx].sum(1)) - 1
-    )
-    low, high = np.quantile(gains, [(1 - level) / 2, (1 + level) / 2])
-    return [float(low), float(high)]  # A list: results.json round-trips it unchanged.
-
-
-# --------------------------------------------------------------------------
-# Independent acceptance estimate: the paper's alpha = E[1 - TVD(p, q)].
-# --------------------------------------------------------------------------
-
-
-def token_acceptance(
-    target_model: Any,
-    target_params: Any,
-    draft_model: Any,
-    draft_params: Any,
-    sequences: jax.Array,
-    prompt_lengths: jax.Array,
-    lengths: jax.Array,
-    *,
-    temperature: float,
-    lenience: str = "none",
-    eps: float = 1.0,
-    encoder_inputs: jax.Array | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-token acceptance probability of the draft on given prefixes.
-
-    For each generated token position t of each row (prompt_lengths <= t <
-    lengths), both models score the prefix sequences[:, :t] through the
-    DecodeModel protocol (one teacher-forced decode call each), and the
-    probability that the SD rule accepts the draft's proposal there is
-    sum_x min(q(x), f(p(x))): 1 - TVD(p, q) when lossless, 1[argmax p ==
-    argmax q] when greedy. Pass the target's own samples (autoregressive
-    outputs) to get the paper's alpha.
-
-    Args:
-      sequences: [B, M] tokens (prompt + generated, anything after `lengths`).
-      prompt_lengths: [B] where generation started.
-      lengths: [B] prompt + generated tokens.
-      temperature, lenience, eps: the SD setting whose acceptance is estimated.
-      encoder_inputs: [B, Le] for encoder-decoder models.
-
-    Returns:
-      (sum of acceptance probabilities [B], number of generated tokens [B]).
-    """
-    if lenience not in sampling.LENIENCE_KINDS:
-        raise ValueError(f"Unknown lenience {lenience!r}; valid: {sampling.LENIENCE_KINDS}")
-    total, count = _token_acceptance_jit(
-        target_model,
-        draft_model,
-        target_params,
-        draft_params,
-        jnp.asarray(sequences, jnp.int32),
-        jnp.asarray(prompt_lengths, jnp.int32),
-        jnp.asarray(lengths, jnp.int32),
-        encoder_inputs,
-        jnp.float32(temperature),
-        jnp.float32(eps),
-        greedy=float(temperature) == 0.0,
-        lenience=lenience,
-    )
-    return np.asarray(total, np.float64), np.asarray(count, np.int64)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("greedy", "lenience"))
-def _token_acceptance_jit(
-    target_model,
-    draft_model,
-    target_params,
-    draft_params,
-    sequences,
-    prompt_lengths,
-    lengths,
-    encoder_inputs,
-    temperature,
-    eps,
-    *,
-    greedy,
-    lenience,
-):
-    batch, length = sequences.shape
-    zero = jnp.zeros((batch,), jnp.int32)
-
-    def logits_of(model, params):
-        cache = model.init_cache(params, batch, length, encoder_inputs)
-        return model.decode(params, cache, sequences, zero)[0]  # [B, M, V]
-
-    p_logits = logits_of(target_model, target_params)
-    q_logits = logits_of(draft_model, draft_params)
-    if greedy:
-        accept = (jnp.argmax(p_logits, -1) == jnp.argmax(q_logits, -1)).astype(jnp.float32)
-    else:
-        p = sampling.probabilities(p_logits, temperature)
-        q = sampling.probabilities(q_logits, temperature)
-        f_p = sampling.lenient_target_prob(p, lenience, eps)
-        accept = jnp.minimum(q, f_p).sum(axis=-1)
-    # Logits at index i predict token i + 1: generated tokens t in
-    # [prompt_length, length) are predicted at i in [prompt_length - 1, length - 1).
-    idx = jnp.arange(length)[None, :]
-    mask = (idx >= prompt_lengths[:, None] - 1) & (idx < lengths[:, None] - 1)
-    return (accept * mask).sum(axis=1), mask.sum(axis=1)
-
-
-# --------------------------------------------------------------------------
-# Timing.
-# --------------------------------------------------------------------------
+from distillspec_jax import metrics, sampling
 
 
 class TimingNoiseError(RuntimeError):
     """The machine's timing noise hid what was to be measured (`time_per_call`)."""
+
+
+def _rounds(fns: Sequence[Callable[[], Any]], repeats: int) -> tuple[list[list[float]], list[Any]]:
+    """The timer: `repeats` interleaved rounds, round r calling every function once
+    (each waited for with block_until_ready). Per function: the seconds of each call,
+    and the last call's output."""
+    times, last = [[] for _ in fns], [None for _ in fns]
+    for _ in range(repeats):
+        for j, fn in enumerate(fns):
+            start = time.perf_counter()
+            last[j] = jax.block_until_ready(fn())
+            times[j].append(time.perf_counter() - start)
+    return times, last
+
+
+def _first_calls(fns: Sequence[Callable[[], Any]]) -> list[float]:
+    """Seconds of each function's first call (compilation and warm-up included)."""
+    firsts = []
+    for fn in fns:
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        firsts.append(time.perf_counter() - start)
+    return firsts
 
 
 def interleaved_times(
@@ -239,17 +55,28 @@ def interleaved_times(
     `repeats` more calls, made in interleaved rounds (round r calls every function once),
     so a slow spell of a shared machine slows one round of every function rather than
     every repeat of one."""
-    firsts, times = [], [[] for _ in fns]
-    for fn in fns:
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        firsts.append(time.perf_counter() - start)
-    for _ in range(repeats):
-        for fn, fn_times in zip(fns, times, strict=True):
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            fn_times.append(time.perf_counter() - start)
-    return firsts, times
+    firsts = _first_calls(fns)
+    return firsts, _rounds(fns, repeats)[0]
+
+
+def interleaved_prompt_times(
+    fns: Sequence[Callable[[int], Any]], num: int, repeats: int
+) -> list[tuple[list[Any], float, float]]:
+    """Runs each fn(i) for prompts 0..num-1 at batch 1: per fn (outputs, seconds,
+    compile seconds).
+
+    Each fn(0) runs once first (compilation and warm-up). Then per prompt, `repeats`
+    interleaved rounds call every fn once (`interleaved_times`' timer), and each fn's
+    fastest time counts.
+    """
+    compile_s = _first_calls([lambda f=f: f(0) for f in fns])
+    outputs, seconds = [[] for _ in fns], [0.0 for _ in fns]
+    for i in range(num):
+        times, last = _rounds([lambda f=f, i=i: f(i) for f in fns], repeats)
+        for j in range(len(fns)):
+            seconds[j] += min(times[j])
+            outputs[j].append(jax.device_get(last[j]))
+    return [(outputs[j], seconds[j], compile_s[j]) for j in range(len(fns))]
 
 
 def time_calls(fns: Sequence[Callable[[], Any]], repeats: int = 3) -> list[tuple[float, float]]:
@@ -319,7 +146,7 @@ def _decode_loop(model: Any, batch_size: int, tokens: int):
     return run
 
 
-def _block_loop(
+def block_loop(
     draft_model: Any,
     target_model: Any,
     batch_size: int,
@@ -379,7 +206,7 @@ def _block_loop(
     return run
 
 
-def _decode_call_fns(
+def decode_call_fns(
     calls: Sequence[tuple[Any, Any, int]],
     batch_size: int,
     num_steps: int,
@@ -424,7 +251,7 @@ def decode_step_times(
     sampler allocates (`sampling.speculative_cache_length`) to time the calls it
     makes. Default: just long enough, 2 * num_steps + the most tokens per call.
     """
-    fns = _decode_call_fns(calls, batch_size, num_steps, encoder_inputs, cache_length)
+    fns = decode_call_fns(calls, batch_size, num_steps, encoder_inputs, cache_length)
     return time_per_call(fns, num_steps, repeats)[0]
 
 
@@ -485,7 +312,7 @@ def sampler_call_times(
     `prompts` [B, P], also target_prefill_s and draft_prefill_s: each model's cache,
     encoder and prompt feed, what the samplers do before their loop. With
     `blocks`, also block_s {str(gamma): seconds of one block of the sampler's
-    calls made in its order, `_block_loop`} and block_over_calls (block_s over the
+    calls made in its order, `block_loop`} and block_over_calls (block_s over the
     same calls timed apart, `isolated_block_s`): what alternating the two models
     costs; against a whole SD run, block_s shows what the loop itself adds.
     Per-call and per-block times are slopes (`time_per_call`). A `cache_length`
@@ -503,11 +330,11 @@ def sampler_call_times(
     calls += [(draft_model, draft_params, 2)]
     calls += [(target_model, target_params, g + 1) for g in gammas]
     caches: dict[int, Any] = {}
-    loops = _decode_call_fns(calls, batch_size, num_steps, encoder_inputs, cache_length, caches)
+    loops = decode_call_fns(calls, batch_size, num_steps, encoder_inputs, cache_length, caches)
     if blocks:
         state = (draft_params, target_params, caches[id(draft_params)], caches[id(target_params)])
         for g in gammas:
-            run = _block_loop(draft_model, target_model, batch_size, g)
+            run = block_loop(draft_model, target_model, batch_size, g)
             loops.append(lambda n, f=run: f(*state, n))
     whole = []
     if prompts is not None:
@@ -632,7 +459,7 @@ def compare_with_autoregressive(
       cost: the measured cost ratio c (see `sampler_call_times`).
 
     Returns:
-      The `summarize` dict plus times, tokens/s and speedups.
+      The `metrics.summarize` dict plus times, tokens/s and speedups.
     """
     rng = jax.random.PRNGKey(0) if rng is None else rng
     common = dict(
@@ -665,8 +492,8 @@ def compare_with_autoregressive(
     )
     out = speculative()
     ar_out = autoregressive()
-    ar_tokens = _total(ar_out.num_generated)
-    summary = summarize(out, gamma)
+    ar_tokens = metrics.total(ar_out.num_generated)
+    summary = metrics.summarize(out, gamma)
     sd_tokens = summary["generated_tokens"]
     # The batch decodes until its slowest row is done: loop iterations (the largest
     # row's target calls) and tokens per row per iteration, below tau when rows need
@@ -674,8 +501,8 @@ def compare_with_autoregressive(
     iterations = float(np.asarray(out.num_target_calls).max(initial=0))
     summary["loop_iterations"] = iterations
     summary["batch_block_efficiency"] = sd_tokens / max(iterations * len(out.num_generated), 1.0)
-    theory = theoretical_speedup(summary["block_efficiency"], cost, gamma)
-    measured = measured_speedup(sd_tokens, sd_seconds, ar_tokens, ar_seconds)
+    theory = metrics.theoretical_speedup(summary["block_efficiency"], cost, gamma)
+    measured = metrics.measured_speedup(sd_tokens, sd_seconds, ar_tokens, ar_seconds)
     summary.update(
         temperature=temperature,
         cost_ratio=cost,
@@ -692,53 +519,3 @@ def compare_with_autoregressive(
         measured_over_theoretical=measured / theory,
     )
     return summary
-
-
-# --------------------------------------------------------------------------
-# Is a model's output well formed? (Read before trusting any tau.)
-# --------------------------------------------------------------------------
-
-
-def repeats_ngram(tokens: Any, max_repeats: int = 4) -> bool:
-    """True when some token n-gram occurs more than `max_repeats` times in a row.
-
-    An n-gram at i repeated k+1 times in a row is tokens[i + n] == tokens[i] for
-    k*n consecutive positions, so per n this is one longest-run scan.
-    """
-    tokens = np.asarray(tokens)
-    for n in range(1, len(tokens) // (max_repeats + 1) + 1):
-        same = np.concatenate([[False], tokens[n:] == tokens[:-n], [False]])
-        edges = np.flatnonzero(np.diff(same.astype(np.int8)))
-        longest = int(np.max(edges[1::2] - edges[::2])) if len(edges) else 0
-        if longest >= max_repeats * n:
-            return True
-    return False
-
-
-def mean_interval(values: Any, level: float = 0.9, samples: int = 2000) -> list[float]:
-    """Bootstrap interval of a per-prompt mean (prompts resampled), [low, high]."""
-    values = np.asarray(values, np.float64)
-    idx = np.random.default_rng(0).integers(0, len(values), (samples, len(values)))
-    low, high = np.quantile(values[idx].mean(1), [(1 - level) / 2, (1 + level) / 2])
-    return [float(low), float(high)]
-
-
-def output_form(new_tokens: Sequence[Any], eos_id: int = 1, max_repeats: int = 4) -> dict:
-    """Per-output form checks: ended with EOS before the cap, free of repetition loops.
-
-    Args:
-      new_tokens: the generated tokens of each output (EOS included when written).
-
-    Returns:
-      Fractions over outputs (`eos_fraction`, `repetition_free_fraction`), their
-      bootstrap intervals, and the mean number of new tokens.
-    """
-    eos = [float(len(t) > 0 and int(t[-1]) == eos_id) for t in new_tokens]
-    free = [float(not repeats_ngram(t, max_repeats)) for t in new_tokens]
-    return {
-        "eos_fraction": float(np.mean(eos)),
-        "eos_fraction_interval_90": mean_interval(eos),
-        "repetition_free_fraction": float(np.mean(free)),
-        "repetition_free_fraction_interval_90": mean_interval(free),
-        "mean_new_tokens": float(np.mean([len(t) for t in new_tokens])),
-    }
