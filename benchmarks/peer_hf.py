@@ -39,7 +39,7 @@ def load_pair(args) -> tuple[tuple, tuple, str]:
     if args.target_workdir:
         pair = []
         for workdir in (args.target_workdir, args.draft_workdir):
-            model = interop.workdir_model(workdir)
+            model = interop.resolve_model(workdir, what="workdir")
             pair.append((model, interop.read_checkpoint(workdir, model)))
         record = checkpoints.read_model_description(args.target_workdir) or {}
         return pair[0], pair[1], record.get("vocab_path", "")
@@ -51,7 +51,7 @@ def load_pair(args) -> tuple[tuple, tuple, str]:
     )
 
 
-def load_prompts(vocab_path: str, num: int) -> evaluate.Prompts:
+def load_prompts(vocab_path: str, num: int, model: models.BaseModel) -> evaluate.Prompts:
     from configs import default
 
     config = ml_collections.ConfigDict(
@@ -59,7 +59,7 @@ def load_prompts(vocab_path: str, num: int) -> evaluate.Prompts:
     )
     vocab = tasks.get_vocabulary(vocab_path)
     task = tasks.register_from_config(config.data, vocab)
-    return evaluate.load_prompts(task, config, "t5", vocab)
+    return evaluate.load_prompts(task, config, model, vocab)
 
 
 def _new_tokens(tokens: np.ndarray, eos_id: int = 1) -> list[int]:
@@ -151,7 +151,7 @@ def main(argv=None):
     (target, target_params), (draft, draft_params), vocab_path = load_pair(args)
     if not (models.is_encoder_decoder(target) and models.is_encoder_decoder(draft)):
         parser.error("the peer benchmark compares T5 pairs (AutoModelForSeq2SeqLM)")
-    prompts = load_prompts(vocab_path, args.num_prompts)
+    prompts = load_prompts(vocab_path, args.num_prompts, target)
     with tempfile.TemporaryDirectory() as tmp:
         dirs = [os.path.join(tmp, name) for name in ("target", "draft")]
         interop.save_hf(target, target_params, dirs[0])

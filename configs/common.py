@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 from typing import Any
 
 import ml_collections
@@ -329,3 +330,38 @@ def pair_evaluation(
         mesh_shape=(1, -1),
     )
     return evaluation(**{**fields, **overrides})
+
+
+# --------------------------------------------------------------------------
+# A study's configs inside its workdir (the study and the ablation resolve theirs here).
+# --------------------------------------------------------------------------
+
+
+def _in_workdir(path: str, stages: ml_collections.ConfigDict, workdir: str) -> str:
+    """A path that names a stage of the study made that stage's directory in `workdir`."""
+    return os.path.join(workdir, path) if path in stages else path
+
+
+def stage_config(
+    config: ml_collections.ConfigDict, stage: str, workdir: str, vocab_path: str
+) -> ml_collections.ConfigDict:
+    """The training config of one stage (`config.stages[stage]`, a complete
+    `distillspec_jax.train` config) with its paths resolved inside `workdir`."""
+    out = ml_collections.ConfigDict(config.stages[stage].to_dict())  # A copy.
+    out.data.vocab_path = vocab_path
+    for field in ("target_checkpoint", "init_checkpoint"):
+        out[field] = _in_workdir(out[field], config.stages, workdir)
+    return out
+
+
+def evaluation_config(
+    config: ml_collections.ConfigDict, workdir: str, vocab_path: str
+) -> ml_collections.ConfigDict:
+    """The study's `evaluate` config: its evaluation section, whose model paths name
+    stages, with those stages' directories in `workdir` and the study's data."""
+    ev = ml_collections.ConfigDict(config.evaluation.to_dict())  # A copy.
+    ev.data = ml_collections.ConfigDict(config.data.to_dict())
+    ev.data.vocab_path = vocab_path
+    for source in [ev.target, *ev.drafts.values()]:
+        source.path = _in_workdir(source.path, config.stages, workdir)
+    return ev

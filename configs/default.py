@@ -170,9 +170,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eval_every=10 if quick else 25,
     )
 
-    # (e) Evaluation of the drafts against the target with `distillspec_jax.evaluate`
-    # (the study fills in the target / draft paths and the vocabulary).
+    # (e) Evaluation of the drafts against the target with `distillspec_jax.evaluate`.
+    # Model paths name stages (the study resolves them inside its workdir, with the
+    # vocabulary); a new draft is one more stage and one more entry here.
+    stages = config.stages
     config.evaluation = common.evaluation(
+        target=common.model_source("target", stages.target.get_ref("model_gin_file")),
+        drafts=ml_collections.ConfigDict(
+            {
+                name: common.model_source(stage, stages[stage].get_ref("model_gin_file"))
+                for name, stage in (
+                    ("baseline", "draft_baseline"),
+                    ("control", "draft_control"),
+                    ("distilled", "draft_distilled"),
+                )
+            }
+        ),
         data=config.data,
         split="test",
         # tau, alpha and task metrics on the first N test prompts, in batches.
@@ -187,6 +200,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         timing_repeats=2,
         # Decode-step timing for the cost ratio c.
         cost_steps=32 if quick else 64,
+        # Gains are over the compute-matched control (same steps, optimizer and batch).
         reference_draft="control",
     )
     return config

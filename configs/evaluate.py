@@ -24,7 +24,6 @@ import ml_collections
 
 from configs import common
 from configs import default as default_study
-from distillspec_jax import main
 
 
 def _drafts(text: str) -> ml_collections.ConfigDict:
@@ -43,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if args.study:  # Exactly the evaluation the study runs on its workdir.
         study = default_study.get_config("quick" if args.quick else None)
         vocab_path = os.path.join(args.study, "vocab", "spm.model")
-        return main.evaluation_config(study, args.study, vocab_path)
+        return common.evaluation_config(study, args.study, vocab_path)
     config = common.evaluation()
     config.target = common.model_source(args.target)
     config.drafts = _drafts(args.drafts)

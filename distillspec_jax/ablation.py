@@ -22,9 +22,9 @@ import os
 from typing import Any
 
 import ml_collections
-import numpy as np
 
-from distillspec_jax import evaluate, fs, main
+from configs import common
+from distillspec_jax import cli, evaluate, fs, report, train
 
 
 def _cell_name(source: str, divergence: str, temperature: float) -> str:
@@ -43,7 +43,7 @@ def _evaluation(
 ) -> ml_collections.ConfigDict:
     """An `evaluate` config for the study's target and the named draft workdirs (untimed)."""
     study = config.study
-    ev = main.evaluation_config(study, workdir, os.path.join(workdir, "vocab", "spm.model"))
+    ev = common.evaluation_config(study, workdir, os.path.join(workdir, "vocab", "spm.model"))
     ev.drafts = ml_collections.ConfigDict(
         {
             name: {
@@ -77,10 +77,10 @@ def run_grid(
     study = config.study
     vocab_path = os.path.join(workdir, "vocab", "spm.model")
     control = os.path.join("ablation", f"control_{config.distill_steps}")
-    control_config = main.stage_config(study, "draft_control", workdir, vocab_path)
+    control_config = common.stage_config(study, "draft_control", workdir, vocab_path)
     control_config.num_train_steps = config.distill_steps
     control_config.checkpoint_every = config.distill_steps
-    main.run_stage(control, control_config, workdir)
+    train.run_stage(control, control_config, workdir)
     rows = []
     for temperature in config.temperatures:
         for source in config.sources:
@@ -89,7 +89,7 @@ def run_grid(
                 done = os.path.join(workdir, "ablation", name, "done.json")
                 if config.existing_only and not fs.exists(done):
                     continue  # Report the finished cells only (no training).
-                train_config = main.stage_config(study, "draft_distilled", workdir, vocab_path)
+                train_config = common.stage_config(study, "draft_distilled", workdir, vocab_path)
                 train_config.num_train_steps = config.distill_steps
                 train_config.eval_every = 0
                 train_config.checkpoint_every = config.distill_steps
@@ -100,7 +100,7 @@ def run_grid(
                 train_config.distill.mixture_other = "fixed"
                 train_config.distill.sample_temperature = temperature
                 train_config.speculative_eval.temperature = temperature
-                summary = main.run_stage(os.path.join("ablation", name), train_config, workdir)
+                summary = train.run_stage(os.path.join("ablation", name), train_config, workdir)
                 key = name.replace(".", "p")  # A config key: no dots.
                 ev = _evaluation(
                     config,
@@ -177,77 +177,6 @@ def run_lossy(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
     return rows
 
 
-def _cell(grid, source, divergence, temperature, key=None):
-    """The grid row of one cell (or one of its values); None / NaN when not measured."""
-    for r in grid:
-        if (r["source"], r["divergence"], r["temperature"]) == (source, divergence, temperature):
-            return r[key] if key else r
-    return float("nan") if key else None
-
-
-def plot(grid: list[dict[str, Any]], lossy: list[dict[str, Any]], config, out_dir: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fs.makedirs(out_dir)
-    paths = []
-    if grid:
-        temps = list(config.temperatures)
-        fig, axes = plt.subplots(1, len(temps), figsize=(5.2 * len(temps), 4), squeeze=False)
-        for ax, temperature in zip(axes[0], temps, strict=True):
-            values = np.array(
-                [
-                    [_cell(grid, s, d, temperature, "tau_gain_percent") for d in config.divergences]
-                    for s in config.sources
-                ]
-            )
-            limit = max(np.nanmax(np.abs(values), initial=0.0), 1.0)
-            image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit)
-            ax.set_xticks(range(len(config.divergences)), [d.upper() for d in config.divergences])
-            ax.set_yticks(range(len(config.sources)), list(config.sources))
-            for i in range(values.shape[0]):
-                for j in range(values.shape[1]):
-                    label = "-" if np.isnan(values[i, j]) else f"{values[i, j]:+.0f}%"
-                    ax.text(j, i, label, ha="center", va="center")
-            ax.set_title(f"tau gain over the control draft, T = {temperature:g}")
-            fig.colorbar(image, ax=ax, shrink=0.8)
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, "grid_heatmap.png"))
-        fs.save_figure(fig, paths[-1], dpi=120)
-        plt.close(fig)
-    if lossy:
-        # Quality against tau, one panel per quality measure, with 90% intervals.
-        panels = (("accuracy", "exact match (%)"), ("rougeL", "ROUGE-L F vs reference"))
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, (key, label) in zip(axes, panels, strict=True):
-            for name, style in (("baseline", "o--"), ("distilled", "s-")):
-                sel = [r for r in lossy if r["draft"] == name and r.get(key) is not None]
-                if not sel:
-                    continue
-                taus = [r["block_efficiency"] for r in sel]
-                values = [r[key] for r in sel]
-                ax.plot(taus, values, style, label=f"{name} draft")
-                intervals = [r.get(f"{key}_interval_90") for r in sel]
-                if all(intervals):
-                    lows = [v - i[0] for v, i in zip(values, intervals, strict=True)]
-                    highs = [i[1] - v for v, i in zip(values, intervals, strict=True)]
-                    ax.errorbar(taus, values, yerr=[lows, highs], fmt="none", capsize=3, alpha=0.5)
-                for r in sel:
-                    ax.annotate(f"eps={r['eps']:g}", (r["block_efficiency"], r[key]), fontsize=7)
-            ax.set_xlabel("block efficiency tau")
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.suptitle(f"lossy SD (f_{config.lossy.kind}), T = {config.lossy.temperature:g}")
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, "lossy_accuracy_vs_tau.png"))
-        fs.save_figure(fig, paths[-1], dpi=120)
-        plt.close(fig)
-    return paths
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     for stage in ("target", "draft_baseline", "draft_distilled"):
         if not fs.exists(os.path.join(workdir, stage, "done.json")):
@@ -268,20 +197,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return write_report(config, workdir, grid, lossy, verbose=True)
 
 
-def _gain_text(cell: dict[str, Any]) -> str:
-    """'+5.0% [-1.2, +11.0] (tau 2.41)': the gain, its 90% interval when measured, tau."""
-    ci = cell.get("tau_gain_interval_90")
-    interval = f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else ""
-    return f"{cell['tau_gain_percent']:+.1f}%{interval} (tau {cell['block_efficiency']:.2f})"
-
-
-def _with_interval(row: dict[str, Any], key: str) -> str:
-    value, ci = row.get(key), row.get(f"{key}_interval_90")
-    if value is None:
-        return "-"
-    return f"{value:.1f}" + (f" ({ci[0]:.1f}..{ci[1]:.1f})" if ci else "")
-
-
 def write_report(
     config,
     workdir: str,
@@ -299,62 +214,23 @@ def write_report(
         "cells_completed": len(grid),
         "cells_total": total if config.run_grid else 0,
     }
-    results["plots"] = plot(grid, lossy, config, os.path.join(out_dir, "plots"))
+    results["plots"] = report.ablation_plots(results, os.path.join(out_dir, "plots"))
     fs.write_json(os.path.join(out_dir, "ablation.json"), results, indent=2, default=str)
-    lines = ["# Ablations (CPU default scale)", ""]
-    if config.run_grid and len(grid) < total:
-        lines += [f"Partial grid: {len(grid)} of {total} cells measured (missing cells: -).", ""]
-    if grid:
-        lines += [
-            f"Block-efficiency gain over the compute-matched control (the baseline draft "
-            f"trained {config.distill_steps} more steps on ground truth, tau "
-            f"{grid[0]['control_block_efficiency']:.3f} at the first T) at gamma = "
-            f"{config.eval.gamma}, {config.eval.num_prompts} test prompts, with its 90% "
-            f"paired-bootstrap interval over the prompts; each cell distils for "
-            f"{config.distill_steps} steps from the baseline draft.",
-            "",
-        ]
-        for temperature in config.temperatures:
-            lines += [
-                f"T = {temperature:g}",
-                "",
-                "| source | " + " | ".join(d.upper() for d in config.divergences) + " |",
-                "|---|" + "---|" * len(config.divergences),
-            ]
-            for source in config.sources:
-                cells = [_cell(grid, source, d, temperature) for d in config.divergences]
-                lines.append(
-                    f"| {source} | " + " | ".join(_gain_text(c) if c else "-" for c in cells) + " |"
-                )
-            lines.append("")
-    if lossy:
-        lines += [
-            "## Lossy speculative decoding",
-            "",
-            "| draft | eps | tau | alpha | exact match % (90% CI) | ROUGE-L (90% CI) |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['draft']} | {r['eps']:g} | {r['block_efficiency']:.3f} | "
-            f"{r['acceptance_rate']:.3f} | {_with_interval(r, 'accuracy')} | "
-            f"{_with_interval(r, 'rougeL')} |"
-            for r in lossy
-        ]
-        lines.append("")
-    lines += [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in results["plots"]]
-    fs.write_text(os.path.join(out_dir, "ablation.md"), "\n".join(lines) + "\n")
+    text = report.ablation_report(results)
+    fs.write_text(os.path.join(out_dir, "ablation.md"), text)
     if verbose:
-        print("\n".join(lines))
+        print(text)
     return results
 
 
 def main_cli(argv=None) -> None:
-    main.run_cli(
-        run,
-        "configs/ablation.py",
-        "Ablation config.",
-        "Workdir of a completed `distillspec_jax.main` run.",
-        argv,
+    cli.run(
+        "ablation",
+        lambda flags: run(flags.config, flags.workdir),
+        config_help="Ablation config.",
+        default_config="configs/ablation.py",
+        workdir_help="Workdir of a completed `distillspec_jax.main` run.",
+        argv=argv,
     )
 
 

@@ -1,10 +1,13 @@
-"""Command-line plumbing shared by the entry points (train, main, ablation,
-evaluate, interop, tasks): quiet logs by default and one-line errors for bad flags."""
+"""Command-line plumbing shared by the entry points (train, evaluate, plan, study,
+ablation, tasks, interop): `run` defines the flags, quiets the logs and turns errors
+into one line; `configure_logging` and `parse_flags` are its parts."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from distillspec_jax import fs
 
@@ -87,3 +90,71 @@ def exit_bad_override(error: Exception, program: str) -> None:
     text = " ".join(str(text).split())
     sys.stderr.write(f"{os.path.basename(program)}: bad config override: {text}\n")
     sys.exit(2)
+
+
+# What a command's own work raises for bad input: one line on stderr, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def run(
+    program: str,
+    main_fn: Callable[[Any], None],
+    *,
+    config_help: str,
+    default_config: str | None = None,
+    workdir_help: str | None = None,
+    define_flags: Callable[[], None] = lambda: None,
+    reads_data: Callable[[Any], bool] = lambda config: True,
+    errors: Sequence[type[Exception]] = (),
+    argv: list[str] | None = None,
+) -> None:
+    """Runs one command line: `--config FILE[:ARGS]` (with `--config.x=...` overrides),
+    `--workdir DIR` when `workdir_help` is given, `--verbose`, and the flags
+    `define_flags` adds; then quiet logs and `main_fn(flags.FLAGS)`.
+
+    Args:
+      program: the command's name, the prefix of its one-line errors.
+      main_fn: fn(flag values) doing the command's work.
+      config_help: help of --config.
+      default_config: a config file relative to the repository root (the `configs`
+        package is installed with the project), else --config is required.
+      workdir_help: help of a required --workdir; None: the command has none.
+      define_flags: defines the command's other absl flags.
+      reads_data: fn(config) -> whether the command reads data (TensorFlow is then
+        loaded here, silenced).
+      errors: exception types, beside `USER_ERRORS`, that are one line (exit status 1;
+        `--verbose` shows the traceback).
+      argv: the command line (default sys.argv).
+    """
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    from distillspec_jax import models
+
+    default = os.path.join(models.REPO_ROOT, default_config) if default_config else None
+    try:  # A default config applies the command line's overrides right here.
+        config_flags.DEFINE_config_file("config", default, config_help, lock_config=True)
+    except OVERRIDE_ERRORS as error:
+        exit_bad_override(error, f"python -m distillspec_jax.{program}")
+    required = [] if default else ["config"]
+    if workdir_help is not None:
+        flags.DEFINE_string("workdir", None, workdir_help)
+        required.append("workdir")
+    flags.DEFINE_bool(
+        "verbose", False, "Show library logs (TensorFlow, orbax, seqio) and tracebacks."
+    )
+    define_flags()
+    flags.mark_flags_as_required(required)
+    caught = (*USER_ERRORS, *errors)
+
+    def _main(_):
+        values = flags.FLAGS
+        configure_logging(values.verbose, data=reads_data(values.config))
+        try:
+            main_fn(values)
+        except caught as error:
+            if values.verbose:
+                raise
+            raise SystemExit(f"{program}: {error}") from None
+
+    app.run(_main, argv=argv, flags_parser=parse_flags)

@@ -112,12 +112,6 @@ def make_config(recipe: str = "distillspec", **overrides: Any) -> DistillConfig:
 # --------------------------------------------------------------------------
 
 
-def decoder_only_prompt_lengths(batch: Batch) -> Array:
-    """[B] prompt length in decoder-input coordinates (BOS + prompt tokens)."""
-    weighted = batch["decoder_loss_weights"] > 0
-    return (jnp.argmax(weighted, axis=1) + 1).astype(jnp.int32)
-
-
 def generate(
     model: models.BaseModel,
     params: Any,
@@ -152,7 +146,7 @@ def generate(
         weights = idx < out.num_generated[:, None]
         inputs = out.sequences[:, :length]
     else:
-        prompt_lengths = decoder_only_prompt_lengths(batch)
+        prompt_lengths = models.decoder_only_prompt_lengths(batch)
         out = sampling.autoregressive_sample(
             model,
             params,

@@ -25,6 +25,7 @@ OUT/plots/. Each cell is written to OUT/cells/ when done, so a rerun resumes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -40,7 +41,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from distillspec_jax import checkpoints, cli, fs, metrics, models, partitioning, sampling, timing
+from distillspec_jax import (
+    checkpoints,
+    cli,
+    fs,
+    interop,
+    metrics,
+    models,
+    partitioning,
+    sampling,
+    timing,
+)
 
 Array = jax.Array
 
@@ -151,33 +162,6 @@ def average_rows(rows: Sequence[CellResult]) -> list[CellResult]:
 # --------------------------------------------------------------------------
 
 
-def is_hf_directory(path: str) -> bool:
-    return fs.exists(os.path.join(path, "config.json")) and not fs.exists(
-        os.path.join(path, checkpoints.MODEL_FILE)
-    )
-
-
-def model_of(
-    source: ml_collections.ConfigDict, vocab_size: int, what: str, bindings: Sequence[str] = ()
-) -> models.BaseModel:
-    """The architecture of a model source (no parameters are read): a Hugging Face
-    config, the workdir's record, else its gin file with `bindings`."""
-    path = source.path
-    if is_hf_directory(path):
-        from distillspec_jax import interop
-
-        return interop.config_from_hf(fs.read_json(os.path.join(path, "config.json")))
-    recorded = checkpoints.recorded_model(path)
-    if recorded is not None:
-        return recorded
-    if source.get("gin_file"):
-        return models.model_from_gin(source.gin_file, bindings, vocab_size=vocab_size)
-    raise EvaluationError(
-        f"{what}.path={path} records no architecture ({checkpoints.MODEL_FILE}); set "
-        f"{what}.gin_file to the gin file it was trained with"
-    )
-
-
 PARAM_DTYPES = ("", "float32", "bfloat16")
 
 
@@ -197,9 +181,7 @@ def load_params(
         else partitioning.param_shardings(model, mesh)
     )
     abstract = checkpoints.abstract_params(model, shardings, dtype)
-    if is_hf_directory(source.path):
-        from distillspec_jax import interop
-
+    if interop.is_hf_directory(source.path):
         params = interop.load_hf(source.path)[1]
         if dtype:  # Cast on the host: the device never holds the stored dtype's copy.
             params = jax.tree_util.tree_map(
@@ -233,7 +215,7 @@ def evaluation_mesh(config: ml_collections.ConfigDict, devices: Sequence[Any] = 
 def model_fingerprint(path: str) -> dict[str, Any]:
     """A model source's path and what is in it (checkpoint steps, or the HF files and
     their sizes): a model retrained in place gets new cells."""
-    if is_hf_directory(path):
+    if interop.is_hf_directory(path):
         files = [n for n in fs.listdir(path) if n.endswith((".safetensors", ".json"))]
         sizes = {n: os.path.getsize(os.path.join(path, n)) for n in files if not fs.is_remote(path)}
         return {"path": path, "files": sizes or files}
@@ -376,8 +358,12 @@ def task_names(name: str) -> list[str]:
     return [name]
 
 
-def load_prompts(task: str, config: ml_collections.ConfigDict, family: str, vocab: Any) -> Prompts:
-    from distillspec_jax import distill, tasks
+def load_prompts(
+    task: str, config: ml_collections.ConfigDict, model: models.BaseModel, vocab: Any
+) -> Prompts:
+    """The first `config.num_prompts` examples of `task`'s `config.split`, laid out
+    for `model` (`prompts_from_batch`), with their reference texts."""
+    from distillspec_jax import tasks
 
     splits = tasks.task_splits(task)
     if config.split not in splits:
@@ -386,7 +372,7 @@ def load_prompts(task: str, config: ml_collections.ConfigDict, family: str, voca
     ds = tasks.get_dataset(
         task,
         config.split,
-        family,
+        model.family,
         lengths,
         global_batch_size=1,
         shuffle=False,
@@ -399,23 +385,8 @@ def load_prompts(task: str, config: ml_collections.ConfigDict, family: str, voca
     batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     weights = batch["decoder_loss_weights"] > 0
     targets = tasks.decode_tokens(vocab, np.where(weights, batch["decoder_target_tokens"], 0))
-    num = len(weights)
-    if family == "t5":
-        return Prompts(
-            task,
-            np.zeros((num, 1), np.int32),
-            np.ones((num,), np.int32),
-            batch["encoder_input_tokens"].astype(np.int32),
-            targets,
-        )
-    prompt_lengths = np.asarray(distill.decoder_only_prompt_lengths(batch))
-    width = int(prompt_lengths.max())
-    prompts = np.where(
-        np.arange(width)[None, :] < prompt_lengths[:, None],
-        batch["decoder_input_tokens"][:, :width],
-        0,
-    )
-    return Prompts(task, prompts.astype(np.int32), prompt_lengths, None, targets)
+    prompts, prompt_lengths, encoder_inputs = model.prompts_from_batch(batch)
+    return Prompts(task, prompts, prompt_lengths, encoder_inputs, targets)
 
 
 # --------------------------------------------------------------------------
@@ -507,379 +478,437 @@ def new_tokens(out: sampling.SampleOutput, prompt_lengths: np.ndarray) -> list[n
 
 
 # --------------------------------------------------------------------------
-# The evaluation.
+# Loaded resources (everything read before any decoding).
 # --------------------------------------------------------------------------
 
 
-class Evaluator:
-    """Holds the loaded models and prompts; `run` measures every cell."""
+@dataclasses.dataclass
+class Resources:
+    """A validated config with everything it names loaded: what every cell reads."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, progress: bool = True):
-        validate(config)
-        self.config, self.workdir, self.progress = config, workdir, progress
-        from distillspec_jax import tasks
+    config: ml_collections.ConfigDict
+    vocab: Any  # The tokenizer (seqio vocabulary).
+    target: models.BaseModel
+    target_params: Any
+    drafts: dict[str, models.BaseModel]
+    draft_params: dict[str, Any]
+    prompts: dict[str, Prompts]  # Per task (a mixture's tasks, or one).
+    lenience: list[tuple[str, float]]  # (kind, eps) settings.
+    mesh: Any  # None: one device.
 
-        for what, source in [("target", config.target)] + [
-            (f"drafts.{name}", source) for name, source in config.drafts.items()
-        ]:
-            if not source.path:
-                raise EvaluationError(f"{what}.path is empty: set it to a workdir or HF directory")
-            if not fs.exists(source.path):
-                raise EvaluationError(f"{what}.path does not exist: {source.path}")
 
-        self.vocab = tasks.get_vocabulary(vocabulary_path(config))
-        vocab_size = config.data.model_vocab_size or self.vocab.vocab_size
-        # Architectures first: a mismatch fails before any checkpoint is read.
-        self.target = model_of(config.target, vocab_size, "target", config.gin_bindings)
-        self.drafts = {
-            name: model_of(source, vocab_size, f"drafts.{name}", config.gin_bindings)
-            for name, source in config.drafts.items()
-        }
-        for name, draft in self.drafts.items():
-            if draft.vocab_size != self.target.vocab_size:
-                raise EvaluationError(
-                    f"drafts.{name} has vocabulary size {draft.vocab_size}, the target "
-                    f"{self.target.vocab_size}: a draft must share the target's vocabulary"
-                )
-            if models.is_encoder_decoder(draft) != models.is_encoder_decoder(self.target):
-                raise EvaluationError(
-                    f"drafts.{name} and the target are of different families (encoder-decoder "
-                    f"vs decoder-only); SD needs both to read the same prompt"
-                )
-        if self.target.vocab_size < self.vocab.vocab_size:
-            raise EvaluationError(
-                f"the target's vocabulary ({self.target.vocab_size}) is smaller than the "
-                f"tokenizer's ({self.vocab.vocab_size}): wrong data.vocab_path?"
-            )
-        self.family = "t5" if models.is_encoder_decoder(self.target) else "decoder_only"
-        task = tasks.register_from_config(config.data, self.vocab)
-        self.prompts = {
-            t: load_prompts(t, config, self.family, self.vocab) for t in task_names(task)
-        }
-        self.lenience = lenience_settings(config)
-        self.mesh = evaluation_mesh(config)
-        load = functools.partial(load_params, mesh=self.mesh, dtype=config.param_dtype)
-        self.target_params = load(config.target, self.target, "target")
-        self.draft_params = {
-            name: load(source, self.drafts[name], f"draft {name}")
-            for name, source in config.drafts.items()
-        }
-        self._cost: dict[str, dict[str, float]] = {}
-        self.quality: list[dict[str, Any]] = []  # Filled by run (target_quality).
-
-    # -- Per-cell pieces -------------------------------------------------------
-
-    def _decoder(
-        self,
-        draft: str | None,
-        temperature: float,
-        gamma: int = 1,
-        lenience: str = "none",
-        eps: float = 1.0,
-    ):
-        """fn(tokens, lengths, encoder_inputs, rng): SD with `draft`, or AR of the
-        target when `draft` is None."""
-        common = dict(max_new_tokens=self.config.max_new_tokens, temperature=temperature)
-
-        def fn(tokens, lengths, enc, rng):
-            if draft is None:
-                return sampling.autoregressive_sample(
-                    self.target,
-                    self.target_params,
-                    tokens,
-                    lengths,
-                    rng,
-                    encoder_inputs=enc,
-                    **common,
-                )
-            return sampling.speculative_sample(
-                self.target,
-                self.target_params,
-                self.drafts[draft],
-                self.draft_params[draft],
-                tokens,
-                lengths,
-                rng,
-                gamma=gamma,
-                lenience=lenience,
-                eps=eps,
-                encoder_inputs=enc,
-                **common,
-            )
-
-        return fn
-
-    def _sd(self, draft: str, prompts: Prompts, temperature: float, gamma: int, lenience, eps):
-        fn = self._decoder(draft, temperature, gamma, lenience, eps)
-        return decode_batched(fn, prompts, self.config.batch_size, self.config.seed)
-
-    def _ar(self, prompts: Prompts, temperature: float) -> sampling.SampleOutput:
-        fn = self._decoder(None, temperature)
-        return decode_batched(fn, prompts, self.config.batch_size, self.config.seed + 1)
-
-    def _alpha_estimate(self, draft, prompts, ar, temperature, lenience, eps) -> float:
-        total, count = 0.0, 0
-        size = self.config.batch_size
-        for start in range(0, len(prompts), size):
-            stop = min(start + size, len(prompts))
-            _, _, enc = prompts.rows(start, stop)
-            accept, num = metrics.token_acceptance(
-                self.target,
-                self.target_params,
-                self.drafts[draft],
-                self.draft_params[draft],
-                ar.sequences[start:stop],
-                prompts.prompt_lengths[start:stop],
-                ar.lengths[start:stop],
-                temperature=temperature,
-                lenience=lenience,
-                eps=eps,
-                encoder_inputs=enc,
-            )
-            total, count = total + float(accept.sum()), count + int(num.sum())
-        return total / max(count, 1)
-
-    def _cost_ratio(self, draft: str, prompts: Prompts) -> dict[str, float]:
-        """Measured once per draft architecture: drafts of one architecture cost the
-        same per step, so timing noise cannot favour one of them. Also the draft's
-        2-token call and the target's (gamma+1)-token calls (the cost model), all
-        timed together, in a cache as long as the sampler's at the largest gamma, and
-        one block of them per gamma made in the sampler's order (`block_s`). Empty
-        when this machine's timing noise hid the calls."""
-        cfg = self.config
-        model = self.drafts[draft]
-        same = [name for name in self._cost if self.drafts[name] == model]
-        if same:
-            self._cost[draft] = self._cost[same[0]]
-        if draft not in self._cost:
-            tokens, _, enc = prompts.rows(0, 1)
-            try:
-                self._cost[draft] = timing.sampler_call_times(
-                    model,
-                    self.draft_params[draft],
-                    self.target,
-                    self.target_params,
-                    1,
-                    cfg.gammas,
-                    enc,
-                    cfg.cost_steps,
-                    cache_length=sampling.speculative_cache_length(
-                        tokens.shape[1], cfg.max_new_tokens, max(cfg.gammas)
-                    ),
-                    blocks=True,
-                )
-            except timing.TimingNoiseError as e:
-                # The call-time models are a diagnosis beside the wall clock: without
-                # them the cells keep tau, quality and the measured speedup.
-                logging.warning("draft %r: no call-time cost model (%s)", draft, e)
-                self._cost[draft] = {}
-        return self._cost[draft]
-
-    def _timed(self, prompts: Prompts, temperature: float, draft: str, gamma: int):
-        """((AR tokens, seconds), (SD tokens, seconds)) at batch 1 over the timed
-        prompts, AR and SD interleaved per prompt (`timing.interleaved_prompt_times`)."""
-        cfg = self.config
-
-        def prompt_fn(decode):
-            def fn(i):
-                return decode(*prompts.rows(i, i + 1), jax.random.PRNGKey(cfg.seed + i))
-
-            return fn
-
-        fns = [prompt_fn(self._decoder(name, temperature, gamma)) for name in (None, draft)]
-        num = min(cfg.timed_prompts, len(prompts))
-        return [
-            (float(sum(int(o.num_generated.sum()) for o in outs)), seconds)
-            for outs, seconds, _ in timing.interleaved_prompt_times(fns, num, cfg.timing_repeats)
-        ]
-
-    # -- Cells -----------------------------------------------------------------
-
-    def _cell_path(self, key: dict[str, Any]) -> str:
-        text = json.dumps(key, sort_keys=True)
-        digest = hashlib.sha1(text.encode()).hexdigest()[:10]
-        name = f"{key['task']}_{key['draft']}_T{key['temperature']:g}_g{key['gamma']}"
-        return os.path.join(
-            self.workdir, "cells", f"{name}_{key['lenience']}{key['eps']:g}_{digest}.json"
+def _model_source(
+    source: ml_collections.ConfigDict, vocab_size: int, what: str, bindings: Sequence[str]
+) -> models.BaseModel:
+    """A source's architecture (`interop.resolve_model`), errors as EvaluationError."""
+    try:
+        return interop.resolve_model(
+            source.path,
+            source.get("gin_file", ""),
+            bindings=bindings,
+            vocab_size=vocab_size,
+            what=f"{what}.path",
+            hint=f"; set {what}.gin_file to the gin file it was trained with",
         )
+    except interop.ModelSourceError as error:
+        raise EvaluationError(str(error)) from None
 
-    def target_quality(self, ar_cache: dict[tuple, Any]) -> list[dict[str, Any]]:
-        """Is the target well formed? Per task and temperature, from its own AR outputs:
-        EOS before the cap, no repetition loop, the task's metrics and ROUGE-L against
-        the reference, each with a 90% bootstrap interval over prompts (cached)."""
-        cfg = self.config
-        out = []
-        for task, prompts in self.prompts.items():
-            for temperature in cfg.temperatures:
-                key = dict(
-                    kind="target_quality",
-                    task=task,
-                    temperature=float(temperature),
-                    target=model_fingerprint(cfg.target.path),
-                    settings={k: v for k, v in cfg.to_dict().items() if k not in GRID_FIELDS},
-                )
-                digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-                path = os.path.join(
-                    self.workdir, "target_quality", f"{task}_T{temperature:g}_{digest}.json"
-                )
-                if fs.exists(path):
-                    out.append(fs.read_json(path))
-                    continue
-                if (task, temperature) in ar_cache:
-                    ar, _, texts = ar_cache[task, temperature]
-                else:
-                    ar = self._ar(prompts, float(temperature))
-                    texts = generated_texts(self.vocab, ar, prompts.prompt_lengths)
-                per = per_prompt_metrics(task, prompts.targets, texts)
-                record = {
-                    "task": task,
-                    "temperature": float(temperature),
-                    "num_prompts": len(prompts),
-                    "max_new_tokens": cfg.max_new_tokens,
-                    **metrics.output_form(new_tokens(ar, prompts.prompt_lengths)),
-                    "metrics": {
-                        name: {
-                            "mean": float(np.mean(values)),
-                            "interval_90": metrics.mean_interval(values),
-                        }
-                        for name, values in per.items()
-                    },
-                }
-                fs.write_json(path, record, indent=1)
-                out.append(record)
-        return out
 
-    def run(self) -> list[CellResult]:
-        """Measures every cell (keeping each in `cells/`), then the target's quality. On a
-        mesh, the models' logical sharding constraints resolve against it."""
-        if self.mesh is None:
-            return self._run()
-        with partitioning.activate(self.mesh):
-            return self._run()
+def load(config: ml_collections.ConfigDict) -> Resources:
+    """Validates `config` and loads its vocabulary, models, prompts and parameters, in
+    that order: a bad field fails before any checkpoint is read."""
+    from distillspec_jax import tasks
 
-    def _run(self) -> list[CellResult]:
-        cfg = self.config
-        cells = [
-            (task, temperature, draft, gamma, lenience, eps)
-            for task in self.prompts
-            for temperature in cfg.temperatures
-            for draft in cfg.drafts
-            for gamma in cfg.gammas
-            for lenience, eps in self.lenience
-        ]
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
+    validate(config)
+    for what, source in [("target", config.target)] + [
+        (f"drafts.{name}", source) for name, source in config.drafts.items()
+    ]:
+        if not source.path:
+            raise EvaluationError(f"{what}.path is empty: set it to a workdir or HF directory")
+        if not fs.exists(source.path):
+            raise EvaluationError(f"{what}.path does not exist: {source.path}")
 
-            bar = tqdm(total=len(cells), desc="evaluate", leave=False)
-        ar_cache: dict[tuple, Any] = {}
-        alpha_cache: dict[tuple, float] = {}
-        rows = []
-        for task, temperature, draft, gamma, lenience, eps in cells:
-            key = cell_key(cfg, task, temperature, draft, gamma, lenience, eps)
-            path = self._cell_path(key)
-            if fs.exists(path):
-                rows.append(CellResult(**fs.read_json(path)))
-            else:
-                row = self._measure(
-                    task,
-                    float(temperature),
-                    draft,
-                    int(gamma),
-                    lenience,
-                    eps,
-                    ar_cache,
-                    alpha_cache,
-                )
-                fs.write_json(path, row.to_dict(), indent=1)
-                rows.append(row)
-            if bar is not None:
-                bar.set_postfix(
-                    task=task[-20:], draft=draft, tau=f"{rows[-1].block_efficiency:.2f}"
-                )
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        add_gains(rows, cfg.reference_draft or next(iter(cfg.drafts)))
-        self.quality = self.target_quality(ar_cache)
-        return rows
-
-    def _measure(self, task, temperature, draft, gamma, lenience, eps, ar_cache, alpha_cache):
-        cfg = self.config
-        prompts = self.prompts[task]
-        if (task, temperature) not in ar_cache:
-            ar = self._ar(prompts, temperature)
-            ar_texts = generated_texts(self.vocab, ar, prompts.prompt_lengths)
-            metric, _ = metrics_with_rouge(task, prompts.targets, ar_texts)
-            ar_cache[task, temperature] = (ar, metric, ar_texts)
-        ar, metric_ar, ar_texts = ar_cache[task, temperature]
-        alpha_key = (task, temperature, draft, lenience, eps)
-        if alpha_key not in alpha_cache:
-            alpha_cache[alpha_key] = self._alpha_estimate(
-                draft, prompts, ar, temperature, lenience, eps
+    vocab = tasks.get_vocabulary(vocabulary_path(config))
+    vocab_size = config.data.model_vocab_size or vocab.vocab_size
+    # Architectures first: a mismatch fails before any checkpoint is read.
+    target = _model_source(config.target, vocab_size, "target", config.gin_bindings)
+    drafts = {
+        name: _model_source(source, vocab_size, f"drafts.{name}", config.gin_bindings)
+        for name, source in config.drafts.items()
+    }
+    for name, draft in drafts.items():
+        if draft.vocab_size != target.vocab_size:
+            raise EvaluationError(
+                f"drafts.{name} has vocabulary size {draft.vocab_size}, the target "
+                f"{target.vocab_size}: a draft must share the target's vocabulary"
             )
-        alpha_hat = alpha_cache[alpha_key]
-        out = self._sd(draft, prompts, temperature, gamma, lenience, eps)
-        summary = metrics.summarize(out, gamma)
-        texts = generated_texts(self.vocab, out, prompts.prompt_lengths)
-        metric_sd, metric_sd_interval = metrics_with_rouge(task, prompts.targets, texts)
-        identical = None
-        if temperature == 0.0 and lenience == "none":
-            same = [
-                np.array_equal(a[: int(la)], b[: int(lb)]) and int(la) == int(lb)
-                for a, la, b, lb in zip(
-                    out.sequences, out.lengths, ar.sequences, ar.lengths, strict=True
-                )
-            ]
-            identical = float(np.mean(same))
-        row = CellResult(
-            task=task,
-            draft=draft,
-            temperature=temperature,
+        if draft.family != target.family:
+            raise EvaluationError(
+                f"drafts.{name} and the target are of different families (encoder-decoder "
+                f"vs decoder-only); SD needs both to read the same prompt"
+            )
+    if target.vocab_size < vocab.vocab_size:
+        raise EvaluationError(
+            f"the target's vocabulary ({target.vocab_size}) is smaller than the "
+            f"tokenizer's ({vocab.vocab_size}): wrong data.vocab_path?"
+        )
+    task = tasks.register_from_config(config.data, vocab)
+    prompts = {t: load_prompts(t, config, target, vocab) for t in task_names(task)}
+    mesh = evaluation_mesh(config)
+    load_fn = functools.partial(load_params, mesh=mesh, dtype=config.param_dtype)
+    return Resources(
+        config=config,
+        vocab=vocab,
+        target=target,
+        target_params=load_fn(config.target, target, "target"),
+        drafts=drafts,
+        draft_params={
+            name: load_fn(source, drafts[name], f"draft {name}")
+            for name, source in config.drafts.items()
+        },
+        prompts=prompts,
+        lenience=lenience_settings(config),
+        mesh=mesh,
+    )
+
+
+# --------------------------------------------------------------------------
+# Decoding with the loaded models.
+# --------------------------------------------------------------------------
+
+
+def decoder(
+    res: Resources,
+    draft: str | None,
+    temperature: float,
+    gamma: int = 1,
+    lenience: str = "none",
+    eps: float = 1.0,
+) -> Callable[[Array, Array, Array | None, Array], sampling.SampleOutput]:
+    """fn(tokens, lengths, encoder_inputs, rng): SD with `draft`, or AR of the target
+    when `draft` is None."""
+    common = dict(max_new_tokens=res.config.max_new_tokens, temperature=temperature)
+
+    def fn(tokens, lengths, enc, rng):
+        if draft is None:
+            return sampling.autoregressive_sample(
+                res.target, res.target_params, tokens, lengths, rng, encoder_inputs=enc, **common
+            )
+        return sampling.speculative_sample(
+            res.target,
+            res.target_params,
+            res.drafts[draft],
+            res.draft_params[draft],
+            tokens,
+            lengths,
+            rng,
             gamma=gamma,
             lenience=lenience,
             eps=eps,
-            num_prompts=len(prompts),
-            block_efficiency=summary["block_efficiency"],
-            acceptance_rate=summary["acceptance_rate"],
-            accepted_fraction=summary["accepted_fraction"],
-            alpha_estimate=alpha_hat,
-            theoretical_block_efficiency=metrics.theoretical_block_efficiency(alpha_hat, gamma),
-            accept_prob_by_position=summary["accept_prob_by_position"],
-            metric_sd=metric_sd,
-            metric_sd_interval_90=metric_sd_interval,
-            metric_ar=metric_ar,
-            greedy_identical_fraction=identical,
-            prompt_tokens=np.asarray(out.num_generated, np.int64).tolist(),
-            prompt_target_calls=np.asarray(out.num_target_calls, np.int64).tolist(),
-            examples=[
-                {"reference": ref, "ar": ar_text, "sd": sd_text}
-                for ref, ar_text, sd_text in list(
-                    zip(prompts.targets, ar_texts, texts, strict=True)
-                )[:NUM_EXAMPLES]
-            ],
+            encoder_inputs=enc,
+            **common,
         )
-        if cfg.timed_prompts and lenience == "none":
-            # AR timed beside each SD cell: a slow spell then cannot favour one side.
-            ar_timed, (sd_tokens, sd_seconds) = self._timed(prompts, temperature, draft, gamma)
-            row.timed_prompts = min(cfg.timed_prompts, len(prompts))
-            row.sd_tokens_per_s = sd_tokens / sd_seconds
-            row.ar_tokens_per_s = ar_timed[0] / ar_timed[1]
-            row.measured_speedup = metrics.measured_speedup(sd_tokens, sd_seconds, *ar_timed)
-            costs = self._cost_ratio(draft, prompts)
-            if costs:  # Empty when timing noise hid the calls (`_cost_ratio`).
-                row.cost_model_speedup = timing.cost_model_speedup(
-                    row.block_efficiency, gamma, costs
-                )
-                # The same with the block timed as the loop makes its calls.
-                row.block_model_speedup = timing.cost_model_speedup(
-                    row.block_efficiency, gamma, costs, composed=True
-                )
-                row.cost_ratio = costs["cost_ratio"]
-                row.theoretical_speedup = metrics.theoretical_speedup(
-                    row.block_efficiency, row.cost_ratio, gamma
-                )
-        return row
+
+    return fn
+
+
+def decode_sd(
+    res: Resources, draft: str, prompts: Prompts, temperature: float, gamma: int, lenience, eps
+) -> sampling.SampleOutput:
+    fn = decoder(res, draft, temperature, gamma, lenience, eps)
+    return decode_batched(fn, prompts, res.config.batch_size, res.config.seed)
+
+
+def decode_ar(res: Resources, prompts: Prompts, temperature: float) -> sampling.SampleOutput:
+    fn = decoder(res, None, temperature)
+    return decode_batched(fn, prompts, res.config.batch_size, res.config.seed + 1)
+
+
+@dataclasses.dataclass
+class TargetOutputs:
+    """The target's AR outputs on one task's prompts at one temperature."""
+
+    out: sampling.SampleOutput
+    texts: list[str]
+    metric: dict[str, float]  # The task's metrics (and ROUGE-L) on them.
+
+
+@dataclasses.dataclass
+class Shared:
+    """What the cells of one run share, each computed once: the target's outputs per
+    (task, T), alpha estimates per (task, T, draft, lenience, eps) and the call-time
+    cost model per draft (drafts of one architecture share one measurement)."""
+
+    target_outputs: dict[tuple, TargetOutputs] = dataclasses.field(default_factory=dict)
+    alpha: dict[tuple, float] = dataclasses.field(default_factory=dict)
+    costs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+def target_outputs(res: Resources, shared: Shared, task: str, temperature: float):
+    """The target's AR outputs on `task` at `temperature` (decoded once per run)."""
+    if (task, temperature) not in shared.target_outputs:
+        prompts = res.prompts[task]
+        out = decode_ar(res, prompts, temperature)
+        texts = generated_texts(res.vocab, out, prompts.prompt_lengths)
+        metric, _ = metrics_with_rouge(task, prompts.targets, texts)
+        shared.target_outputs[task, temperature] = TargetOutputs(out, texts, metric)
+    return shared.target_outputs[task, temperature]
+
+
+def alpha_estimate(res: Resources, draft: str, prompts: Prompts, ar, temperature, lenience, eps):
+    """The paper's alpha (`metrics.token_acceptance`) on the target's own outputs `ar`."""
+    total, count = 0.0, 0
+    size = res.config.batch_size
+    for start in range(0, len(prompts), size):
+        stop = min(start + size, len(prompts))
+        _, _, enc = prompts.rows(start, stop)
+        accept, num = metrics.token_acceptance(
+            res.target,
+            res.target_params,
+            res.drafts[draft],
+            res.draft_params[draft],
+            ar.sequences[start:stop],
+            prompts.prompt_lengths[start:stop],
+            ar.lengths[start:stop],
+            temperature=temperature,
+            lenience=lenience,
+            eps=eps,
+            encoder_inputs=enc,
+        )
+        total, count = total + float(accept.sum()), count + int(num.sum())
+    return total / max(count, 1)
+
+
+def cost_model(res: Resources, shared: Shared, draft: str, prompts: Prompts) -> dict[str, Any]:
+    """The measured call times of `draft`'s cost model (`timing.sampler_call_times`),
+    once per draft architecture: drafts of one architecture cost the same per step, so
+    timing noise cannot favour one of them. The draft's 2-token call and the target's
+    (gamma+1)-token calls are timed together, in a cache as long as the sampler's at
+    the largest gamma, with one block of them per gamma in the sampler's order. Empty
+    when this machine's timing noise hid the calls."""
+    cfg = res.config
+    model = res.drafts[draft]
+    same = [name for name in shared.costs if res.drafts[name] == model]
+    if same:
+        shared.costs[draft] = shared.costs[same[0]]
+    if draft not in shared.costs:
+        tokens, _, enc = prompts.rows(0, 1)
+        try:
+            shared.costs[draft] = timing.sampler_call_times(
+                model,
+                res.draft_params[draft],
+                res.target,
+                res.target_params,
+                1,
+                cfg.gammas,
+                enc,
+                cfg.cost_steps,
+                cache_length=sampling.speculative_cache_length(
+                    tokens.shape[1], cfg.max_new_tokens, max(cfg.gammas)
+                ),
+                blocks=True,
+            )
+        except timing.TimingNoiseError as e:
+            # The call-time models are a diagnosis beside the wall clock: without
+            # them the cells keep tau, quality and the measured speedup.
+            logging.warning("draft %r: no call-time cost model (%s)", draft, e)
+            shared.costs[draft] = {}
+    return shared.costs[draft]
+
+
+def timed_runs(res: Resources, prompts: Prompts, temperature: float, draft: str, gamma: int):
+    """((AR tokens, seconds), (SD tokens, seconds)) at batch 1 over the timed prompts,
+    AR and SD interleaved per prompt (`timing.interleaved_prompt_times`)."""
+    cfg = res.config
+
+    def prompt_fn(decode):
+        def fn(i):
+            return decode(*prompts.rows(i, i + 1), jax.random.PRNGKey(cfg.seed + i))
+
+        return fn
+
+    fns = [prompt_fn(decoder(res, name, temperature, gamma)) for name in (None, draft)]
+    num = min(cfg.timed_prompts, len(prompts))
+    return [
+        (float(sum(int(o.num_generated.sum()) for o in outs)), seconds)
+        for outs, seconds, _ in timing.interleaved_prompt_times(fns, num, cfg.timing_repeats)
+    ]
+
+
+# --------------------------------------------------------------------------
+# A cell: acceptance, quality and timing parts composed into a CellResult.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """The coordinates of one measurement."""
+
+    task: str
+    temperature: float
+    draft: str
+    gamma: int
+    lenience: str
+    eps: float
+
+
+def acceptance_part(out: sampling.SampleOutput, gamma: int, alpha_hat: float) -> dict[str, Any]:
+    """CellResult fields from the SD counters and the independent alpha estimate."""
+    summary = metrics.summarize(out, gamma)
+    return dict(
+        block_efficiency=summary["block_efficiency"],
+        acceptance_rate=summary["acceptance_rate"],
+        accepted_fraction=summary["accepted_fraction"],
+        alpha_estimate=alpha_hat,
+        theoretical_block_efficiency=metrics.theoretical_block_efficiency(alpha_hat, gamma),
+        accept_prob_by_position=summary["accept_prob_by_position"],
+        prompt_tokens=np.asarray(out.num_generated, np.int64).tolist(),
+        prompt_target_calls=np.asarray(out.num_target_calls, np.int64).tolist(),
+    )
+
+
+def quality_part(
+    cell: Cell, prompts: Prompts, out: sampling.SampleOutput, texts: list[str], ar: TargetOutputs
+) -> dict[str, Any]:
+    """CellResult fields of the outputs' quality: the task's metrics of SD and AR, SD ==
+    AR per prompt (greedy, lossless) and the first outputs as text."""
+    metric_sd, metric_sd_interval = metrics_with_rouge(cell.task, prompts.targets, texts)
+    identical = None
+    if cell.temperature == 0.0 and cell.lenience == "none":
+        same = [
+            np.array_equal(a[: int(la)], b[: int(lb)]) and int(la) == int(lb)
+            for a, la, b, lb in zip(
+                out.sequences, out.lengths, ar.out.sequences, ar.out.lengths, strict=True
+            )
+        ]
+        identical = float(np.mean(same))
+    examples = list(zip(prompts.targets, ar.texts, texts, strict=True))[:NUM_EXAMPLES]
+    return dict(
+        metric_sd=metric_sd,
+        metric_sd_interval_90=metric_sd_interval,
+        metric_ar=ar.metric,
+        greedy_identical_fraction=identical,
+        examples=[{"reference": ref, "ar": a, "sd": s} for ref, a, s in examples],
+    )
+
+
+def timing_part(
+    res: Resources, shared: Shared, cell: Cell, prompts: Prompts, tau: float
+) -> dict[str, Any]:
+    """CellResult fields of the batch-1 wall clock (lossless cells with timed prompts):
+    tokens/s of SD and AR timed together, and the call-time models' speedups."""
+    cfg = res.config
+    if not cfg.timed_prompts or cell.lenience != "none":
+        return {}
+    # AR timed beside each SD cell: a slow spell then cannot favour one side.
+    ar_timed, (sd_tokens, sd_seconds) = timed_runs(
+        res, prompts, cell.temperature, cell.draft, cell.gamma
+    )
+    part = dict(
+        timed_prompts=min(cfg.timed_prompts, len(prompts)),
+        sd_tokens_per_s=sd_tokens / sd_seconds,
+        ar_tokens_per_s=ar_timed[0] / ar_timed[1],
+        measured_speedup=metrics.measured_speedup(sd_tokens, sd_seconds, *ar_timed),
+    )
+    costs = cost_model(res, shared, cell.draft, prompts)
+    if costs:  # Empty when timing noise hid the calls (`cost_model`).
+        part.update(
+            cost_model_speedup=timing.cost_model_speedup(tau, cell.gamma, costs),
+            # The same with the block timed as the loop makes its calls.
+            block_model_speedup=timing.cost_model_speedup(tau, cell.gamma, costs, composed=True),
+            cost_ratio=costs["cost_ratio"],
+            theoretical_speedup=metrics.theoretical_speedup(tau, costs["cost_ratio"], cell.gamma),
+        )
+    return part
+
+
+def measure_cell(res: Resources, shared: Shared, cell: Cell) -> CellResult:
+    """Decodes one cell's prompts with SD and composes its acceptance, quality and
+    timing parts (the target's outputs and alpha estimates come from `shared`)."""
+    prompts = res.prompts[cell.task]
+    ar = target_outputs(res, shared, cell.task, cell.temperature)
+    alpha_key = (cell.task, cell.temperature, cell.draft, cell.lenience, cell.eps)
+    if alpha_key not in shared.alpha:
+        shared.alpha[alpha_key] = alpha_estimate(
+            res, cell.draft, prompts, ar.out, cell.temperature, cell.lenience, cell.eps
+        )
+    out = decode_sd(res, cell.draft, prompts, cell.temperature, cell.gamma, cell.lenience, cell.eps)
+    texts = generated_texts(res.vocab, out, prompts.prompt_lengths)
+    accepted = acceptance_part(out, cell.gamma, shared.alpha[alpha_key])
+    return CellResult(
+        **dataclasses.asdict(cell),
+        num_prompts=len(prompts),
+        **accepted,
+        **quality_part(cell, prompts, out, texts, ar),
+        **timing_part(res, shared, cell, prompts, accepted["block_efficiency"]),
+    )
+
+
+def target_quality_record(
+    res: Resources, shared: Shared, task: str, temperature: float
+) -> dict[str, Any]:
+    """Is the target well formed? From its own AR outputs on `task`: EOS before the
+    cap, no repetition loop, the task's metrics and ROUGE-L against the reference,
+    each with a 90% bootstrap interval over prompts."""
+    prompts = res.prompts[task]
+    ar = target_outputs(res, shared, task, temperature)
+    per = per_prompt_metrics(task, prompts.targets, ar.texts)
+    return {
+        "task": task,
+        "temperature": float(temperature),
+        "num_prompts": len(prompts),
+        "max_new_tokens": res.config.max_new_tokens,
+        **metrics.output_form(new_tokens(ar.out, prompts.prompt_lengths)),
+        "metrics": {
+            name: {"mean": float(np.mean(values)), "interval_90": metrics.mean_interval(values)}
+            for name, values in per.items()
+        },
+    }
+
+
+# --------------------------------------------------------------------------
+# The result store (cells/ and target_quality/ of a workdir: a rerun resumes).
+# --------------------------------------------------------------------------
+
+
+def _digest(key: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+
+class ResultStore:
+    """The finished measurements of an evaluation workdir, one JSON file each, named by
+    their coordinates and a digest of everything that decided them (`cell_key`,
+    `quality_key`): a changed setting or a retrained model gets new files."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+
+    def cell_path(self, key: dict[str, Any]) -> str:
+        name = f"{key['task']}_{key['draft']}_T{key['temperature']:g}_g{key['gamma']}"
+        return os.path.join(
+            self.workdir, "cells", f"{name}_{key['lenience']}{key['eps']:g}_{_digest(key)}.json"
+        )
+
+    def quality_path(self, key: dict[str, Any]) -> str:
+        name = f"{key['task']}_T{key['temperature']:g}_{_digest(key)}.json"
+        return os.path.join(self.workdir, "target_quality", name)
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        return fs.read_json(path) if fs.exists(path) else None
+
+    def put(self, path: str, record: dict[str, Any]) -> None:
+        fs.write_json(path, record, indent=1)
+
+
+def quality_key(config: ml_collections.ConfigDict, task: str, temperature: float) -> dict:
+    """Everything that decides the target's quality record of (task, temperature)."""
+    return dict(
+        kind="target_quality",
+        task=task,
+        temperature=float(temperature),
+        target=model_fingerprint(config.target.path),
+        settings={k: v for k, v in config.to_dict().items() if k not in GRID_FIELDS},
+    )
 
 
 def add_gains(rows: list[CellResult], reference: str) -> None:
@@ -896,70 +925,136 @@ def add_gains(rows: list[CellResult], reference: str) -> None:
 
 
 # --------------------------------------------------------------------------
-# Entry points.
+# The evaluation.
 # --------------------------------------------------------------------------
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> dict[str, Any]:
-    """Evaluates, then writes results.json, report.md and plots to `workdir`."""
-    from distillspec_jax import report
+def cells_of(res: Resources) -> list[Cell]:
+    """Every (task, T, draft, gamma, lenience, eps) cell of the config, in order."""
+    cfg = res.config
+    return [
+        Cell(task, float(temperature), draft, int(gamma), lenience, eps)
+        for task in res.prompts
+        for temperature in cfg.temperatures
+        for draft in cfg.drafts
+        for gamma in cfg.gammas
+        for lenience, eps in res.lenience
+    ]
 
+
+def measure(
+    res: Resources, store: ResultStore, progress: bool = True
+) -> tuple[list[CellResult], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Measures every cell, then the target's quality, each read from `store` when
+    there and written to it when measured. On a mesh, the models' logical sharding
+    constraints resolve against it.
+
+    Returns:
+      (rows with their gains, target quality records, cost model per timed draft).
+    """
+    cfg = res.config
+    cells = cells_of(res)
+    shared = Shared()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cells), desc="evaluate", leave=False)
+    with partitioning.activate(res.mesh) if res.mesh is not None else contextlib.nullcontext():
+        rows = []
+        for cell in cells:
+            path = store.cell_path(cell_key(cfg, **dataclasses.asdict(cell)))
+            record = store.get(path)
+            if record is None:
+                row = measure_cell(res, shared, cell)
+                store.put(path, row.to_dict())
+            else:
+                row = CellResult(**record)
+            rows.append(row)
+            if bar is not None:
+                bar.set_postfix(
+                    task=cell.task[-20:], draft=cell.draft, tau=f"{row.block_efficiency:.2f}"
+                )
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        add_gains(rows, cfg.reference_draft or next(iter(cfg.drafts)))
+        quality = []
+        for task in res.prompts:
+            for temperature in cfg.temperatures:
+                path = store.quality_path(quality_key(cfg, task, temperature))
+                record = store.get(path)
+                if record is None:
+                    record = target_quality_record(res, shared, task, float(temperature))
+                    store.put(path, record)
+                quality.append(record)
+    return rows, quality, shared.costs
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> dict[str, Any]:
+    """Loads, measures every cell (resuming from `workdir`'s store) and returns the
+    results (JSON-able); renders and writes nothing else (`write_results` does)."""
     start = time.time()
     fs.makedirs(workdir)
-    evaluator = Evaluator(config, workdir, progress)
-    rows = evaluator.run()
-    averages = average_rows(rows) if len(evaluator.prompts) > 1 else []
-    results = {
+    res = load(config)
+    rows, quality, costs = measure(res, ResultStore(workdir), progress)
+    averages = average_rows(rows) if len(res.prompts) > 1 else []
+    return {
         "config": config.to_dict(),
         "target": {
             "path": config.target.path,
-            "params": models.count_params(evaluator.target_params),
-            "model": models.describe(evaluator.target),
+            "params": models.count_params(res.target_params),
+            "model": models.describe(res.target),
         },
         "drafts": {
             name: {
                 "path": config.drafts[name].path,
-                "params": models.count_params(evaluator.draft_params[name]),
-                **evaluator._cost.get(name, {}),
+                "params": models.count_params(res.draft_params[name]),
+                **costs.get(name, {}),
             }
             for name in config.drafts
         },
         "reference_draft": config.reference_draft or next(iter(config.drafts)),
-        "tasks": list(evaluator.prompts),
-        "target_quality": evaluator.quality,
+        "tasks": list(res.prompts),
+        "target_quality": quality,
         "rows": [r.to_dict() for r in rows],
         "average_rows": [r.to_dict() for r in averages],
         "machine": {"cpu_count": os.cpu_count(), "jax_backend": jax.default_backend()},
         "seconds": time.time() - start,
     }
-    results["plots"] = report.evaluation_plots(results, os.path.join(workdir, "plots"))
+
+
+# --------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------
+
+
+def write_results(results: dict[str, Any], workdir: str) -> dict[str, Any]:
+    """Writes an evaluation's results.json, report.md and plots to `workdir`; returns
+    the results with the plots' paths."""
+    from distillspec_jax import report
+
+    results = {**results, "plots": report.evaluation_plots(results, os.path.join(workdir, "plots"))}
     fs.write_json(os.path.join(workdir, "results.json"), results, indent=1, default=str)
     fs.write_text(os.path.join(workdir, "report.md"), report.evaluation_report(results))
     return results
 
 
 def main(argv=None) -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Evaluation config file.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "results.json, report.md, plots and cells go here.")
-    flags.DEFINE_bool("verbose", False, "Show library logs (TensorFlow, orbax, seqio).")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def _run(_):
-        cli.configure_logging(flags.FLAGS.verbose)
-        try:
-            results = run(flags.FLAGS.config, flags.FLAGS.workdir)
-        except (ValueError, checkpoints.CheckpointError, FileNotFoundError) as error:
-            if flags.FLAGS.verbose:
-                raise
-            raise SystemExit(f"evaluate: {error}") from None
+    def evaluate_and_write(flags):
         from distillspec_jax import report
 
+        results = write_results(run(flags.config, flags.workdir), flags.workdir)
         print(report.evaluation_summary(results))
 
-    app.run(_run, argv=argv, flags_parser=cli.parse_flags)
+    cli.run(
+        "evaluate",
+        evaluate_and_write,
+        config_help="Evaluation config file.",
+        workdir_help="results.json, report.md, plots and cells go here.",
+        errors=(checkpoints.CheckpointError,),
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

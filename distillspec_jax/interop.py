@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -463,19 +464,67 @@ def read_checkpoint(workdir: str, model: models.BaseModel) -> Params:
     return checkpoints.restore_params(workdir, abstract, "model")
 
 
-def workdir_model(workdir: str, gin_file: str = "", vocab_size: int = 0) -> models.BaseModel:
-    """The architecture a workdir records (model.json), else the one `gin_file` binds."""
+# --------------------------------------------------------------------------
+# Which model a source is: the one resolver.
+# --------------------------------------------------------------------------
+
+
+class ModelSourceError(ValueError):
+    """A model source that names no architecture."""
+
+
+def is_hf_directory(path: str) -> bool:
+    """A Hugging Face model directory: config.json and no project model.json."""
     from distillspec_jax import checkpoints
 
+    return bool(path) and (
+        fs.exists(os.path.join(path, "config.json"))
+        and not fs.exists(os.path.join(path, checkpoints.MODEL_FILE))
+    )
+
+
+def resolve_model(
+    path: str = "",
+    gin_file: str = "",
+    *,
+    bindings: Sequence[str] = (),
+    vocab_size: int = 0,
+    what: str = "model",
+    hint: str = "",
+) -> models.BaseModel:
+    """The architecture of a model source (no parameters are read); train, evaluate,
+    plan, export and the benchmarks all ask here.
+
+    In this order: a Hugging Face directory's config.json at `path`
+    (`config_from_hf`), the architecture a workdir at `path` records (model.json),
+    else `gin_file` with `bindings`. A caller whose config names the architecture
+    itself (train's `model_gin_file`, export's `--gin`, a plan of an unreadable
+    bucket) passes that gin file alone.
+
+    Args:
+      path: a Hugging Face directory or a project workdir ('' = none).
+      gin_file: the gin file to build when `path` names no architecture.
+      bindings: gin bindings applied to `gin_file`.
+      vocab_size: overrides the gin file's vocabulary size when nonzero.
+      what: the source's name in an error (a config field, a flag).
+      hint: how to fix a source that names no architecture, appended to the error.
+
+    Raises:
+      ModelSourceError: neither `path` nor `gin_file` names an architecture.
+    """
+    from distillspec_jax import checkpoints
+
+    if path and is_hf_directory(path):
+        return config_from_hf(fs.read_json(os.path.join(path, "config.json")))
+    recorded = checkpoints.recorded_model(path) if path else None
+    if recorded is not None:
+        return recorded
     if gin_file:
         overrides = {"vocab_size": vocab_size} if vocab_size else {}
-        return models.model_from_gin(gin_file, **overrides)
-    recorded = checkpoints.recorded_model(workdir)
-    if recorded is None:
-        raise ValueError(
-            f"{workdir} records no architecture (model.json): pass --gin (and --vocab_size)"
-        )
-    return recorded
+        return models.model_from_gin(gin_file, bindings, **overrides)
+    raise ModelSourceError(
+        f"{what}={path!r} records no architecture ({checkpoints.MODEL_FILE}){hint}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -547,7 +596,13 @@ def _run_command(args: argparse.Namespace) -> str:
             params = models.params_for(model, params)
         write_checkpoint(params, args.workdir, model, args.vocab)
         return f"wrote {args.workdir} (step 0, architecture in model.json)"
-    model = workdir_model(args.workdir, args.gin, args.vocab_size)
+    model = resolve_model(
+        "" if args.gin else args.workdir,
+        args.gin,
+        vocab_size=args.vocab_size,
+        what="workdir",
+        hint=": pass --gin (and --vocab_size)",
+    )
     abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     params, step = checkpoints.restore_params_at(
         args.workdir, abstract, "model", step=args.step, fallback=False

@@ -100,11 +100,26 @@ def cross_entropy_with_z_loss(logits: Array, targets: Array, z_loss: float) -> t
     return log_z - target_logit + z_term, z_term
 
 
+def decoder_only_prompt_lengths(batch: Batch) -> Array:
+    """[B] prompt length in decoder-input coordinates (BOS + prompt tokens) of a
+    decoder-only batch: up to its first weighted target token."""
+    weighted = batch["decoder_loss_weights"] > 0
+    return (jnp.argmax(weighted, axis=1) + 1).astype(jnp.int32)
+
+
 class BaseModel:
     """Shared init / loss / score logic over a flax module's teacher-forced logits."""
 
     module: nn.Module
     config: Any
+    # The feature layout of the model's data ('t5': encoder and decoder features;
+    # 'decoder_only': one sequence); tasks' feature converters and descriptions use it.
+    family: str
+
+    def prompts_from_batch(self, batch: Batch) -> tuple[Array, Array, Array | None]:
+        """What the samplers take from a data batch: (prompts [B, P], prompt_lengths
+        [B], encoder_inputs [B, Le] or None), on the host (numpy) as the batch is."""
+        raise NotImplementedError
 
     @property
     def vocab_size(self) -> int:
@@ -184,9 +199,18 @@ class BaseModel:
 class EncoderDecoderModel(BaseModel):
     """T5 v1.1 encoder-decoder implementing the DecodeModel protocol."""
 
+    family = "t5"
+
     def __init__(self, config: networks.T5Config):
         self.config = config
         self.module = networks.T5Transformer(config)
+
+    def prompts_from_batch(self, batch: Batch) -> tuple[Array, Array, Array | None]:
+        """The encoder reads the inputs; the decoder starts from BOS alone: prompts
+        [B, 1] of BOS (0), lengths 1."""
+        enc = np.asarray(batch["encoder_input_tokens"]).astype(np.int32)
+        num = enc.shape[0]
+        return np.zeros((num, 1), np.int32), np.ones((num,), np.int32), enc
 
     def _dummy_inputs(self, batch_size: int, length: int) -> dict[str, Array]:
         tokens = jnp.ones((batch_size, length), jnp.int32)
@@ -231,9 +255,20 @@ class EncoderDecoderModel(BaseModel):
 class DecoderOnlyModel(BaseModel):
     """Llama-style decoder-only LM implementing the DecodeModel protocol."""
 
+    family = "decoder_only"
+
     def __init__(self, config: networks.DecoderOnlyConfig):
         self.config = config
         self.module = networks.DecoderOnlyTransformer(config)
+
+    def prompts_from_batch(self, batch: Batch) -> tuple[Array, Array, Array | None]:
+        """Each row's decoder prefix up to its first weighted target token (BOS and
+        the prompt), zero past it, as wide as the longest."""
+        lengths = np.asarray(decoder_only_prompt_lengths(batch))
+        width = int(lengths.max())
+        tokens = np.asarray(batch["decoder_input_tokens"])[:, :width]
+        prompts = np.where(np.arange(width)[None, :] < lengths[:, None], tokens, 0)
+        return prompts.astype(np.int32), lengths, None
 
     def _dummy_inputs(self, batch_size: int, length: int) -> dict[str, Array]:
         return {"decoder_input_tokens": jnp.ones((batch_size, length), jnp.int32)}
@@ -320,8 +355,7 @@ def describe(model: BaseModel) -> dict[str, Any]:
     """A JSON-able description of the architecture (what `from_description` rebuilds)."""
     import dataclasses
 
-    family = "t5" if is_encoder_decoder(model) else "decoder_only"
-    return {"family": family, "config": dataclasses.asdict(model.config)}
+    return {"family": model.family, "config": dataclasses.asdict(model.config)}
 
 
 def from_description(description: Mapping[str, Any]) -> BaseModel:

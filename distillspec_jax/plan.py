@@ -198,7 +198,7 @@ def _sampler_part(
     scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=partitioning.replicated(mesh))
     key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioning.replicated(mesh))
     compiled, seconds = _compile(
-        sampling._speculative_jit,
+        sampling.speculative_jit,
         target_model,
         draft_model,
         abstract_target,
@@ -233,7 +233,7 @@ def plan(config: Any, devices: list[Any]) -> dict[str, Any]:
     """Compiles the config's programs on `devices`; returns the plan (JSON-able)."""
     import jax
 
-    from distillspec_jax import checkpoints, models, partitioning, trainer
+    from distillspec_jax import checkpoints, interop, models, partitioning, trainer
     from distillspec_jax import train as train_lib
 
     check_training_config(config)
@@ -242,15 +242,17 @@ def plan(config: Any, devices: list[Any]) -> dict[str, Any]:
             raise ValueError(f"plan needs config.{field} (the architecture) to be set")
     mesh = partitioning.create_mesh(config.mesh_shape, devices=devices)
     vocab = config.data.model_vocab_size or config.data.vocab_size
-    model = models.model_from_gin(config.model_gin_file, config.gin_bindings, vocab_size=vocab)
+    model = interop.resolve_model(
+        "", config.model_gin_file, bindings=config.gin_bindings, vocab_size=vocab
+    )
     rules = partitioning.config_rules(config)
     opt_cfg = config.optimizer
     trainer.check_batch_size(config.batch_size, mesh, opt_cfg.microbatches)
 
     target_model = abstract_target = None
     if config.mode == "distill":
-        target_model = models.model_from_gin(
-            config.target_gin_file, config.gin_bindings, vocab_size=vocab
+        target_model = interop.resolve_model(
+            "", config.target_gin_file, bindings=config.gin_bindings, vocab_size=vocab
         )
     train, target_shardings = train_lib.make_trainer(config, model, mesh, target_model)
     if target_model is not None:
@@ -258,7 +260,7 @@ def plan(config: Any, devices: list[Any]) -> dict[str, Any]:
     state = train.abstract_state()
     batch = _batch(config, model, train.batch_sharding)
     compiled, seconds = _compile(
-        train._train_step, state, batch, abstract_target, mesh=mesh, rules=rules
+        train.train_step_jit, state, batch, abstract_target, mesh=mesh, rules=rules
     )
     target_bytes = _per_device_bytes(abstract_target) if abstract_target is not None else 0
     parts = [
@@ -391,20 +393,25 @@ HOST_CHIPS = {"v4": 4, "v5p": 4, "v5e": 8}
 
 
 def _evaluated_model(source: Any, config: Any, what: str) -> Any:
-    """A model source's architecture for the plan: its gin file with the config's
-    bindings when set (the paper configs set them: their workdirs may be buckets),
-    else what the workdir records."""
-    from distillspec_jax import evaluate, fs, models
+    """A model source's architecture for the plan (`interop.resolve_model`): its gin
+    file with the config's bindings when set (the paper configs set them: their
+    workdirs may be buckets), else what the directory holds."""
+    from distillspec_jax import fs, interop
 
     vocab = config.data.model_vocab_size or config.data.vocab_size
-    if source.gin_file:
-        return models.model_from_gin(source.gin_file, config.gin_bindings, vocab_size=vocab)
-    if fs.is_remote(source.path) or not fs.exists(source.path):
+    if not source.gin_file and (fs.is_remote(source.path) or not fs.exists(source.path)):
         raise ValueError(
             f"plan cannot read {what}.path={source.path}: set {what}.gin_file (and the "
             f"config's gin_bindings) to plan it"
         )
-    return evaluate.model_of(source, vocab, what, config.gin_bindings)
+    return interop.resolve_model(
+        "" if source.gin_file else source.path,
+        source.gin_file,
+        bindings=config.gin_bindings,
+        vocab_size=vocab,
+        what=f"{what}.path",
+        hint=f"; set {what}.gin_file to the gin file it was trained with",
+    )
 
 
 def plan_evaluation(config: Any, devices: list[Any]) -> dict[str, Any]:
@@ -498,36 +505,32 @@ def run(config: Any, num_devices: int = 0, accelerator: str = "") -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
+    from absl import flags
 
     from distillspec_jax import cli, evaluate
 
-    config_flags.DEFINE_config_file(
-        "config", None, "Training or evaluation config file.", lock_config=True
-    )
-    flags.DEFINE_integer("num_devices", 0, "Simulated devices (default: config.accelerator's).")
-    flags.DEFINE_string("accelerator", "", "Slice type, e.g. v4-64 (default: config's).")
-    flags.DEFINE_string("json", "", "Also write the plan as JSON to this file.")
-    flags.DEFINE_bool("verbose", False, "Show library logs and tracebacks.")
-    flags.mark_flags_as_required(["config"])
+    def define_flags():
+        flags.DEFINE_integer("num_devices", 0, "Simulated devices (default: config.accelerator's).")
+        flags.DEFINE_string("accelerator", "", "Slice type, e.g. v4-64 (default: config's).")
+        flags.DEFINE_string("json", "", "Also write the plan as JSON to this file.")
 
-    def main_fn(_):
-        values = flags.FLAGS
-        cli.configure_logging(values.verbose, data=False)
-        try:
-            result = run(values.config, values.num_devices, values.accelerator)
-        except (ValueError, FileNotFoundError, evaluate.EvaluationError) as error:
-            if values.verbose:
-                raise
-            raise SystemExit(f"plan: {error}") from None
+    def plan_and_print(values):
+        result = run(values.config, values.num_devices, values.accelerator)
         result["config"] = _config_name(argv or sys.argv)
         print(format_plan(result))
         if values.json:
             with open(values.json, "w") as f:
                 json.dump(result, f, indent=2)
 
-    app.run(main_fn, argv=argv, flags_parser=cli.parse_flags)
+    cli.run(
+        "plan",
+        plan_and_print,
+        config_help="Training or evaluation config file.",
+        define_flags=define_flags,
+        reads_data=lambda config: False,
+        errors=(evaluate.EvaluationError,),
+        argv=argv,
+    )
 
 
 def _config_name(argv: list[str]) -> str:

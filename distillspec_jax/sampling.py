@@ -536,7 +536,7 @@ def speculative_sample(
     needed = speculative_cache_length(prompts.shape[1], max_new_tokens, gamma)
     cache_length = cache_length or needed
     _validate(prompts, prompt_lengths, max_new_tokens, temperature, cache_length, needed)
-    return _speculative_jit(
+    return speculative_jit(
         target_model,
         draft_model,
         target_params,
@@ -607,7 +607,7 @@ def _accept(
     static_argnums=(0, 1),
     static_argnames=("gamma", "max_new_tokens", "greedy", "lenience", "eos_id", "cache_length"),
 )
-def _speculative_jit(
+def speculative_jit(
     target_model,
     draft_model,
     target_params,
@@ -626,6 +626,9 @@ def _speculative_jit(
     eos_id,
     cache_length,
 ):
+    """The jitted program `speculative_sample` runs once its inputs are checked: public
+    for ahead-of-time lowering (`plan` compiles it on simulated devices). Arguments
+    as `speculative_sample`'s; temperature and eps are traced float32 scalars."""
     TRACE_COUNTS["speculative"] += 1
     batch, prompt_len = prompts.shape
     lengths = prompt_lengths.astype(jnp.int32)

@@ -29,6 +29,7 @@ from distillspec_jax import (
     cli,
     distill,
     fs,
+    interop,
     models,
     partitioning,
     sampling,
@@ -135,10 +136,6 @@ class PreemptionGuard:
 # --------------------------------------------------------------------------
 # Models, data, evaluation.
 # --------------------------------------------------------------------------
-
-
-def family_of(model: Any) -> str:
-    return "t5" if models.is_encoder_decoder(model) else "decoder_only"
 
 
 def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -250,17 +247,6 @@ def _tokenized_data(config: ml_collections.ConfigDict, workdir: str, family: str
     return vocab, train_batches, eval_batches
 
 
-def prompts_from_batch(model: Any, batch: dict[str, Any], num: int):
-    """(prompts, prompt_lengths, encoder_inputs) for sampling from a data batch."""
-    if models.is_encoder_decoder(model):
-        enc = jnp.asarray(batch["encoder_input_tokens"][:num])
-        return jnp.zeros((enc.shape[0], 1), jnp.int32), jnp.ones((enc.shape[0],), jnp.int32), enc
-    sub = {k: jnp.asarray(v[:num]) for k, v in batch.items()}
-    lengths = distill.decoder_only_prompt_lengths(sub)
-    width = int(lengths.max())
-    return sub["decoder_input_tokens"][:, :width], lengths, None
-
-
 def speculative_metrics(
     target_model,
     target_params,
@@ -271,7 +257,10 @@ def speculative_metrics(
     rng: jax.Array,
 ) -> dict[str, float]:
     """tau and alpha of the draft against the target on validation prompts."""
-    prompts, lengths, enc = prompts_from_batch(draft_model, batch, cfg.num_prompts)
+    rows = {k: v[: cfg.num_prompts] for k, v in batch.items()}
+    prompts, lengths, enc = (
+        None if x is None else jnp.asarray(x) for x in draft_model.prompts_from_batch(rows)
+    )
     out = sampling.speculative_sample(
         target_model,
         target_params,
@@ -350,8 +339,8 @@ def train_and_evaluate(
     recorded_target = (
         checkpoints.recorded_model(config.target_checkpoint) if config.mode == "distill" else None
     )
-    probe = _configured_model(config.model_gin_file, config.init_checkpoint, config, "model")
-    family = family_of(probe)
+    probe = _configured_model(config, "model")
+    family = probe.family
     vocab_size = probe.vocab_size
     vocab_path = ""
     if train_batches is None:
@@ -367,9 +356,7 @@ def train_and_evaluate(
                 f"tokenizer's {vocab.vocab_size}"
             )
         eval_batches = default_eval if eval_batches is None else eval_batches
-    model = _configured_model(
-        config.model_gin_file, config.init_checkpoint, config, "model", vocab_size
-    )
+    model = _configured_model(config, "model", vocab_size)
     if jax.process_index() == 0:  # evaluate / export read the architecture from here.
         checkpoints.write_model_description(workdir, model, vocab_path, config)
     mesh = partitioning.create_mesh(config.mesh_shape)
@@ -378,9 +365,7 @@ def train_and_evaluate(
 
     target_model = target_params = None
     if config.mode == "distill":
-        target_model = _configured_model(
-            config.target_gin_file, config.target_checkpoint, config, "target", vocab_size
-        )
+        target_model = _configured_model(config, "target", vocab_size)
         if target_model.vocab_size != model.vocab_size:
             raise ValueError(
                 f"The target's vocabulary ({target_model.vocab_size}) differs from the "
@@ -558,48 +543,113 @@ def make_trainer(
 
 
 def _configured_model(
-    gin_file: str, workdir: str, config: ml_collections.ConfigDict, what: str, vocab_size: int = 0
+    config: ml_collections.ConfigDict, what: str, vocab_size: int = 0
 ) -> models.BaseModel:
-    """The model a gin file binds, else the one `workdir` recorded (model.json)."""
-    if gin_file:
-        overrides = {"vocab_size": vocab_size} if vocab_size else {}
-        return models.model_from_gin(gin_file, config.gin_bindings, **overrides)
-    recorded = checkpoints.recorded_model(workdir)
-    if recorded is None:
-        field = "model_gin_file" if what == "model" else "target_gin_file"
-        source = "init_checkpoint" if what == "model" else "target_checkpoint"
-        raise ValueError(
-            f"{field} is empty and {source}={workdir!r} records no architecture "
-            f"(model.json): set {field}"
+    """The architecture of the trained model (`what` 'model') or of the target: its
+    gin file when the config sets one, else what its checkpoint's workdir records
+    (`interop.resolve_model`)."""
+    gin_field, source_field = (
+        ("model_gin_file", "init_checkpoint") if what == "model" else
+        ("target_gin_file", "target_checkpoint")
+    )  # fmt: skip
+    gin_file = config[gin_field]
+    return interop.resolve_model(
+        "" if gin_file else config[source_field],
+        gin_file,
+        bindings=config.gin_bindings,
+        vocab_size=vocab_size,
+        what=source_field,
+        hint=f" and {gin_field} is empty: set {gin_field}",
+    )
+
+
+# --------------------------------------------------------------------------
+# Stages: a workdir trained once (the study and the ablation train through this).
+# --------------------------------------------------------------------------
+
+
+def run_stage(name: str, train_config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains one stage unless its `done.json` says it is complete (with the same recipe:
+    a stage trained with another config is refused, never silently reused)."""
+    stage_dir = os.path.join(workdir, name)
+    done = os.path.join(stage_dir, "done.json")
+    if fs.exists(done):
+        summary = fs.read_json(done)
+        if summary.get("source") == "pretrained":
+            raise SystemExit(
+                f"[{name}] {stage_dir} holds the shipped checkpoint; training it from "
+                f"scratch (--config.retrain=True) needs a fresh workdir"
+            )
+        recorded = summary.get("recipe")
+        differ = recorded and checkpoints.recipe_differences(
+            recorded, json.loads(json.dumps(pretrained_recipe(train_config)))
         )
-    return recorded
+        if differ:
+            raise SystemExit(
+                f"[{name}] {stage_dir} was trained with another config ({', '.join(differ)} "
+                f"differ): use a fresh workdir, or delete {stage_dir} to retrain it"
+            )
+        if summary.get("step") == train_config.num_train_steps:
+            print(f"[{name}] complete (step {summary['step']}), skipped")
+            return summary
+    start = time.time()
+    result = train_and_evaluate(train_config, stage_dir)
+    if result["preempted"]:
+        raise SystemExit(
+            f"[{name}] stopped by SIGTERM at step {result['step']}; run the same "
+            f"command again to resume"
+        )
+    summary = {
+        "source": "trained",
+        "recipe": pretrained_recipe(train_config),
+        "step": result["step"],
+        "train": result["train"],
+        "eval": result["eval"],
+        "seconds": time.time() - start,
+    }
+    fs.write_json(done, summary, indent=2)
+    return summary
+
+
+def pretrained_recipe(train_config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The fields of a stage's config that decide its trained parameters: a shipped
+    checkpoint stands in for the stage only when they are the ones that made it."""
+    data = train_config.data
+    recipe = {
+        "mode": train_config.mode,
+        "model_gin_file": train_config.model_gin_file,
+        "gin_bindings": list(train_config.gin_bindings),
+        "batch_size": train_config.batch_size,
+        "num_train_steps": train_config.num_train_steps,
+        "seed": train_config.seed,
+        "z_loss": train_config.z_loss,
+        "optimizer": train_config.optimizer.to_dict(),
+        "data": {
+            k: data[k]
+            for k in ("task", "train_size", "seed", "max_input_length", "max_target_length")
+        },
+    }
+    if train_config.init_checkpoint:  # The stage it starts from (by name).
+        recipe["init_checkpoint"] = os.path.basename(train_config.init_checkpoint.rstrip("/"))
+    if train_config.mode == "distill":
+        recipe["distill"] = train_config.distill.to_dict()
+    return recipe
 
 
 def main(argv=None) -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
+    from absl import flags
 
-    config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Checkpoints, metrics and vocabulary go here.")
-    flags.DEFINE_bool("verbose", False, "Show library logs (TensorFlow, orbax, seqio).")
-    flags.DEFINE_bool(
-        "multihost",
-        bool(os.environ.get("DISTILLSPEC_MULTIHOST")),
-        "Call jax.distributed.initialize() (TPU pods, multi-process).",
-    )
-    flags.mark_flags_as_required(["config", "workdir"])
+    def define_flags():
+        flags.DEFINE_bool(
+            "multihost",
+            bool(os.environ.get("DISTILLSPEC_MULTIHOST")),
+            "Call jax.distributed.initialize() (TPU pods, multi-process).",
+        )
 
-    def run(_):
-        flag_values = flags.FLAGS
-        if flag_values.multihost:
+    def run(values):
+        if values.multihost:
             initialize_multihost()
-        cli.configure_logging(flag_values.verbose)
-        try:
-            result = train_and_evaluate(flag_values.config, flag_values.workdir)
-        except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
-            if flag_values.verbose:
-                raise
-            raise SystemExit(f"train: {error} (--verbose for the traceback)") from None
+        result = train_and_evaluate(values.config, values.workdir)
         if jax.process_index() == 0:
             summary = {
                 "step": result["step"],
@@ -609,7 +659,15 @@ def main(argv=None) -> None:
             }
             print(json.dumps(summary, indent=2))
 
-    app.run(run, argv=argv, flags_parser=cli.parse_flags)
+    cli.run(
+        "train",
+        run,
+        config_help="Training config file.",
+        workdir_help="Checkpoints, metrics and vocabulary go here.",
+        define_flags=define_flags,
+        errors=(checkpoints.CheckpointError,),
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

@@ -157,13 +157,15 @@ class Trainer:
         self.state_shardings = partitioning.logical_to_sharding(specs, mesh, rules, shapes)
         self.batch_sharding = partitioning.data_sharding(mesh)
         replicated = partitioning.replicated(mesh)
-        self._train_step = jax.jit(
+        # The jitted steps `train_step` / `eval_step` call (inside the mesh's rules);
+        # public for ahead-of-time lowering (`plan`).
+        self.train_step_jit = jax.jit(
             self._step,
             in_shardings=(self.state_shardings, self.batch_sharding, extra_shardings),
             out_shardings=(self.state_shardings, replicated),
             donate_argnums=(0,),
         )
-        self._eval_step = jax.jit(
+        self.eval_step_jit = jax.jit(
             self._eval,
             in_shardings=(self.state_shardings.params, self.batch_sharding, extra_shardings),
             out_shardings=replicated,
@@ -243,13 +245,13 @@ class Trainer:
         if self.microbatches > 1 and next(iter(batch.values())).shape[0] % self.microbatches:
             raise ValueError(f"The batch does not split into {self.microbatches} microbatches")
         with partitioning.activate(self.mesh, self.rules):
-            return self._train_step(state, batch, extra)
+            return self.train_step_jit(state, batch, extra)
 
     def eval_step(
         self, params: Any, batch: dict[str, Array], extra: Any = None
     ) -> dict[str, Array]:
         with partitioning.activate(self.mesh, self.rules):
-            return self._eval_step(params, batch, extra)
+            return self.eval_step_jit(params, batch, extra)
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh, microbatches: int = 1) -> None:

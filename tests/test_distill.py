@@ -60,7 +60,7 @@ def test_generated_batches_keep_prompts_and_mask_after_eos(family):
         if 5 in live:  # Nothing after EOS is in the loss.
             assert live[-1] == 5 and list(live).count(5) == 1
     if family == "decoder_only":
-        prompt_len = np.asarray(distill.decoder_only_prompt_lengths(batch))
+        prompt_len = np.asarray(models.decoder_only_prompt_lengths(batch))
         for row, k in enumerate(prompt_len):
             np.testing.assert_array_equal(
                 inputs[row, :k], np.asarray(batch["decoder_input_tokens"])[row, :k]

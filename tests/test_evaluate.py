@@ -87,7 +87,7 @@ def _config(setup, **overrides):
 def test_jsonl_task_with_workdir_and_hf_drafts(setup, tmp_path, monkeypatch):
     workdir = str(tmp_path / "eval")
     config = _config(setup)
-    results = evaluate.run(config, workdir, progress=False)
+    results = evaluate.write_results(evaluate.run(config, workdir, progress=False), workdir)
     rows = results["rows"]
     assert len(rows) == 2 * 2 * 2  # drafts x temperatures x gammas.
     assert results["reference_draft"] == "near"
@@ -154,7 +154,7 @@ def test_timing_noise_costs_the_call_time_models_not_the_run(setup, tmp_path, mo
     monkeypatch.setattr(timing, "sampler_call_times", noisy)
     config = _config(setup, temperatures=(0.0,), gammas=(4,))
     workdir = str(tmp_path / "eval")
-    results = evaluate.run(config, workdir, progress=False)
+    results = evaluate.write_results(evaluate.run(config, workdir, progress=False), workdir)
     for row in results["rows"]:
         assert row["measured_speedup"] > 0 and row["block_efficiency"] >= 1.0
         assert row["cost_ratio"] is None and row["cost_model_speedup"] is None
@@ -169,7 +169,8 @@ def test_bbh_mixture_gives_per_task_rows_and_the_average(setup, tmp_path):
     config.data.task = "bbh"
     config.data.bbh_files = ml_collections.ConfigDict(setup["bbh"])
     config.timed_prompts = 0
-    results = evaluate.run(config, str(tmp_path / "bbh"), progress=False)
+    bbh = str(tmp_path / "bbh")
+    results = evaluate.write_results(evaluate.run(config, bbh, progress=False), bbh)
     assert results["tasks"] == ["bbh_boolean_expressions", "bbh_navigate", "bbh_word_sorting"]
     assert len(results["rows"]) == 3 * 2
     averages = {r["draft"]: r for r in results["average_rows"]}
@@ -247,28 +248,28 @@ def test_bad_input_fails_before_decoding(setup, tmp_path, monkeypatch):
     ]
     for overrides, error, match in cases:
         with pytest.raises(error, match=match):
-            evaluate.Evaluator(_config(setup, **overrides), str(tmp_path / "out"), progress=False)
+            evaluate.load(_config(setup, **overrides))
     config = _config(setup)
     config.data.task = "no_such_task"
     with pytest.raises(ValueError, match="Unknown task 'no_such_task'"):
-        evaluate.Evaluator(config, str(tmp_path / "out"), progress=False)
+        evaluate.load(config)
     config = _config(setup)
     config.drafts["small"] = common.model_source(small_dir)
     with pytest.raises(evaluate.EvaluationError, match="drafts.small has vocabulary size 64"):
-        evaluate.Evaluator(config, str(tmp_path / "out"), progress=False)
+        evaluate.load(config)
     config = _config(setup)
     config.drafts["gone"] = common.model_source(str(tmp_path / "missing"))
     with pytest.raises(evaluate.EvaluationError, match="drafts.gone.path does not exist"):
-        evaluate.Evaluator(config, str(tmp_path / "out"), progress=False)
+        evaluate.load(config)
     config = _config(setup)
     config.data.model_vocab_size = 512  # The gin file's model at the target's vocabulary.
     config.drafts["empty"] = common.model_source(str(empty), "gin/decoder_only/tiny.gin")
     with pytest.raises(checkpoints.CheckpointError, match="checkpoint"):
-        evaluate.Evaluator(config, str(tmp_path / "out"), progress=False)
+        evaluate.load(config)
     config = _config(setup)
     config.drafts["bare"] = common.model_source(str(empty))
     with pytest.raises(evaluate.EvaluationError, match="records no architecture"):
-        evaluate.Evaluator(config, str(tmp_path / "out"), progress=False)
+        evaluate.load(config)
 
 
 @pytest.mark.slow
@@ -283,7 +284,7 @@ def test_models_split_over_a_mesh_give_the_one_device_results(setup, tmp_path):
     for mesh_shape, dtype in (((), ""), ((1, 4), ""), ((1, 4), "bfloat16")):
         config = _config(setup, mesh_shape=mesh_shape, param_dtype=dtype, **common_overrides)
         out = str(tmp_path / f"{len(mesh_shape)}{dtype}")
-        evaluator = evaluate.Evaluator(config, out, progress=False)
+        evaluator = evaluate.load(config)
         leaves = jax.tree_util.tree_leaves(
             (evaluator.target_params, list(evaluator.draft_params.values()))
         )
@@ -297,7 +298,8 @@ def test_models_split_over_a_mesh_give_the_one_device_results(setup, tmp_path):
             for params in evaluator.draft_params.values():  # The workdir and the HF draft.
                 leaves = jax.tree_util.tree_leaves(params)
                 assert any(len(leaf.sharding.device_set) == 4 for leaf in leaves)
-        rows[mesh_shape, dtype] = {row.draft: row for row in evaluator.run()}
+        measured = evaluate.measure(evaluator, evaluate.ResultStore(out), progress=False)[0]
+        rows[mesh_shape, dtype] = {row.draft: row for row in measured}
     for draft, row in rows[(1, 4), ""].items():
         one = rows[(), ""][draft]
         assert row.greedy_identical_fraction == 1.0

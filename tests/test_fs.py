@@ -9,7 +9,7 @@ import ml_collections
 import pytest
 import tensorflow as tf
 
-from distillspec_jax import checkpoints, fs, main, report, tasks, train
+from distillspec_jax import checkpoints, fs, study, tasks, train
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_metrics_writer_and_distillation_curve_on_uri(bucket):
     lines = fs.read_text(os.path.join(stage, "metrics.jsonl")).splitlines()
     assert [json.loads(line)["split"] for line in lines] == ["train", "eval", "eval"]
     assert tf.io.gfile.glob(os.path.join(stage, "tensorboard", "events.out.tfevents.*"))
-    curve = report.distillation_curve(bucket)
+    curve = study.distillation_curve(bucket)
     assert [c["step"] for c in curve] == [10, 20]
     assert curve[1]["block_efficiency"] == 2.7
 
@@ -98,7 +98,7 @@ def test_vocabulary_trained_into_uri(bucket):
 def test_finished_stage_in_uri_is_skipped(bucket, capsys):
     fs.write_json(os.path.join(bucket, "target", "done.json"), {"step": 7, "seconds": 1.0})
     config = ml_collections.ConfigDict({"num_train_steps": 7})
-    assert main.run_stage("target", config, bucket)["step"] == 7  # No training happens.
+    assert train.run_stage("target", config, bucket)["step"] == 7  # No training happens.
     assert "complete (step 7), skipped" in capsys.readouterr().out
 
 

@@ -80,7 +80,7 @@ def test_t5x_checkpoint_import(tmp_path, capsys):
     scanned_gin = tmp_path / "tiny_scanned.gin"
     scanned_gin.write_text("include 'gin/t5_1_1/tiny.gin'\nmodels.build_model.scan_layers = True\n")
     interop.main(["import-t5x", ckpt_dir, str(tmp_path / "scanned"), "--gin", str(scanned_gin)])
-    recorded = interop.workdir_model(str(tmp_path / "scanned"))
+    recorded = interop.resolve_model(str(tmp_path / "scanned"))
     assert recorded.config.scan_layers
     stacked = interop.read_checkpoint(str(tmp_path / "scanned"), recorded)
     jax.tree_util.tree_map(

@@ -8,13 +8,14 @@ import pytest
 
 from configs import ablation as ablation_config
 from configs import default
-from distillspec_jax import ablation, fs, main, metrics, report, sampling
+from distillspec_jax import ablation, fs, metrics, report, sampling
+from distillspec_jax import study as study_lib
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("study"))
-    return workdir, main.run(default.get_config("quick"), workdir)
+    return workdir, study_lib.run(default.get_config("quick"), workdir)
 
 
 def test_tau_gain_interval():
@@ -93,7 +94,7 @@ def test_quick_study_end_to_end_and_resume(study, capsys, monkeypatch):
         raise AssertionError("a finished evaluation cell was decoded again")
 
     monkeypatch.setattr(sampling, "speculative_sample", fail)
-    again = main.run(config, workdir)
+    again = study_lib.run(config, workdir)
     out = capsys.readouterr().out
     assert out.count("skipped") == 4 and again["rows"] == rows
     monkeypatch.undo()

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default
-from distillspec_jax import checkpoints, main, models, tasks
+from configs import common, default
+from distillspec_jax import checkpoints, models, study, tasks, train
 
 RECIPE = {"num_train_steps": 7, "optimizer": {"learning_rate": 1e-3}, "gin_bindings": []}
 
@@ -86,14 +86,14 @@ def test_repository_checkpoints_verify_and_match_the_default_recipe():
     """The shipped files are intact and were made by the default config's stages: a
     changed recipe without regenerated checkpoints fails here, not in a user's run."""
     config = default.get_config()
-    shipped_dir = main.resolve_pretrained_dir(config.pretrained_dir)
+    shipped_dir = study.resolve_pretrained_dir(config.pretrained_dir)
     manifest = checkpoints.read_pretrained_manifest(shipped_dir)
     for name in manifest["files"]:
         checkpoints.verified_pretrained_file(shipped_dir, name)
     total = sum(os.path.getsize(os.path.join(shipped_dir, n)) for n in manifest["files"])
     assert total <= 60 * 2**20
-    for stage in main.PRETRAINED_STAGES:
-        recipe = main.pretrained_recipe(main.stage_config(config, stage, "/w", "/v"))
+    for stage in study.PRETRAINED_STAGES:
+        recipe = train.pretrained_recipe(common.stage_config(config, stage, "/w", "/v"))
         shipped_recipe = json.loads(json.dumps(manifest["stages"][stage]["recipe"]))
         assert checkpoints.recipe_differences(shipped_recipe, recipe) == [], stage
 
@@ -106,7 +106,7 @@ def test_pretrain_command_then_study_from_the_shipped_checkpoints(tmp_path, caps
     shipped_dir = str(tmp_path / "shipped")
     config = default.get_config("quick,pretrain")
     config.pretrained_dir = shipped_dir
-    manifest = main.run(config, str(tmp_path / "pretrain"))
+    manifest = study.run(config, str(tmp_path / "pretrain"))
     assert set(manifest["stages"]) == {"target", "draft_baseline"}
     assert manifest["stages"]["target"]["seconds"] > 0
     config = default.get_config("quick")
@@ -114,7 +114,7 @@ def test_pretrain_command_then_study_from_the_shipped_checkpoints(tmp_path, caps
     config.evaluation.gammas = (3,)
     config.evaluation.timed_prompts = 0
     capsys.readouterr()
-    results = main.run(config, str(tmp_path / "study"))
+    results = study.run(config, str(tmp_path / "study"))
     assert results["stages"]["target"]["source"] == "pretrained"
     assert results["stages"]["draft_baseline"]["source"] == "pretrained"
     assert results["stages"]["draft_control"]["source"] == "trained"
@@ -124,11 +124,11 @@ def test_pretrain_command_then_study_from_the_shipped_checkpoints(tmp_path, caps
     other.pretrained_dir = shipped_dir
     other.stages.target.optimizer.learning_rate = 1e-2
     with pytest.raises(SystemExit, match=r"\[target\].*another shipped checkpoint.*optimizer"):
-        main.run(other, str(tmp_path / "study"))
+        study.run(other, str(tmp_path / "study"))
     # A finished stage is never reused under another recipe.
     config.stages.draft_control.optimizer.learning_rate = 1e-2
     with pytest.raises(SystemExit, match=r"draft_control.*another config \(optimizer"):
-        main.run(config, str(tmp_path / "study"))
+        study.run(config, str(tmp_path / "study"))
     config.retrain = True
     with pytest.raises(SystemExit, match="fresh workdir"):
-        main.run(config, str(tmp_path / "study"))
+        study.run(config, str(tmp_path / "study"))
