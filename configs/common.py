@@ -65,6 +65,11 @@ def gsm_symbolic_data(**overrides: Any) -> ml_collections.ConfigDict:
     data.validation_size = 256
     data.test_size = 256
     data.seed = 0
+    # gsm_symbolic: the fraction of train / validation references left in the target's
+    # own style; the rest are rewritten by a second writer (distillspec_jax.writers),
+    # the drafts' public data of the mismatched regime. 1 = the matched regime.
+    data.agreement = 1.0
+    data.writer_seed = 0
     # SentencePiece model; empty = train one on the task (cached in the workdir).
     data.vocab_path = ""
     # Vocabulary size of a trained SentencePiece model (also the model's vocab).
@@ -136,7 +141,9 @@ def distill(**overrides: Any) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     # Named recipe; the fields below override it.
     cfg.recipe = "distillspec"
-    # 'fkl', 'rkl', 'jsd', 'generalized_jsd' or 'tvd', and the JSD beta.
+    # 'fkl', 'rkl', 'jsd', 'generalized_jsd' or 'tvd', and the JSD beta; or 'ce', the
+    # draft's cross-entropy on the sequences' tokens (with source='teacher': response
+    # regeneration, the draft trained on the target's own answers).
     cfg.divergence = "fkl"
     cfg.beta = 0.5
     cfg.loss_temperature = 1.0

@@ -11,6 +11,12 @@ sampling. The data source G is one of
   mixture   per batch: with probability `mixture_lambda` student, else
             `mixture_other` (fixed or teacher), as GKD's lambda.
 
+The objective is a divergence between the two models' distributions at every position
+of those sequences, or `ce`: the draft's cross-entropy on the sequences' tokens (hard
+labels). With teacher data, `ce` is response regeneration as draft-training frameworks
+do it (the draft trained on the target's own answers to the training prompts; SeqKD
+with the target's samples as labels); with fixed data it is supervised training.
+
 Named recipes (DistillSpec paper, Table 1) fix the divergence and source:
 SupervisedKD = FKL on fixed data, SeqKD = FKL on teacher data, ImitKD = FKL on
 fixed + student data, f-Distill = TVD on teacher + student data, on-policy GKD
@@ -34,6 +40,10 @@ Array = jax.Array
 Batch = dict[str, Array]
 
 SOURCES = ("fixed", "teacher", "student", "mixture")
+# Objectives: a divergence of divergences.DIVERGENCES, or the draft's cross-entropy on
+# the distillation sequences' tokens.
+HARD_LABELS = "ce"
+OBJECTIVES = (*divergences.DIVERGENCES, HARD_LABELS)
 # Branch order of the per-batch switch.
 _BRANCHES = ("fixed", "teacher", "student")
 
@@ -43,6 +53,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "imit_kd": dict(divergence="fkl", source="mixture", mixture_other="fixed"),
     "f_distill": dict(divergence="tvd", source="mixture", mixture_other="teacher"),
     "on_policy_gkd": dict(divergence="generalized_jsd", source="student"),
+    "regenerated": dict(divergence="ce", source="teacher"),
     "distillspec": {},
 }
 
@@ -51,7 +62,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 class DistillConfig:
     """What the DistillSpec objective needs (hashable: it is a static jit argument)."""
 
-    # Divergence name (divergences.DIVERGENCES) and its JSD beta.
+    # Divergence name (OBJECTIVES: divergences.DIVERGENCES or 'ce') and its JSD beta.
     divergence: str = "fkl"
     beta: float = 0.5
     # Temperature applied to both models' logits inside the divergence.
@@ -69,10 +80,8 @@ class DistillConfig:
     eos_id: int = 1
 
     def __post_init__(self):
-        if self.divergence not in divergences.DIVERGENCES:
-            raise ValueError(
-                f"Unknown divergence {self.divergence!r}; valid: {divergences.DIVERGENCES}"
-            )
+        if self.divergence not in OBJECTIVES:
+            raise ValueError(f"Unknown divergence {self.divergence!r}; valid: {OBJECTIVES}")
         if self.source not in SOURCES:
             raise ValueError(f"Unknown data source {self.source!r}; valid: {SOURCES}")
         if self.mixture_other not in ("fixed", "teacher"):
@@ -251,9 +260,12 @@ class Distiller:
             draft_params, data, deterministic=dropout_rng is None, dropout_rng=dropout_rng
         )
         mask = data["decoder_loss_weights"]
-        token_div = divergences.token_divergence(
-            cfg.divergence, target_logits, draft_logits, cfg.loss_temperature, cfg.beta
-        )
+        if cfg.divergence == HARD_LABELS:
+            token_div = divergences.token_cross_entropy(draft_logits, data["decoder_target_tokens"])
+        else:
+            token_div = divergences.token_divergence(
+                cfg.divergence, target_logits, draft_logits, cfg.loss_temperature, cfg.beta
+            )
         loss = divergences.reduce(token_div, mask, cfg.reduction)
         tvd = divergences.token_tvd(target_logits, draft_logits, cfg.loss_temperature)
         ce = divergences.cross_entropy(draft_logits, data["decoder_target_tokens"], mask)

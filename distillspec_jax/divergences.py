@@ -145,11 +145,15 @@ def get_divergence(name: str, beta: float = 0.5) -> Callable[..., Array]:
     return fn
 
 
+def token_cross_entropy(logits: Array, labels: Array) -> Array:
+    """Per-token -log softmax(logits)[label] [B, L] of logits [B, L, V], labels [B, L]."""
+    log_q = _log_probs(logits, 1.0)
+    return -jnp.take_along_axis(log_q, labels[..., None], axis=-1)[..., 0]
+
+
 def cross_entropy(logits: Array, labels: Array, mask: Array) -> Array:
     """Per-sequence token mean [B] of -log softmax(logits)[label]."""
-    log_q = _log_probs(logits, 1.0)
-    token_ce = -jnp.take_along_axis(log_q, labels[..., None], axis=-1)[..., 0]
-    return sequence_mean(token_ce, mask)
+    return sequence_mean(token_cross_entropy(logits, labels), mask)
 
 
 def token_tvd(target_logits: Array, draft_logits: Array, temperature: float = 1.0) -> Array:

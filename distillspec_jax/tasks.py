@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from distillspec_jax import fs
+from distillspec_jax import fs, writers
 
 # TensorFlow 2.21 writes C++ start-up lines (oneDNN, CUDA stubs) through absl before any
 # log level applies; this module only reads data with it. Import errors still propagate.
@@ -156,7 +156,12 @@ GSM_SPLITS = ("train", "validation", "test")
 
 @functools.lru_cache(maxsize=8)
 def gsm_symbolic_examples(
-    train_size: int, validation_size: int, test_size: int, seed: int
+    train_size: int,
+    validation_size: int,
+    test_size: int,
+    seed: int,
+    agreement: float = 1.0,
+    writer_seed: int = 0,
 ) -> dict[str, tuple[dict[str, str], ...]]:
     """Deterministic, disjoint splits of reasoning-gym's `gsm_symbolic` problems.
 
@@ -164,7 +169,14 @@ def gsm_symbolic_examples(
     text that appears in validation or test is dropped from train, and a test
     question also in validation is dropped from validation, so no evaluation
     question is ever trained on.
+
+    With `agreement` < 1 the train and validation references are the public data of
+    the mismatched regime (distillspec_jax.writers): a fraction 1 - agreement of them
+    rewritten by a second writer. Test references stay in the target's style (they
+    score the target's outputs).
     """
+    if not 0.0 <= agreement <= 1.0:
+        raise ValueError(f"data.agreement must lie in [0, 1], got {agreement}")
     import reasoning_gym
 
     def make(size: int, split_seed: int) -> list[dict[str, str]]:
@@ -183,6 +195,19 @@ def gsm_symbolic_examples(
     validation = [e for e in make(validation_size, seed + 1) if e["question"] not in test_q]
     held_out = test_q | {e["question"] for e in validation}
     train = [e for e in make(train_size, seed) if e["question"] not in held_out]
+    if agreement < 1.0:
+        train, validation = (
+            [
+                {
+                    **e,
+                    "answer_cot": writers.public_reference(
+                        e["question"], e["answer_cot"], agreement, writer_seed
+                    ),
+                }
+                for e in split
+            ]
+            for split in (train, validation)
+        )
     return {"train": tuple(train), "validation": tuple(validation), "test": tuple(test)}
 
 
@@ -273,9 +298,13 @@ def register_gsm_symbolic(
     test_size: int = 256,
     seed: int = 0,
     name: str = "gsm_symbolic",
+    agreement: float = 1.0,
+    writer_seed: int = 0,
 ) -> seqio.Task:
     """Registers the offline default task (question -> worked answer)."""
-    examples = gsm_symbolic_examples(train_size, validation_size, test_size, seed)
+    examples = gsm_symbolic_examples(
+        train_size, validation_size, test_size, seed, agreement, writer_seed
+    )
 
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
         return _examples_dataset(examples[split], "question", "answer_cot", shuffle_files, seed)
@@ -499,7 +528,13 @@ def register_from_config(data: Any, vocab: seqio.Vocabulary) -> str:
     name = data.task
     if name == "gsm_symbolic":
         register_gsm_symbolic(
-            vocab, data.train_size, data.validation_size, data.test_size, data.seed
+            vocab,
+            data.train_size,
+            data.validation_size,
+            data.test_size,
+            data.seed,
+            agreement=data.get("agreement", 1.0),
+            writer_seed=data.get("writer_seed", 0),
         )
     elif name in TFDS_TASKS:
         register_tfds_tasks(vocab, data.tfds_data_dir or None, [name])

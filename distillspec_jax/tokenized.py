@@ -34,8 +34,16 @@ FIELDS = ("inputs", "targets")
 
 
 def content(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The data config's fields that determine a tokenized file."""
-    return {name: data[name] for name in CONTENT_FIELDS}
+    """The data config's fields that determine a tokenized file.
+
+    The mismatched regime's public data (data.agreement < 1) adds its agreement and
+    writer seed; files of the matched regime keep the fields they always had.
+    """
+    out = {name: data[name] for name in CONTENT_FIELDS}
+    if data.get("agreement", 1.0) != 1.0:
+        out["agreement"] = float(data["agreement"])
+        out["writer_seed"] = int(data.get("writer_seed", 0))
+    return out
 
 
 def write(

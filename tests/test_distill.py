@@ -180,3 +180,31 @@ def test_recipes_and_errors():
         distill.Distiller(
             t5, models.build_model("t5", "tiny", vocab_size=64), distill.DistillConfig()
         )
+
+
+@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+def test_regeneration_is_the_drafts_cross_entropy_on_the_targets_samples(family):
+    """`ce` with teacher data: the loss is the draft's token cross-entropy on the very
+    sequences `generate` samples from the target (same key), and nothing else."""
+    target, draft, target_params, draft_params = _models(family)
+    batch = _batch(family)
+    config = distill.make_config("regenerated", sample_temperature=1.0)
+    assert (config.divergence, config.source) == ("ce", "teacher")
+    distiller = distill.Distiller(target, draft, config)
+    rng = jax.random.PRNGKey(3)
+    loss, metrics = distiller.loss(draft_params, target_params, batch, rng)
+    _, key_sample = jax.random.split(rng)
+    data = distill.generate(target, target_params, batch, key_sample, 1.0, config.eos_id)
+    assert not np.array_equal(data["decoder_target_tokens"], batch["decoder_target_tokens"])
+    want = divergences.cross_entropy(
+        draft.logits(draft_params, data),
+        data["decoder_target_tokens"],
+        data["decoder_loss_weights"],
+    ).mean()
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    np.testing.assert_allclose(metrics["draft_cross_entropy"], want, rtol=1e-5)
+    assert metrics["source_fraction/teacher"] == 1.0
+    # The target's parameters only choose the sequences: no gradient reaches them, and
+    # the draft's gradient is that of its cross-entropy.
+    grads = jax.grad(lambda p: distiller.loss(p, target_params, batch, rng)[0])(draft_params)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
