@@ -46,6 +46,14 @@ setuptools.setup(
         "tpu": [f"jax[tpu]=={JAX_VERSION}"],
         # Parity tests against transformers. torch is pinned exactly: this CPU build
         # installs offline here, an open range would pull a multi-GB CUDA build.
-        "interop": ["torch==2.13.0", "transformers", "safetensors"],
+        "interop": [
+            "torch==2.13.0",
+            "transformers",
+            "safetensors",
+            "tokenizers==0.23.3",
+            "jinja2==3.1.6",
+        ],
+        # A model's own tokenizer.json and chat template (no torch, no transformers).
+        "hf": ["tokenizers==0.23.3", "jinja2==3.1.6"],
     },
 )

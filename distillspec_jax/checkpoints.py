@@ -130,11 +130,14 @@ MODEL_FILE = "model.json"
 
 
 def write_model_description(
-    workdir: str, model: Any, vocab_path: str = "", config: Any = None
+    workdir: str, model: Any, vocab_path: str = "", config: Any = None, tokenizer: Any = None
 ) -> str:
-    """Writes `workdir/model.json`: the architecture, vocabulary path and run config."""
+    """Writes `workdir/model.json`: the architecture, vocabulary path and run config, and
+    a model's own tokenizer with its special ids (`tokenizer.Tokenizer.describe`)."""
 
     record = {"model": models.describe(model), "vocab_path": vocab_path}
+    if tokenizer is not None and not tokenizer.legacy:
+        record["tokenizer"] = tokenizer.describe()
     if config is not None:
         record["config"] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     path = os.path.join(workdir, MODEL_FILE)

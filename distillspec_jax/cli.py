@@ -67,10 +67,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        sys.stderr.write(f"{os.path.basename(argv[0])}: {error}\n")
+        sys.stderr.write(f"{os.path.basename(argv[0])}: {one_line(str(error))}\n")
     except OVERRIDE_ERRORS as error:
         exit_bad_override(error, argv[0])
     sys.exit(2)
+
+
+def one_line(text: str) -> str:
+    """A flag error without the traceback ml_collections embeds in it (a config file's
+    get_config raising on a bad `file.py:arg`): its first and last lines."""
+    if "Traceback (most recent call last)" not in text:
+        return text
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{lines[0].rstrip(':')}: {lines[-1]}"
 
 
 # What a bad `--config.x=...` override raises inside ml_collections' flag parsing.

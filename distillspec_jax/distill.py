@@ -76,8 +76,8 @@ class DistillConfig:
     mixture_other: str = "fixed"
     # Sampling temperature of teacher / student generation (0 = greedy).
     sample_temperature: float = 1.0
-    # End-of-sequence id: tokens after it are masked out of the loss.
-    eos_id: int = 1
+    # End-of-sequence id, or a tuple of them: tokens after it are masked out of the loss.
+    eos_id: int | tuple[int, ...] = 1
 
     def __post_init__(self):
         if self.divergence not in OBJECTIVES:
@@ -127,7 +127,7 @@ def generate(
     batch: Batch,
     rng: Array,
     temperature: float,
-    eos_id: int | None,
+    eos_id: int | tuple[int, ...] | None,
 ) -> Batch:
     """A copy of `batch` whose targets are sampled from `model` (no gradient).
 

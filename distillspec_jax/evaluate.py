@@ -270,6 +270,17 @@ def vocabulary_path(config: ml_collections.ConfigDict) -> str:
     )
 
 
+def evaluation_tokenizer(config: ml_collections.ConfigDict):
+    """data.vocab_path, else the target's own tokenizer (its workdir's record or its
+    Hugging Face files), else a vocabulary file beside the target."""
+    from distillspec_jax import tokenizer
+
+    if config.data.vocab_path:
+        return tokenizer.load(config.data.vocab_path)
+    own = tokenizer.of_model(config.target.path)
+    return own or tokenizer.load(vocabulary_path(config))
+
+
 # --------------------------------------------------------------------------
 # Validation (before any decoding).
 # --------------------------------------------------------------------------
@@ -428,6 +439,9 @@ def generated_texts(vocab: Any, out: sampling.SampleOutput, prompt_lengths: np.n
     """Decoded new tokens of each row (up to its first EOS)."""
     from distillspec_jax import tasks
 
+    if hasattr(vocab, "decode_until_eos"):  # A model's own tokenizer and EOS ids.
+        return [vocab.decode_until_eos(t) for t in new_tokens(out, prompt_lengths)]
+
     seqs = np.asarray(out.sequences)
     shifted = np.zeros_like(seqs)
     for i, start in enumerate(np.asarray(prompt_lengths)):
@@ -487,7 +501,7 @@ class Resources:
     """A validated config with everything it names loaded: what every cell reads."""
 
     config: ml_collections.ConfigDict
-    vocab: Any  # The tokenizer (seqio vocabulary).
+    vocab: Any  # The tokenizer: a seqio vocabulary, or a model's own (tokenizer.Tokenizer).
     target: models.BaseModel
     target_params: Any
     drafts: dict[str, models.BaseModel]
@@ -495,6 +509,7 @@ class Resources:
     prompts: dict[str, Prompts]  # Per task (a mixture's tasks, or one).
     lenience: list[tuple[str, float]]  # (kind, eps) settings.
     mesh: Any  # None: one device.
+    eos_ids: Any = 1  # The tokenizer's EOS id(s): a row stops at any of them.
 
 
 def _model_source(
@@ -528,7 +543,17 @@ def load(config: ml_collections.ConfigDict) -> Resources:
         if not fs.exists(source.path):
             raise EvaluationError(f"{what}.path does not exist: {source.path}")
 
-    vocab = tasks.get_vocabulary(vocabulary_path(config))
+    from distillspec_jax import tokenizer as tokenizers
+
+    # The target's own tokenizer and special ids (data.vocab_path overrides); every draft
+    # must have the same. This project's SentencePiece layout goes through seqio.
+    try:
+        tok = evaluation_tokenizer(config)
+        for name, source in config.drafts.items():
+            tokenizers.check_same(tok, tokenizers.of_model(source.path), "target", f"drafts.{name}")
+    except tokenizers.TokenizerError as error:
+        raise EvaluationError(str(error)) from None
+    vocab = tok.seqio_vocabulary() if tok.legacy else tok
     vocab_size = config.data.model_vocab_size or vocab.vocab_size
     # Architectures first: a mismatch fails before any checkpoint is read.
     target = _model_source(config.target, vocab_size, "target", config.gin_bindings)
@@ -552,8 +577,11 @@ def load(config: ml_collections.ConfigDict) -> Resources:
             f"the target's vocabulary ({target.vocab_size}) is smaller than the "
             f"tokenizer's ({vocab.vocab_size}): wrong data.vocab_path?"
         )
-    task = tasks.register_from_config(config.data, vocab)
-    prompts = {t: load_prompts(t, config, target, vocab) for t in task_names(task)}
+    if tok.legacy:
+        task = tasks.register_from_config(config.data, vocab)
+        prompts = {t: load_prompts(t, config, target, vocab) for t in task_names(task)}
+    else:
+        prompts = text_prompts(config, tok, target)
     mesh = evaluation_mesh(config)
     load_fn = functools.partial(load_params, mesh=mesh, dtype=config.param_dtype)
     return Resources(
@@ -569,7 +597,27 @@ def load(config: ml_collections.ConfigDict) -> Resources:
         prompts=prompts,
         lenience=lenience_settings(config),
         mesh=mesh,
+        eos_ids=tok.special.eos_ids,
     )
+
+
+def text_prompts(config: ml_collections.ConfigDict, tok: Any, target: models.BaseModel):
+    """{task: Prompts} of plain or chat JSONL tokenized by a model's own tokenizer
+    (`textdata`: a chat prompt is the conversation up to an assistant turn plus the
+    generation prompt, its reference that turn)."""
+    from distillspec_jax import textdata
+
+    try:
+        tok.special.check(target.vocab_size, "target")
+    except ValueError as error:
+        raise EvaluationError(str(error)) from None
+    if target.family != "decoder_only":
+        raise EvaluationError(f"{tok.path}: a model's own tokenizer serves decoder-only models")
+    task = textdata.register_metric_task(config.data, tok)
+    tokens, lengths, references = textdata.prompts(
+        config.data, tok, config.split, config.num_prompts
+    )
+    return {task: Prompts(task, tokens, lengths, None, references)}
 
 
 # --------------------------------------------------------------------------
@@ -587,7 +635,9 @@ def decoder(
 ) -> Callable[[Array, Array, Array | None, Array], sampling.SampleOutput]:
     """fn(tokens, lengths, encoder_inputs, rng): SD with `draft`, or AR of the target
     when `draft` is None."""
-    common = dict(max_new_tokens=res.config.max_new_tokens, temperature=temperature)
+    common = dict(
+        max_new_tokens=res.config.max_new_tokens, temperature=temperature, eos_id=res.eos_ids
+    )
 
     def fn(tokens, lengths, enc, rng):
         if draft is None:
@@ -858,7 +908,7 @@ def target_quality_record(
         "temperature": float(temperature),
         "num_prompts": len(prompts),
         "max_new_tokens": res.config.max_new_tokens,
-        **metrics.output_form(new_tokens(ar.out, prompts.prompt_lengths)),
+        **metrics.output_form(new_tokens(ar.out, prompts.prompt_lengths), res.eos_ids),
         "metrics": {
             name: {"mean": float(np.mean(values)), "interval_90": metrics.mean_interval(values)}
             for name, values in per.items()

@@ -296,8 +296,21 @@ def hf_config(
     }
 
 
-def generation_config(model: models.BaseModel, eos_token_id: int = 1) -> dict[str, Any]:
-    """generation_config.json: greedy, this project's start / end ids, pad = EOS."""
+def generation_config(
+    model: models.BaseModel, eos_token_id: int = 1, special: Any = None
+) -> dict[str, Any]:
+    """generation_config.json: greedy, the start / end ids (this project's, or the
+    model's own `special` tokenizer.SpecialIds: every EOS id), pad = EOS."""
+    if special is not None and not models.is_encoder_decoder(model):
+        eos = list(special.eos_ids)
+        config = {
+            "eos_token_id": eos[0] if len(eos) == 1 else eos,
+            "pad_token_id": eos[0],
+            "do_sample": False,
+        }
+        if special.bos_id is not None:
+            config["bos_token_id"] = special.bos_id
+        return config
     config = {"eos_token_id": eos_token_id, "pad_token_id": eos_token_id, "do_sample": False}
     if models.is_encoder_decoder(model):
         config.update(decoder_start_token_id=0, pad_token_id=0)
@@ -382,15 +395,20 @@ def config_from_hf(config: dict[str, Any]) -> models.BaseModel:
     raise ValueError(f"Unsupported model_type {config.get('model_type')!r} (t5 or llama)")
 
 
-def save_hf(model: models.BaseModel, params: Params, out_dir: str) -> None:
-    """Writes config.json, generation_config.json and model.safetensors."""
+def save_hf(model: models.BaseModel, params: Params, out_dir: str, special: Any = None) -> None:
+    """Writes config.json, generation_config.json and model.safetensors, with this
+    project's special ids or a model's own (`special`, a tokenizer.SpecialIds)."""
     from safetensors.numpy import save_file
 
     os.makedirs(out_dir, exist_ok=True)
+    config = hf_config(model)
+    if special is not None and not models.is_encoder_decoder(model):
+        eos = list(special.eos_ids)
+        config.update(bos_token_id=special.bos_id, eos_token_id=eos[0] if len(eos) == 1 else eos)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_config(model), f, indent=2)
+        json.dump(config, f, indent=2)
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-        json.dump(generation_config(model), f, indent=2)
+        json.dump(generation_config(model, special=special), f, indent=2)
     tensors = hf_tensors_from_params(model, params)
     if models.is_encoder_decoder(model):  # safetensors refuses shared buffers
         tensors = {k: v.copy() for k, v in tensors.items()}
@@ -418,7 +436,11 @@ def load_hf(model_dir: str) -> tuple[models.BaseModel, Params]:
 
 
 def write_checkpoint(
-    params: Params, workdir: str, model: models.BaseModel | None = None, vocab_path: str = ""
+    params: Params,
+    workdir: str,
+    model: models.BaseModel | None = None,
+    vocab_path: str = "",
+    tokenizer: Any = None,
 ) -> str:
     """Saves `params` as step 0 of a workdir usable as init/target checkpoint.
 
@@ -435,7 +457,7 @@ def write_checkpoint(
     ckpt.save(0, params, None, meta={"imported": True}, force=True)
     ckpt.close()
     if model is not None:
-        checkpoints.write_model_description(workdir, model, vocab_path)
+        checkpoints.write_model_description(workdir, model, vocab_path, tokenizer=tokenizer)
     return workdir
 
 
@@ -588,14 +610,46 @@ def _run_command(args: argparse.Namespace) -> str:
         write_checkpoint(params, args.workdir, model, args.vocab)
         return f"wrote {args.workdir} (step 0, architecture in model.json)"
     if args.command == "import-hf":
+        from distillspec_jax import tokenizer
+
         if not os.path.exists(os.path.join(args.model_dir, "config.json")):
             raise FileNotFoundError(f"{args.model_dir} has no config.json")
+        model = config_from_hf(fs.read_json(os.path.join(args.model_dir, "config.json")))
+        # The tokenizer before any weights: --vocab, else the directory's own files.
+        if args.vocab:
+            tok = tokenizer.load(args.vocab, what="--vocab")
+        elif tokenizer.find_in_directory(args.model_dir):
+            tok = tokenizer.load(args.model_dir, args.model_dir, what=args.model_dir)
+        else:
+            tok = None
+        if tok is not None:
+            tok.special.check(model.vocab_size, args.vocab or args.model_dir)
+            if tok.vocab_size > model.vocab_size:
+                raise ValueError(
+                    f"{tok.path}: {tok.vocab_size} pieces, more than config.json "
+                    f"vocab_size {model.vocab_size}"
+                )
         model, params = load_hf(args.model_dir)
         if args.scan_layers:
             model = type(model)(dataclasses.replace(model.config, scan_layers=True))
             params = models.params_for(model, params)
-        write_checkpoint(params, args.workdir, model, args.vocab)
-        return f"wrote {args.workdir} (step 0, architecture in model.json)"
+        vocab_path = args.vocab
+        if tok is not None and not tok.legacy:  # The workdir keeps its copy.
+            os.makedirs(args.workdir, exist_ok=True)
+            tok = tokenizer.copy_to_workdir(tok, args.workdir)
+            vocab_path = tok.path
+        elif tok is not None:
+            vocab_path = tok.path
+        write_checkpoint(params, args.workdir, model, vocab_path, tok)
+        message = f"wrote {args.workdir} (step 0, architecture in model.json"
+        if tok is not None:
+            special = tok.special
+            name = "tokenizer.json" if tok.kind == "hf" else os.path.basename(tok.path)
+            message += (
+                f"; tokenizer {name}: BOS {special.bos_id}, EOS "
+                f"{', '.join(map(str, special.eos_ids))}, pad {special.pad_id}"
+            )
+        return message + ")"
     model = resolve_model(
         "" if args.gin else args.workdir,
         args.gin,
@@ -607,9 +661,23 @@ def _run_command(args: argparse.Namespace) -> str:
     params, step = checkpoints.restore_params_at(
         args.workdir, abstract, "model", step=args.step, fallback=False
     )
+    record = checkpoints.read_model_description(args.workdir) or {}
+    if record.get("tokenizer"):  # A model's own tokenizer: its files and special ids.
+        from distillspec_jax import tokenizer
+
+        tok = tokenizer.from_record(record, args.workdir)
+        save_hf(model, params, args.out_dir, tok.special)
+        for source in tok.files():
+            name = os.path.basename(source)
+            fs.write_bytes(os.path.join(args.out_dir, name), fs.read_bytes(source))
+        special = tok.special
+        return (
+            f"wrote {args.out_dir} from step {step} of {args.workdir} with its tokenizer "
+            f"({', '.join(os.path.basename(f) for f in tok.files())}; BOS {special.bos_id}, "
+            f"EOS {', '.join(map(str, special.eos_ids))})"
+        )
     save_hf(model, params, args.out_dir)
     message = f"wrote {args.out_dir} from step {step} of {args.workdir}"
-    record = checkpoints.read_model_description(args.workdir) or {}
     vocab = record.get("vocab_path") or ""
     if not vocab and record.get("config"):
         vocab = record["config"].get("data", {}).get("vocab_path", "")

@@ -255,17 +255,21 @@ def mean_interval(values: Any, level: float = 0.9, samples: int = 2000) -> list[
     return [float(low), float(high)]
 
 
-def output_form(new_tokens: Sequence[Any], eos_id: int = 1, max_repeats: int = 4) -> dict:
+def output_form(
+    new_tokens: Sequence[Any], eos_id: int | Sequence[int] = 1, max_repeats: int = 4
+) -> dict:
     """Per-output form checks: ended with EOS before the cap, free of repetition loops.
 
     Args:
       new_tokens: the generated tokens of each output (EOS included when written).
+      eos_id: the model's EOS id, or its EOS ids.
 
     Returns:
       Fractions over outputs (`eos_fraction`, `repetition_free_fraction`), their
       bootstrap intervals, and the mean number of new tokens.
     """
-    eos = [float(len(t) > 0 and int(t[-1]) == eos_id) for t in new_tokens]
+    ends = {int(eos_id)} if isinstance(eos_id, int | np.integer) else {int(e) for e in eos_id}
+    eos = [float(len(t) > 0 and int(t[-1]) in ends) for t in new_tokens]
     free = [float(not repeats_ngram(t, max_repeats)) for t in new_tokens]
     return {
         "eos_fraction": float(np.mean(eos)),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax
@@ -257,8 +258,21 @@ def _write_rows(x: Array, update: Array, start: Array) -> Array:
     )
 
 
+EosIds = int | tuple[int, ...] | None
+
+
+def eos_static(eos_id: int | Sequence[int] | None) -> EosIds:
+    """An EOS argument as a hashable static value: None, one id, or a tuple of ids."""
+    if eos_id is None or isinstance(eos_id, int | np.integer):
+        return None if eos_id is None else int(eos_id)
+    ids = tuple(dict.fromkeys(int(i) for i in eos_id))
+    if not ids:
+        return None
+    return ids[0] if len(ids) == 1 else ids
+
+
 def _truncate(
-    window: Array, num_new: Array, generated: Array, max_new_tokens: int, eos_id: int | None
+    window: Array, num_new: Array, generated: Array, max_new_tokens: int, eos_id: EosIds
 ) -> tuple[Array, Array]:
     """Caps each row's new tokens at the budget and at its first EOS.
 
@@ -267,7 +281,7 @@ def _truncate(
       num_new: [B] candidate count.
       generated: [B] tokens generated before this step.
       max_new_tokens: budget per row.
-      eos_id: end-of-sequence id, or None.
+      eos_id: end-of-sequence id, a tuple of them (any ends a row), or None.
 
     Returns:
       (kept count [B], finished [B] bool).
@@ -276,7 +290,11 @@ def _truncate(
     finished = generated + num_new >= max_new_tokens
     if eos_id is not None:
         idx = jnp.arange(window.shape[1])[None, :]
-        is_eos = (window == eos_id) & (idx < num_new[:, None])
+        if isinstance(eos_id, tuple):  # [B, W, E] against a few ids, in the jitted step.
+            hit = (window[:, :, None] == jnp.asarray(eos_id, window.dtype)).any(axis=-1)
+        else:
+            hit = window == eos_id
+        is_eos = hit & (idx < num_new[:, None])
         has_eos = is_eos.any(axis=1)
         first_eos = jnp.argmax(is_eos, axis=1)
         num_new = jnp.where(has_eos, first_eos + 1, num_new)
@@ -344,7 +362,7 @@ def autoregressive_sample(
     *,
     max_new_tokens: int,
     temperature: float = 0.0,
-    eos_id: int | None = 1,
+    eos_id: int | Sequence[int] | None = 1,
     encoder_inputs: Array | None = None,
     cache_length: int | None = None,
 ) -> SampleOutput:
@@ -359,7 +377,7 @@ def autoregressive_sample(
       rng: PRNG key (unused at temperature 0).
       max_new_tokens: new tokens per row at most.
       temperature: 0 for greedy, else softmax(logits / T).
-      eos_id: a row stops after writing this token (None: never).
+      eos_id: a row stops after writing this token, or any of these ids (None: never).
       encoder_inputs: [B, Le] for encoder-decoder models.
       cache_length: buffer/cache length M, default P + max_new_tokens.
 
@@ -386,7 +404,7 @@ def autoregressive_sample(
         jnp.float32(temperature),
         max_new_tokens=max_new_tokens,
         greedy=float(temperature) == 0.0,
-        eos_id=eos_id,
+        eos_id=eos_static(eos_id),
         cache_length=cache_length,
     )
 
@@ -495,7 +513,7 @@ def speculative_sample(
     temperature: float = 0.0,
     lenience: str = "none",
     eps: float = 1.0,
-    eos_id: int | None = 1,
+    eos_id: int | Sequence[int] | None = 1,
     encoder_inputs: Array | None = None,
     cache_length: int | None = None,
 ) -> SampleOutput:
@@ -512,7 +530,7 @@ def speculative_sample(
       temperature: 0 for greedy; else both models sample softmax(logits / T).
       lenience: 'none' (lossless), or 'lin', 'sq', 'exp' (lossy, with `eps`).
       eps: lenience parameter in (0, 1]; 1 is lossless.
-      eos_id: a row stops after writing this token (None: never).
+      eos_id: a row stops after writing this token, or any of these ids (None: never).
       encoder_inputs: [B, Le] for encoder-decoder models (both encoders run once).
       cache_length: buffer/cache length M, default P + max_new_tokens + gamma + 1.
 
@@ -551,7 +569,7 @@ def speculative_sample(
         max_new_tokens=max_new_tokens,
         greedy=float(temperature) == 0.0,
         lenience=lenience,
-        eos_id=eos_id,
+        eos_id=eos_static(eos_id),
         cache_length=cache_length,
     )
 

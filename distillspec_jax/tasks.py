@@ -352,11 +352,20 @@ def read_json_examples(
         raise ValueError(f"{what} file {path} holds no examples")
     out = []
     for number, record in numbered:
+        if isinstance(record, dict) and isinstance(record.get(input_key), list):
+            raise ValueError(
+                f"{path}: {where} {number} field {input_key!r} is a conversation: chat data "
+                f"needs a tokenizer with a chat template (data.vocab_path: a Hugging Face "
+                f"tokenizer.json, or a model directory / workdir holding one)"
+            )
         if not isinstance(record, dict) or input_key not in record or target_key not in record:
             raise ValueError(
                 f"{path}: {where} {number} lacks the field {input_key!r} or {target_key!r} "
                 f"(set data.jsonl_input_key / data.jsonl_target_key to your field names)"
             )
+        for key in (input_key, target_key):
+            if isinstance(record[key], list | dict):
+                raise ValueError(f"{path}: {where} {number} field {key!r} is not text")
         out.append({"inputs": str(record[input_key]), "targets": str(record[target_key])})
     return out
 

@@ -138,6 +138,35 @@ class PreemptionGuard:
 # --------------------------------------------------------------------------
 
 
+def data_tokenizer(config: ml_collections.ConfigDict, workdir: str):
+    """The tokenizer of the data: data.vocab_path (a SentencePiece model, a
+    tokenizer.json, or a Hugging Face / workdir directory holding one), else the
+    target's own, else (gsm_symbolic) a SentencePiece model trained on the task. A
+    distillation checks that the target and the draft's starting point use it."""
+    from distillspec_jax import tokenizer
+
+    data = config.data
+    target = None
+    if config.mode == "distill" and config.target_checkpoint:
+        shared = os.path.join(config.target_checkpoint, "vocab", "spm.model")
+        target = (
+            tokenizer.load(shared)
+            if fs.exists(shared)  # A study's target.
+            else tokenizer.of_model(config.target_checkpoint)
+        )
+    if data.vocab_path:
+        tok = tokenizer.load(data.vocab_path)
+        tokenizer.check_same(target, tok, "target_checkpoint", "data.vocab_path")
+    elif target is not None:
+        tok = target
+    else:
+        tok = tokenizer.load(vocabulary_path(config, workdir))
+    if config.init_checkpoint and fs.exists(config.init_checkpoint):
+        init = tokenizer.of_model(config.init_checkpoint)
+        tokenizer.check_same(init, tok, "init_checkpoint", "the data")
+    return tok
+
+
 def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str:
     """The configured SentencePiece model, else one trained on the task (cached)."""
     from distillspec_jax import tasks
@@ -145,16 +174,10 @@ def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str:
     data = config.data
     if data.vocab_path:
         return data.vocab_path
-    if config.mode == "distill" and config.target_checkpoint:
-        shared = os.path.join(config.target_checkpoint, "vocab", "spm.model")
-        if fs.exists(shared):  # Use exactly the target's vocabulary.
-            return shared
-        record = checkpoints.read_model_description(config.target_checkpoint)
-        if record and record.get("vocab_path") and fs.exists(record["vocab_path"]):
-            return record["vocab_path"]
     if data.task != "gsm_symbolic":
         raise ValueError(
-            f"data.vocab_path is required for task {data.task!r} (only the "
+            f"data.vocab_path is required for task {data.task!r}: a SentencePiece model, a "
+            f"tokenizer.json, or a Hugging Face / workdir directory holding one (only the "
             f"offline gsm_symbolic task trains its own vocabulary)"
         )
     path = os.path.join(workdir, "vocab", "spm.model")
@@ -172,7 +195,10 @@ def build_data(config: ml_collections.ConfigDict, workdir: str, family: str):
         return _tokenized_data(config, workdir, family)
     from distillspec_jax import tasks
 
-    vocab = tasks.get_vocabulary(vocabulary_path(config, workdir))
+    tok = data_tokenizer(config, workdir)
+    if not tok.legacy:  # A model's own tokenizer: tokenized in Python (textdata).
+        return _text_data(config, tok, family)
+    vocab = tasks.get_vocabulary(tok.path)
     task = tasks.register_from_config(data, vocab)
     splits = tasks.task_splits(task)
     for field in ("train_split", "eval_split"):
@@ -247,6 +273,36 @@ def _tokenized_data(config: ml_collections.ConfigDict, workdir: str, family: str
     return vocab, train_batches, eval_batches
 
 
+def _text_data(config: ml_collections.ConfigDict, tok: Any, family: str):
+    """build_data with a model's own tokenizer (plain or chat JSONL, see textdata).
+
+    Supervised training and fixed-data distillation put loss on every assistant turn
+    of a conversation; generated sources get one row per assistant turn (its history
+    is the prompt they generate from), as the evaluation rows are."""
+    from distillspec_jax import textdata, tokenized
+
+    if family != "decoder_only":
+        raise ValueError(f"{tok.path}: a model's own tokenizer serves decoder-only models")
+    if config.data.pack:
+        raise ValueError("data.pack=True works with seqio data only: set data.pack=False")
+    per_turn = False
+    if config.mode == "distill":
+        dcfg = dict(config.distill)
+        per_turn = distill.make_config(dcfg.pop("recipe"), **dcfg).source != "fixed"
+    data = config.data
+    train = textdata.split_features(data, tok, data.train_split, per_turn)
+    evaluation = textdata.split_features(data, tok, data.eval_split, True)
+    shard = dict(process_index=jax.process_index(), num_processes=jax.process_count())
+
+    def train_batches(start_step: int) -> Iterator[HostBatch]:
+        return tokenized.train_batches(train, config.batch_size, config.seed, start_step, **shard)
+
+    eval_batches = tokenized.eval_batches(
+        evaluation, config.batch_size, config.eval_batches, **shard
+    )
+    return tok, train_batches, eval_batches
+
+
 def speculative_metrics(
     target_model,
     target_params,
@@ -255,6 +311,7 @@ def speculative_metrics(
     batch,
     cfg: ml_collections.ConfigDict,
     rng: jax.Array,
+    eos_id: Any = 1,
 ) -> dict[str, float]:
     """tau and alpha of the draft against the target on validation prompts."""
     rows = {k: v[: cfg.num_prompts] for k, v in batch.items()}
@@ -272,6 +329,7 @@ def speculative_metrics(
         gamma=cfg.gamma,
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
+        eos_id=eos_id,
         encoder_inputs=enc,
     )
     summary = metrics_lib.summarize(out, cfg.gamma)
@@ -296,6 +354,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"speculative_eval.temperature must be >= 0, got {spec.temperature}")
         if not config.target_checkpoint:
             raise ValueError("mode='distill' needs target_checkpoint (the target's workdir)")
+    for field in ("target_checkpoint", "init_checkpoint"):
+        path = config[field]
+        if path and (config.mode == "distill" or field == "init_checkpoint"):
+            if not fs.exists(path):
+                raise checkpoints.CheckpointError(f"{field}={path!r} does not exist")
     if config.data.get("tokenized_path") and config.data.pack:
         raise ValueError("data.tokenized_path does not pack: set data.pack=False")
     for field in ("batch_size", "num_train_steps", "checkpoint_every", "log_every"):
@@ -343,9 +406,15 @@ def train_and_evaluate(
     family = probe.family
     vocab_size = probe.vocab_size
     vocab_path = ""
+    own_tokenizer = None  # A model's own tokenizer (not this project's SentencePiece).
+    eos_ids: Any = 1
     if train_batches is None:
         vocab, train_batches, default_eval = build_data(config, workdir, family)
-        vocab_path = vocab.sentencepiece_model_file
+        if hasattr(vocab, "special"):
+            own_tokenizer = vocab
+            vocab_path, eos_ids = vocab.path, vocab.special.eos_ids
+        else:
+            vocab_path = vocab.sentencepiece_model_file
         # The model's vocabulary: configured, else the target's (a draft must match
         # it), else the tokenizer's.
         recorded = recorded_target.vocab_size if recorded_target else 0
@@ -357,8 +426,15 @@ def train_and_evaluate(
             )
         eval_batches = default_eval if eval_batches is None else eval_batches
     model = _configured_model(config, "model", vocab_size)
+    if own_tokenizer is not None:
+        own_tokenizer.special.check(model.vocab_size, "the model's tokenizer")
     if jax.process_index() == 0:  # evaluate / export read the architecture from here.
-        checkpoints.write_model_description(workdir, model, vocab_path, config)
+        if own_tokenizer is not None:  # The workdir keeps its copy.
+            from distillspec_jax import tokenizer
+
+            own_tokenizer = tokenizer.copy_to_workdir(own_tokenizer, workdir)
+            vocab_path = own_tokenizer.path
+        checkpoints.write_model_description(workdir, model, vocab_path, config, own_tokenizer)
     mesh = partitioning.create_mesh(config.mesh_shape)
     opt_cfg = config.optimizer
     trainer.check_batch_size(config.batch_size, mesh, opt_cfg.microbatches)
@@ -367,12 +443,18 @@ def train_and_evaluate(
     if config.mode == "distill":
         target_model = _configured_model(config, "target", vocab_size)
         if target_model.vocab_size != model.vocab_size:
+            if config.model_gin_file:
+                advice = f"set data.model_vocab_size={target_model.vocab_size} (or 0: the target's)"
+            else:
+                advice = (
+                    f"the draft's size comes from init_checkpoint={config.init_checkpoint}; "
+                    f"retrain it with data.model_vocab_size={target_model.vocab_size}"
+                )
             raise ValueError(
                 f"The target's vocabulary ({target_model.vocab_size}) differs from the "
-                f"draft's ({model.vocab_size}): set data.model_vocab_size="
-                f"{target_model.vocab_size}"
+                f"draft's ({model.vocab_size}): {advice}"
             )
-    train, target_shardings = make_trainer(config, model, mesh, target_model)
+    train, target_shardings = make_trainer(config, model, mesh, target_model, eos_ids)
     if target_model is not None:
         abstract_target = checkpoints.abstract_params(target_model, target_shardings)
         target_params = checkpoints.restore_params(
@@ -439,6 +521,7 @@ def train_and_evaluate(
                         eval_batches[0],
                         config.speculative_eval,
                         eval_rng,
+                        eos_ids,
                     )
                 )
         writer.write(step, metrics, "eval")
@@ -508,14 +591,18 @@ def train_and_evaluate(
 
 
 def make_trainer(
-    config: ml_collections.ConfigDict, model: Any, mesh: Any, target_model: Any = None
+    config: ml_collections.ConfigDict,
+    model: Any,
+    mesh: Any,
+    target_model: Any = None,
+    eos_ids: Any = 1,
 ) -> tuple[trainer.Trainer, Any]:
     """The config's Trainer of `model` and the frozen target's parameter shardings.
 
     Supervised mode: cross-entropy. Distill mode: the DistillSpec loss against
-    `target_model`, whose parameters are an input of the step sharded by the
-    target's own rules. Both with the config's optimizer, microbatches and
-    partitioning rules.
+    `target_model` (generated sources stop at `eos_ids`), whose parameters are an
+    input of the step sharded by the target's own rules. Both with the config's
+    optimizer, microbatches and partitioning rules.
     """
     target_shardings = None
     if config.mode == "distill":
@@ -524,6 +611,7 @@ def make_trainer(
         )
         dcfg = dict(config.distill)
         recipe = dcfg.pop("recipe")
+        dcfg["eos_id"] = sampling.eos_static(eos_ids)  # The tokenizer's EOS id(s).
         distiller = distill.Distiller(target_model, model, distill.make_config(recipe, **dcfg))
         loss_fn = trainer.distill_loss_fn(distiller)
     else:

@@ -130,6 +130,11 @@ def test_speculative_eval_gamma_zero_before_any_step(tmp_path, monkeypatch):
             ["--config.evaluation.gamas=(1,)", "--workdir=/tmp/x"],
             'bad config override: \'gamas\' Did you mean "gammas" instead of "gamas"?',
         ),
+        (  # A typo in the config file's argument: its get_config raises.
+            "distillspec_jax.train",
+            ["--config=configs/tiny.py:famly=decoder_only", "--workdir=/tmp/x"],
+            "ValueError: Unknown config argument 'famly'; valid: ['family', 'mode']",
+        ),
     ],
 )
 def test_misspelled_config_key_is_one_line(module, args, expected):
@@ -139,3 +144,68 @@ def test_misspelled_config_key_is_one_line(module, args, expected):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].endswith(expected), result.stderr[-2000:]
+
+
+def test_missing_checkpoints_are_named_before_any_step(tmp_path, monkeypatch):
+    from distillspec_jax import checkpoints
+
+    monkeypatch.setattr(train, "build_data", lambda *a: pytest.fail("data was read"))
+    for mode, field in (("distill", "target_checkpoint"), ("supervised", "init_checkpoint")):
+        config = tiny.get_config(f"family=decoder_only,mode={mode}")
+        config[field] = str(tmp_path / "missing")
+        with pytest.raises(checkpoints.CheckpointError) as error:
+            train.train_and_evaluate(config, str(tmp_path / "work"), progress=False)
+        assert _one_line(error) == f"{field}={config[field]!r} does not exist"
+
+
+def test_conversations_need_a_chat_tokenizer(vocab_path, tmp_path, monkeypatch):
+    chat = [{"role": "user", "content": "2 + 3?"}, {"role": "assistant", "content": "5"}]
+    lines = [json.dumps({"messages": chat})] * 4
+    config = _jsonl_config(
+        vocab_path,
+        train=_write(tmp_path / "train.jsonl", lines),
+        validation=_write(tmp_path / "val.jsonl", lines),
+    )
+    config.data.jsonl_input_key = "messages"
+    message = _train_fails(config, tmp_path, monkeypatch)
+    assert "line 1 field 'messages' is a conversation: chat data needs a tokenizer" in message
+
+
+def test_import_hf_refuses_a_missing_vocabulary(tmp_path, capsys):
+    from distillspec_jax import interop
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 64,
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+        "num_attention_heads": 2}))  # fmt: skip
+    with pytest.raises(SystemExit) as exit_code:
+        interop.main(["import-hf", str(hf), str(tmp_path / "w"), "--vocab", "/nonexistent.model"])
+    assert exit_code.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "interop import-hf: --vocab: /nonexistent.model does not exist"
+
+
+def test_vocabulary_mismatch_advice_names_what_to_change(vocab_path, tmp_path, monkeypatch):
+    import jax
+
+    from distillspec_jax import interop, models
+
+    def workdir(name, size):
+        model = models.build_model("decoder_only", "tiny", vocab_size=size)
+        path = str(tmp_path / name)
+        interop.write_checkpoint(model.init(jax.random.PRNGKey(0)), path, model, vocab_path)
+        return path
+
+    config = _jsonl_config(
+        vocab_path,
+        train=_write(tmp_path / "train.jsonl", GOOD),
+        validation=_write(tmp_path / "val.jsonl", GOOD),
+    )
+    config.mode = "distill"
+    config.model_gin_file = config.target_gin_file = ""
+    config.target_checkpoint = workdir("target", 512)
+    config.init_checkpoint = workdir("draft", 448)
+    message = _train_fails(config, tmp_path, monkeypatch)
+    assert message.startswith("The target's vocabulary (512) differs from the draft's (448)")
+    assert "retrain it with data.model_vocab_size=512" in message
