@@ -147,6 +147,7 @@ def _t5_name_map(config: networks.T5Config) -> dict[str, tuple[tuple[str, ...], 
 
 
 def _llama_name_map(config: networks.DecoderOnlyConfig) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """HF Llama / Qwen2 / Qwen3 / Mistral tensor name -> (our parameter path, transpose?)."""
     names = {
         "model.embed_tokens.weight": (("embed_tokens", "embedding"), False),
         "model.norm.weight": (("norm", "scale"), False),
@@ -162,6 +163,14 @@ def _llama_name_map(config: networks.DecoderOnlyConfig) -> dict[str, tuple[tuple
         )
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
             names[f"{pre}.self_attn.{proj}.weight"] = (ours + ("self_attn", proj, "kernel"), True)
+            if config.out_bias if proj == "o_proj" else config.qkv_bias:
+                names[f"{pre}.self_attn.{proj}.bias"] = (ours + ("self_attn", proj, "bias"), False)
+        if config.qk_norm:
+            for norm in ("q_norm", "k_norm"):
+                names[f"{pre}.self_attn.{norm}.weight"] = (
+                    ours + ("self_attn", norm, "scale"),
+                    False,
+                )
         for proj in ("gate_proj", "up_proj", "down_proj"):
             names[f"{pre}.mlp.{proj}.weight"] = (ours + ("mlp", proj, "kernel"), True)
     return names
@@ -185,8 +194,40 @@ def _get(tree: dict, path: tuple[str, ...]) -> Any:
     return tree
 
 
+_ROTARY_BUFFER = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+
+
+def _redundant_copy(model: models.BaseModel, name: str, tensors: dict[str, np.ndarray]) -> bool:
+    """Whether unmapped tensor `name` only repeats what the mapped ones define: a
+    tied embedding stored twice, or the RoPE frequencies older checkpoints store."""
+    value = np.asarray(tensors[name], np.float32)
+    if models.is_encoder_decoder(model):
+        copy_of = "shared.weight" if name.endswith(".embed_tokens.weight") else None
+    elif name == "lm_head.weight" and model.config.tie_embeddings:
+        copy_of = "model.embed_tokens.weight"
+    elif _ROTARY_BUFFER.fullmatch(name):
+        config = model.config
+        half = np.arange(0, config.head_dim, 2, dtype=np.float32) / np.float32(config.head_dim)
+        want = (
+            networks.llama3_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling())
+            if config.rope_scaling()
+            else np.float32(1.0) / np.power(np.float32(config.rope_theta), half)
+        )
+        return value.shape == want.shape and np.allclose(value, want, rtol=1e-5, atol=0)
+    else:
+        return False
+    if copy_of not in tensors:
+        return False
+    other = np.asarray(tensors[copy_of], np.float32)
+    return value.shape == other.shape and np.array_equal(value, other)
+
+
 def params_from_hf_tensors(model: models.BaseModel, tensors: dict[str, np.ndarray]) -> Params:
-    """Our parameter tree from Hugging Face tensors (checked against `model`)."""
+    """Our parameter tree from Hugging Face tensors (checked against `model`).
+
+    Every tensor must be mapped (or repeat a mapped one exactly): a bias, a norm
+    or a head this architecture lacks is an error naming it, never dropped.
+    """
     import jax
 
     params: Params = {}
@@ -195,6 +236,17 @@ def params_from_hf_tensors(model: models.BaseModel, tensors: dict[str, np.ndarra
     if missing:
         raise ValueError(
             f"Hugging Face checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}"
+        )
+    unmapped = [
+        name
+        for name in sorted(set(tensors) - set(names))
+        if not _redundant_copy(model, name, tensors)
+    ]
+    if unmapped:
+        raise ValueError(
+            f"Hugging Face tensor {unmapped[0]} (shape {tuple(np.shape(tensors[unmapped[0]]))}) "
+            f"is not mapped by the architecture config.json describes ({len(unmapped)} such "
+            f"tensors); refusing to import without it"
         )
     for hf_name, (path, transpose) in names.items():
         value = np.asarray(tensors[hf_name], np.float32)
@@ -242,7 +294,7 @@ def hf_tensors_from_params(model: models.BaseModel, params: Params) -> dict[str,
 def hf_config(
     model: models.BaseModel, eos_token_id: int = 1, pad_token_id: int = 0
 ) -> dict[str, Any]:
-    """config.json for T5ForConditionalGeneration or LlamaForCausalLM."""
+    """config.json for T5ForConditionalGeneration or the causal LM `hf_model_type` names."""
     c = model.config
     if models.is_encoder_decoder(model):
         if tuple(c.mlp_activations) != ("gelu", "linear"):
@@ -268,9 +320,62 @@ def hf_config(
             "pad_token_id": pad_token_id,
             "eos_token_id": eos_token_id,
         }
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    return _decoder_hf_config(c, eos_token_id, pad_token_id)
+
+
+def hf_model_type(config: networks.DecoderOnlyConfig) -> str:
+    """The transformers model_type that computes what `config` does.
+
+    llama: no q/k norm, biases on all four projections or none, no window;
+    qwen2: q/k/v biases only; qwen3: q/k norm; mistral: a sliding window.
+    Combinations no transformers class computes are an error naming the fields.
+    """
+    if config.qk_norm:
+        if config.qkv_bias != config.out_bias:
+            raise ValueError(
+                f"no transformers model has q/k norm with qkv_bias={config.qkv_bias} and "
+                f"out_bias={config.out_bias} (Qwen3 biases all projections or none)"
+            )
+        return "qwen3"
+    if config.qkv_bias and not config.out_bias:
+        return "qwen2"
+    if config.out_bias and not config.qkv_bias:
+        raise ValueError("no transformers model has out_bias without qkv_bias")
+    if config.sliding_window:
+        if config.qkv_bias:
+            raise ValueError(
+                "no transformers model has a sliding_window with biases on all four projections"
+            )
+        return "mistral"
+    return "llama"
+
+
+_HF_CLASSES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "mistral": "MistralForCausalLM",
+}
+
+
+def _decoder_hf_config(
+    c: networks.DecoderOnlyConfig, eos_token_id: int, pad_token_id: int
+) -> dict[str, Any]:
+    """config.json of the transformers class `hf_model_type` names."""
+    model_type = hf_model_type(c)
+    rope = {"rope_type": c.rope_type, "rope_theta": c.rope_theta}
+    max_positions = 4096
+    if c.rope_scaling() is not None:
+        rope.update(
+            factor=c.rope_factor,
+            low_freq_factor=c.rope_low_freq_factor,
+            high_freq_factor=c.rope_high_freq_factor,
+            original_max_position_embeddings=c.rope_original_max_position,
+        )
+        max_positions = max(max_positions, int(c.rope_factor * c.rope_original_max_position))
+    config = {
+        "architectures": [_HF_CLASSES[model_type]],
+        "model_type": model_type,
         "vocab_size": c.vocab_size,
         "hidden_size": c.emb_dim,
         "intermediate_size": c.mlp_dim,
@@ -280,13 +385,12 @@ def hf_config(
         "head_dim": c.head_dim,
         "hidden_act": "silu",
         "rms_norm_eps": c.rms_norm_eps,
-        # Both spellings: transformers >= 5 reads rope_parameters, older ones rope_theta.
+        # Both spellings: transformers >= 5 reads rope_parameters, older ones rope_theta
+        # (and rope_scaling for a scaled RoPE).
         "rope_theta": c.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+        "rope_parameters": rope,
         "tie_word_embeddings": c.tie_embeddings,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "max_position_embeddings": 4096,
+        "max_position_embeddings": max_positions,
         # Sequences start with token 0 (this project's BOS, which is also its padding
         # id). No pad id here: transformers would mask every token equal to it when
         # generate() is called without an attention_mask, BOS included.
@@ -294,6 +398,23 @@ def hf_config(
         "eos_token_id": eos_token_id,
         "pad_token_id": None,
     }
+    if c.rope_scaling() is not None:
+        config["rope_scaling"] = dict(rope)
+    if model_type in ("llama", "qwen3"):
+        config["attention_bias"] = c.qkv_bias
+    if model_type == "llama":
+        config["mlp_bias"] = False
+    if model_type == "mistral":
+        config["sliding_window"] = c.sliding_window
+    if model_type in ("qwen2", "qwen3"):
+        kind = "sliding_attention" if c.sliding_window else "full_attention"
+        config.update(
+            use_sliding_window=bool(c.sliding_window),
+            sliding_window=c.sliding_window or None,
+            max_window_layers=0,
+            layer_types=[kind] * c.num_layers,
+        )
+    return config
 
 
 def generation_config(
@@ -319,40 +440,240 @@ def generation_config(
     return config
 
 
-# Llama config fields whose values this project does not implement, with the value it does.
-_LLAMA_FIXED = {
+# config.json fields that describe the file, the tokens or generation, not what the
+# network computes (special ids are read with the tokenizer, not here).
+_HF_METADATA = frozenset(
+    {
+        "_name_or_path",
+        "architectures",
+        "model_type",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "use_cache",
+        "initializer_range",
+        "max_position_embeddings",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        "chunk_size_feed_forward",
+        "id2label",
+        "label2id",
+        "problem_type",
+        "tokenizer_class",
+        "torchscript",
+        "use_bfloat16",
+        "max_length",
+        "min_length",
+        "do_sample",
+        "temperature",
+        "top_k",
+        "top_p",
+        "num_beams",
+        "repetition_penalty",
+    }
+)
+
+# Decoder-only config fields mapped for every family below.
+_DECODER_SHARED = frozenset(
+    {
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "hidden_act",
+        "rms_norm_eps",
+        "rope_theta",
+        "rope_parameters",
+        "rope_scaling",
+        "partial_rotary_factor",
+        "tie_word_embeddings",
+        "attention_dropout",
+    }
+)
+
+# Per model_type, the further fields mapped (transformers' own config fields).
+_DECODER_FIELDS = {
+    "llama": frozenset({"attention_bias", "mlp_bias", "pretraining_tp"}),
+    "mistral": frozenset({"sliding_window"}),
+    "qwen2": frozenset(
+        {"use_sliding_window", "sliding_window", "max_window_layers", "layer_types"}
+    ),
+    "qwen3": frozenset(
+        {
+            "attention_bias",
+            "use_sliding_window",
+            "sliding_window",
+            "max_window_layers",
+            "layer_types",
+        }
+    ),
+}
+
+# Fields whose values this project does not implement, with the value it does.
+_DECODER_FIXED = {
     "hidden_act": "silu",
-    "attention_bias": False,
     "mlp_bias": False,
     "pretraining_tp": 1,
+    "attention_dropout": 0.0,
+    "partial_rotary_factor": 1.0,
+}
+
+# RoPE parameters of each implemented rope_type (besides rope_type / type and rope_theta).
+_ROPE_KEYS = {
+    "default": {},
+    "llama3": {
+        "factor": "rope_factor",
+        "low_freq_factor": "rope_low_freq_factor",
+        "high_freq_factor": "rope_high_freq_factor",
+        "original_max_position_embeddings": "rope_original_max_position",
+    },
 }
 
 
-def _llama_rope_theta(config: dict[str, Any]) -> float:
-    """The RoPE base of a Llama config.json (top-level, or transformers >= 5's
-    rope_parameters); any RoPE scaling is refused, never dropped."""
-    params = config.get("rope_parameters") or {}
-    scaling = config.get("rope_scaling") or {}
-    for where, spec in (("rope_parameters", params), ("rope_scaling", scaling)):
-        kind = spec.get("rope_type", spec.get("type", "default"))
-        if kind not in ("default", None):
+def _required(config: dict[str, Any], key: str) -> Any:
+    if config.get(key) is None:
+        raise ValueError(f"config.json lacks {key!r} (model_type {config.get('model_type')!r})")
+    return config[key]
+
+
+def _rope_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """DecoderOnlyConfig's RoPE fields from config.json: the base (top-level, or
+    transformers >= 5's rope_parameters) and llama3 scaling; any other scaling or
+    parameter is refused, never dropped."""
+    settings: dict[str, Any] = {}
+    specs = [
+        (where, config[where])
+        for where in ("rope_parameters", "rope_scaling")
+        if config.get(where) is not None
+    ]
+    for where, spec in specs:
+        if not isinstance(spec, dict):
+            raise ValueError(f"config.json {where} is {spec!r}, not an object")
+        kind = spec.get("rope_type", spec.get("type")) or "default"
+        if kind not in _ROPE_KEYS:
             raise ValueError(
-                f"config.json {where} has rope_type {kind!r}: only plain RoPE ('default') is "
+                f"config.json {where} has rope_type {kind!r}: only {sorted(_ROPE_KEYS)} are "
                 f"implemented here; this model would decode wrongly"
             )
-    thetas = {float(v) for v in (params.get("rope_theta"), config.get("rope_theta")) if v}
+        allowed = {"rope_type", "type", "rope_theta", *_ROPE_KEYS[kind]}
+        extra = sorted(set(spec) - allowed)
+        if extra:
+            raise ValueError(
+                f"config.json {where} field {extra[0]!r} (= {spec[extra[0]]!r}) is not "
+                f"implemented for rope_type {kind!r}"
+            )
+        found = {"rope_type": kind}
+        for key, ours in _ROPE_KEYS[kind].items():
+            if spec.get(key) is None:
+                raise ValueError(f"config.json {where} (rope_type {kind!r}) lacks {key!r}")
+            found[ours] = spec[key]
+        for key, value in found.items():
+            if settings.get(key, value) != value:
+                raise ValueError(
+                    f"config.json has conflicting RoPE {key}: {settings[key]} and {value}"
+                )
+        settings.update(found)
+    thetas = {
+        float(v)
+        for v in (*(spec.get("rope_theta") for _, spec in specs), config.get("rope_theta"))
+        if v
+    }
     if len(thetas) > 1:
         raise ValueError(f"config.json has conflicting RoPE bases {sorted(thetas)}")
-    if config.get("partial_rotary_factor", 1.0) != 1.0:
+    settings["rope_theta"] = thetas.pop() if thetas else 10000.0
+    return settings
+
+
+def _sliding_window(config: dict[str, Any], model_type: str) -> int:
+    """The one window every layer uses (0 = none), as transformers reads the config.
+
+    Mistral slides every layer when `sliding_window` is set; Qwen2 / Qwen3 only
+    with use_sliding_window, in the layers `layer_types` (or max_window_layers)
+    name. A mix of full and sliding layers is refused.
+    """
+    window = config.get("sliding_window")
+    if model_type == "mistral":
+        return int(window or 0)
+    if not config.get("use_sliding_window", False):
+        window = None
+    num_layers = _required(config, "num_hidden_layers")
+    first_sliding = config.get("max_window_layers", 28)
+    kinds = config.get("layer_types") or [
+        "sliding_attention" if window is not None and i >= first_sliding else "full_attention"
+        for i in range(num_layers)
+    ]
+    if len(kinds) != num_layers or not set(kinds) <= {"full_attention", "sliding_attention"}:
         raise ValueError(
-            f"config.json partial_rotary_factor={config['partial_rotary_factor']} is not "
-            f"implemented (rotary embedding on every head dimension only)"
+            f"config.json layer_types {kinds} is not {num_layers} of 'full_attention' / "
+            f"'sliding_attention'"
         )
-    return thetas.pop() if thetas else 10000.0
+    if set(kinds) == {"full_attention"}:
+        return 0
+    if window is None:
+        raise ValueError(
+            "config.json layer_types has sliding layers but no sliding_window "
+            "(use_sliding_window is false or sliding_window null)"
+        )
+    if "full_attention" in kinds:
+        raise ValueError(
+            f"config.json layer_types mixes full and sliding attention "
+            f"({kinds.count('sliding_attention')} of {num_layers} layers slide): only one "
+            f"window for every layer is implemented"
+        )
+    return int(window)
+
+
+def _decoder_config_from_hf(config: dict[str, Any]) -> networks.DecoderOnlyConfig:
+    """DecoderOnlyConfig of a Llama / Qwen2 / Qwen3 / Mistral config.json.
+
+    Every field is mapped, fixed at the value implemented, or metadata; any other
+    (say, Qwen2's fields under model_type 'llama') is an error naming it. A null
+    field carries nothing and is accepted.
+    """
+    model_type = config["model_type"]
+    known = _HF_METADATA | _DECODER_SHARED | _DECODER_FIELDS[model_type]
+    unmapped = sorted(k for k in config if k not in known and config[k] is not None)
+    if unmapped:
+        key = unmapped[0]
+        raise ValueError(
+            f"config.json field {key!r} (= {config[key]!r}) is not mapped for model_type "
+            f"{model_type!r}; refusing to import without it"
+        )
+    for key, value in _DECODER_FIXED.items():
+        if config.get(key) is not None and config[key] != value:
+            raise ValueError(
+                f"config.json {key}={config[key]!r} is not implemented (only {value!r})"
+            )
+    heads = _required(config, "num_attention_heads")
+    bias = bool(config.get("attention_bias", False))
+    return networks.DecoderOnlyConfig(
+        vocab_size=_required(config, "vocab_size"),
+        emb_dim=_required(config, "hidden_size"),
+        num_heads=heads,
+        num_kv_heads=config.get("num_key_value_heads") or heads,
+        num_layers=_required(config, "num_hidden_layers"),
+        head_dim=config.get("head_dim") or _required(config, "hidden_size") // heads,
+        mlp_dim=_required(config, "intermediate_size"),
+        rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        qkv_bias=bias or model_type == "qwen2",
+        out_bias=bias,
+        qk_norm=model_type == "qwen3",
+        sliding_window=_sliding_window(config, model_type),
+        **_rope_settings(config),
+    )
 
 
 def config_from_hf(config: dict[str, Any]) -> models.BaseModel:
-    """Our model for a Hugging Face T5 (v1.1, gated-GELU) or Llama config.json."""
+    """Our model for a Hugging Face T5 (v1.1, gated-GELU), Llama, Qwen2, Qwen3 or
+    Mistral config.json."""
     if config.get("model_type") == "t5":
         if config.get("feed_forward_proj", "relu") != "gated-gelu":
             raise ValueError("Only T5 v1.1 (feed_forward_proj='gated-gelu') is supported")
@@ -371,28 +692,11 @@ def config_from_hf(config: dict[str, Any]) -> models.BaseModel:
                 relative_attention_max_distance=config.get("relative_attention_max_distance", 128),
             )
         )
-    if config.get("model_type") == "llama":
-        for key, value in _LLAMA_FIXED.items():
-            if config.get(key, value) != value:
-                raise ValueError(
-                    f"config.json {key}={config[key]!r} is not implemented (only {value!r})"
-                )
-        heads = config["num_attention_heads"]
-        return models.DecoderOnlyModel(
-            networks.DecoderOnlyConfig(
-                vocab_size=config["vocab_size"],
-                emb_dim=config["hidden_size"],
-                num_heads=heads,
-                num_kv_heads=config.get("num_key_value_heads") or heads,
-                num_layers=config["num_hidden_layers"],
-                head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-                mlp_dim=config["intermediate_size"],
-                rope_theta=_llama_rope_theta(config),
-                rms_norm_eps=config.get("rms_norm_eps", 1e-6),
-                tie_embeddings=config.get("tie_word_embeddings", False),
-            )
-        )
-    raise ValueError(f"Unsupported model_type {config.get('model_type')!r} (t5 or llama)")
+    if config.get("model_type") in _DECODER_FIELDS:
+        return models.DecoderOnlyModel(_decoder_config_from_hf(config))
+    raise ValueError(
+        f"Unsupported model_type {config.get('model_type')!r} (t5, {', '.join(_DECODER_FIELDS)})"
+    )
 
 
 def save_hf(model: models.BaseModel, params: Params, out_dir: str, special: Any = None) -> None:

@@ -49,6 +49,10 @@ REMAT_POLICIES: dict[str, Any] = {
 }
 
 
+# RoPE frequency schemes `apply_rotary` implements ("default": Su et al. 2021).
+ROPE_TYPES = ("default", "llama3")
+
+
 def _check_remat_policy(policy: str) -> None:
     if policy not in REMAT_POLICIES:
         raise ValueError(f"Unknown remat_policy {policy!r}; valid: {sorted(REMAT_POLICIES)}")
@@ -98,8 +102,24 @@ class DecoderOnlyConfig:
     head_dim: int = 64
     mlp_dim: int = 1408
     rope_theta: float = 10000.0
+    # RoPE frequency scaling: "default" (none) or "llama3" (Llama 3.1 / 3.2: low
+    # frequencies divided by rope_factor, a smooth ramp between the wavelengths
+    # rope_original_max_position / rope_low_freq_factor and / rope_high_freq_factor).
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position: int = 8192
     rms_norm_eps: float = 1e-6
     tie_embeddings: bool = False
+    # Biases on the query / key / value projections (Qwen2) and on the output one.
+    qkv_bias: bool = False
+    out_bias: bool = False
+    # Per-head RMSNorm of queries and keys before RoPE (Qwen3), epsilon rms_norm_eps.
+    qk_norm: bool = False
+    # Each query attends to the last `sliding_window` positions, itself included
+    # (Mistral), in training masks and through the decode cache; 0 = all before it.
+    sliding_window: int = 0
     dropout_rate: float = 0.0
     dtype: str = "float32"
     scan_layers: bool = False
@@ -107,6 +127,22 @@ class DecoderOnlyConfig:
 
     def __post_init__(self):
         _check_remat_policy(self.remat_policy)
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"Unknown rope_type {self.rope_type!r}; valid: {ROPE_TYPES}")
+        if self.sliding_window < 0:
+            raise ValueError(f"sliding_window must be >= 0 (0 = none); got {self.sliding_window}")
+
+    def rope_scaling(self) -> tuple[float, float, float, int] | None:
+        """(factor, low_freq_factor, high_freq_factor, original_max_position) of
+        llama3 scaling, or None for plain RoPE."""
+        if self.rope_type == "default":
+            return None
+        return (
+            float(self.rope_factor),
+            float(self.rope_low_freq_factor),
+            float(self.rope_high_freq_factor),
+            int(self.rope_original_max_position),
+        )
 
 
 # Public T5 v1.1 dimensions (Raffel et al. 2020; google/t5-v1_1-* configs).
@@ -233,16 +269,21 @@ def _kernel_init(scale: float = 1.0, mode: str = "fan_in") -> Initializer:
 
 
 class RMSNorm(nn.Module):
-    """RMS layer norm with a learned scale and no bias or mean subtraction."""
+    """RMS layer norm with a learned scale and no bias or mean subtraction.
+
+    `axis_name` is the logical name of the normalised (last) axis: "embed" for
+    the residual stream, "kv" for a per-head norm of queries / keys.
+    """
 
     epsilon: float = 1e-6
     dtype: DType = jnp.float32
+    axis_name: str = "embed"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         scale = self.param(
             "scale",
-            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
             (x.shape[-1],),
             jnp.float32,
         )
@@ -252,12 +293,17 @@ class RMSNorm(nn.Module):
 
 
 class Dense(nn.Module):
-    """Bias-free dense layer over the last axis; kernel [in, out] in float32."""
+    """Dense layer over the last axis; kernel [in, out] in float32.
+
+    Bias-free unless `use_bias`: then a zero-initialised bias [out] named
+    "bias", with the kernel's output axis name.
+    """
 
     features: int
     kernel_axes: tuple[str, str]
     kernel_init: Initializer = _kernel_init()
     dtype: DType = jnp.float32
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -267,7 +313,16 @@ class Dense(nn.Module):
             (x.shape[-1], self.features),
             jnp.float32,
         )
-        return jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
+        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
+        if not self.use_bias:
+            return y
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[-1:]),
+            (self.features,),
+            jnp.float32,
+        )
+        return y + bias.astype(self.dtype)
 
 
 class Embed(nn.Module):
@@ -370,9 +425,14 @@ def dot_product_attention(
     return out.astype(value.dtype)
 
 
-def _causal_mask(q_positions: Array, k_positions: Array) -> Array:
-    """[B, Q] and [B or 1, M] positions -> [B, 1, Q, M], True where key <= query."""
-    return (k_positions[:, None, :] <= q_positions[:, :, None])[:, None]
+def _causal_mask(q_positions: Array, k_positions: Array, sliding_window: int = 0) -> Array:
+    """[B, Q] and [B or 1, M] positions -> [B, 1, Q, M], True where key <= query
+    and, with a `sliding_window` w > 0, key > query - w (the last w positions)."""
+    k_positions, q_positions = k_positions[:, None, :], q_positions[:, :, None]
+    mask = k_positions <= q_positions
+    if sliding_window:
+        mask = mask & (k_positions > q_positions - sliding_window)
+    return mask[:, None]
 
 
 class Attention(nn.Module):
@@ -391,6 +451,16 @@ class Attention(nn.Module):
     # T5 folds 1/sqrt(head_dim) into the query init; Llama scales at runtime.
     scale_query_init: bool = False
     rope_theta: float | None = None
+    # llama3 RoPE scaling (DecoderOnlyConfig.rope_scaling()), or None.
+    rope_scaling: tuple[float, float, float, int] | None = None
+    # Projection biases: on q/k/v (Qwen2), on the output.
+    qkv_bias: bool = False
+    out_bias: bool = False
+    # Epsilon of a per-head RMSNorm of queries and keys ("q_norm", "k_norm",
+    # before RoPE; Qwen3), or None for none.
+    qk_norm_eps: float | None = None
+    # Self-attention to the last `sliding_window` positions only; 0 = causal.
+    sliding_window: int = 0
     dtype: DType = jnp.float32
 
     def setup(self):
@@ -402,28 +472,44 @@ class Attention(nn.Module):
                 ("embed", "joined_kv"),
                 q_init,
                 self.dtype,
+                self.qkv_bias,
                 name=q_name,
             ),
             "k": Dense(
                 self.num_kv_heads * self.head_dim,
                 ("embed", "joined_kv"),
                 dtype=self.dtype,
+                use_bias=self.qkv_bias,
                 name=k_name,
             ),
             "v": Dense(
                 self.num_kv_heads * self.head_dim,
                 ("embed", "joined_kv"),
                 dtype=self.dtype,
+                use_bias=self.qkv_bias,
                 name=v_name,
             ),
-            "o": Dense(self.out_features, ("joined_kv", "embed"), dtype=self.dtype, name=o_name),
+            "o": Dense(
+                self.out_features,
+                ("joined_kv", "embed"),
+                dtype=self.dtype,
+                use_bias=self.out_bias,
+                name=o_name,
+            ),
         }
+        if self.qk_norm_eps is not None:
+            self.norms = {
+                name: RMSNorm(self.qk_norm_eps, self.dtype, "kv", name=f"{name}_norm")
+                for name in ("q", "k")
+            }
 
     def _heads(self, name: str, x: Array, num_heads: int, positions: Array | None) -> Array:
         y = self.projections[name](x)
         y = y.reshape(y.shape[:-1] + (num_heads, self.head_dim))
+        if self.qk_norm_eps is not None and name in ("q", "k"):
+            y = self.norms[name](y)
         if self.rope_theta is not None and positions is not None:
-            y = apply_rotary(y, positions, self.rope_theta)
+            y = apply_rotary(y, positions, self.rope_theta, self.rope_scaling)
         return _constrain(y, ("batch", "length", "heads", "kv"))
 
     def _kv_rows(self, x: Array, positions: Array | None) -> tuple[Array, Array]:
@@ -480,8 +566,8 @@ class Attention(nn.Module):
         if cache is None:
             key, value = self.kv(x, positions)
             new_cache = None
-            index = jnp.arange(x.shape[1])
-            mask = (index[None, :] <= index[:, None])[None, None]  # causal by index
+            index = jnp.arange(x.shape[1])[None, :]
+            mask = _causal_mask(index, index, self.sliding_window)  # causal by index
             if segment_ids is not None:
                 mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
         else:
@@ -490,21 +576,60 @@ class Attention(nn.Module):
                 for name, rows in zip(("key", "value"), self._kv_rows(x, positions), strict=True)
             )
             new_cache = {"key": key, "value": value}
-            mask = _causal_mask(positions, jnp.arange(key.shape[2])[None, :])
+            mask = _causal_mask(positions, jnp.arange(key.shape[2])[None, :], self.sliding_window)
         out = self(x, (key, value), q_positions=positions, mask=mask, bias=bias)
         return out, new_cache
 
 
-def apply_rotary(x: Array, positions: Array, theta: float) -> Array:
+def llama3_inv_freq(
+    head_dim: int, theta: float, scaling: tuple[float, float, float, int]
+) -> np.ndarray:
+    """Inverse frequencies [D/2] (float32) of Llama 3.1's RoPE scaling.
+
+    Wavelengths longer than original / low_freq_factor are stretched by
+    `factor`, shorter than original / high_freq_factor kept, and those between
+    interpolated smoothly (transformers' `_compute_llama3_parameters`, computed
+    in float32 in the same order).
+
+    Args:
+      head_dim: D.
+      theta: RoPE base.
+      scaling: (factor, low_freq_factor, high_freq_factor, original_max_position).
+    """
+    factor, low_freq_factor, high_freq_factor, original = scaling
+    exponents = np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)
+    inv_freq = np.float32(1.0) / np.power(np.float32(theta), exponents, dtype=np.float32)
+    low_freq_wavelen = original / low_freq_factor
+    high_freq_wavelen = original / high_freq_factor
+    wavelen = np.float32(2 * math.pi) / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / np.float32(factor), inv_freq)
+    smooth = (np.float32(original) / wavelen - np.float32(low_freq_factor)) / np.float32(
+        high_freq_factor - low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rotary(
+    x: Array,
+    positions: Array,
+    theta: float,
+    scaling: tuple[float, float, float, int] | None = None,
+) -> Array:
     """Rotary embedding in the Hugging Face Llama layout (rotate halves).
 
     Args:
       x: [B, L, H, D].
       positions: [B, L] absolute positions.
       theta: base of the inverse frequencies.
+      scaling: llama3 scaling (see `llama3_inv_freq`), or None for plain RoPE.
     """
     half = x.shape[-1] // 2
-    inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
+    if scaling is None:
+        inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
+    else:
+        inv_freq = jnp.asarray(llama3_inv_freq(x.shape[-1], theta, scaling))
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, D/2]
     cos = jnp.cos(angles)[:, :, None, :]
     sin = jnp.sin(angles)[:, :, None, :]
@@ -1000,6 +1125,11 @@ class LlamaLayer(nn.Module):
             cfg.emb_dim,
             ("q_proj", "k_proj", "v_proj", "o_proj"),
             rope_theta=cfg.rope_theta,
+            rope_scaling=cfg.rope_scaling(),
+            qkv_bias=cfg.qkv_bias,
+            out_bias=cfg.out_bias,
+            qk_norm_eps=cfg.rms_norm_eps if cfg.qk_norm else None,
+            sliding_window=cfg.sliding_window,
             dtype=dtype,
         )
         self.post_attention_layernorm = RMSNorm(cfg.rms_norm_eps, dtype)
@@ -1030,7 +1160,11 @@ class LlamaLayer(nn.Module):
 
 
 class DecoderOnlyTransformer(nn.Module):
-    """Llama-style LM: RMSNorm, rotary positions, SwiGLU, no biases (HF names)."""
+    """Llama-style LM: RMSNorm, rotary positions, SwiGLU (HF names).
+
+    Options for the Llama 3 / Qwen2 / Qwen3 / Mistral variants: llama3 RoPE
+    scaling, q/k/v and output biases, per-head q/k RMSNorm, a sliding window.
+    """
 
     config: DecoderOnlyConfig
 

@@ -252,13 +252,13 @@ def test_llama_import_honours_the_rope_base_of_transformers_5(tmp_path):
 @pytest.mark.parametrize(
     "fields,match",
     [
-        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_type 'llama3'"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "lacks 'low_freq_factor'"),
         (
             {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
             "rope_type 'yarn'",
         ),
         ({"hidden_act": "gelu"}, "hidden_act='gelu' is not implemented"),
-        ({"attention_bias": True}, "attention_bias=True is not implemented"),
+        ({"mlp_bias": True}, "mlp_bias=True is not implemented"),
         ({"partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5"),
     ],
 )
