@@ -426,3 +426,93 @@ def test_workdirs_record_the_new_fields(tmp_path, capsys):
     interop.main(["export-hf", work, str(tmp_path / "out")])
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["model_type"] == "qwen3" and config["head_dim"] == 32
+
+
+# --------------------------------------------------------------------------
+# End to end: import -> distil -> evaluate -> export -> transformers assistant.
+# --------------------------------------------------------------------------
+
+
+def _run(*args):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-m", *args], cwd=repo, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_distil_evaluate_and_export_each_architecture(model_type, tmp_path):
+    """A draft and a target of one architecture imported from transformers, distilled,
+    evaluated (greedy SD gives the target's tokens), exported with no retyping (the
+    architecture travels in model.json), then transformers' assistant_model."""
+    from distillspec_jax import tasks
+
+    transformers = pytest.importorskip("transformers")
+    vocab = dict(vocab_size=512)
+    torch, hf_target, target_dir = _hf_model(tmp_path, model_type, "hf_target", 0, **vocab)
+    draft_sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+    _, _, draft_dir = _hf_model(tmp_path, model_type, "hf_draft", 1, **vocab, **draft_sizes)
+    data = tasks.gsm_symbolic_examples(64, 8, 8, 0)
+    files = {}
+    for split in ("train", "validation", "test"):
+        path = tmp_path / f"{split}.jsonl"
+        path.write_text("\n".join(json.dumps(e) for e in data[split]))
+        files[split] = str(path)
+    spm = tasks.train_sentencepiece(
+        (e["question"] + "\n" + e["answer"] for e in data["train"]), str(tmp_path / "spm"), 400
+    )
+    target, draft = str(tmp_path / "target"), str(tmp_path / "draft")
+    interop.main(["import-hf", target_dir, target, "--vocab", spm])
+    interop.main(["import-hf", draft_dir, draft, "--vocab", spm])
+    data_flags = [
+        "--config.data.task=jsonl",
+        f"--config.data.jsonl_files.train={files['train']}",
+        f"--config.data.jsonl_files.validation={files['validation']}",
+        "--config.data.jsonl_input_key=question",
+        "--config.data.jsonl_target_key=answer",
+        "--config.data.max_input_length=32",
+        "--config.data.max_target_length=32",
+    ]
+    distilled = str(tmp_path / "distilled")
+    _run("distillspec_jax.train", "--config=configs/tiny.py:family=decoder_only,mode=distill",
+         f"--workdir={distilled}", "--config.num_train_steps=2", "--config.model_gin_file=",
+         "--config.target_gin_file=", f"--config.target_checkpoint={target}",
+         f"--config.init_checkpoint={draft}", *data_flags)  # fmt: skip
+    recorded = interop.workdir_model(distilled).config
+    assert recorded == interop.workdir_model(draft).config
+    evaluation = str(tmp_path / "evaluation")
+    _run("distillspec_jax.evaluate",
+         f"--config=configs/evaluate.py:target={target},drafts=distilled={distilled}",
+         f"--workdir={evaluation}", "--config.data.task=jsonl",
+         f"--config.data.jsonl_files.test={files['test']}",
+         "--config.data.jsonl_input_key=question", "--config.data.jsonl_target_key=answer",
+         "--config.num_prompts=2", "--config.batch_size=2", "--config.max_new_tokens=8",
+         "--config.gammas=(3,)", "--config.temperatures=(0.0,)",
+         "--config.timed_prompts=0")  # fmt: skip
+    rows = json.load(open(os.path.join(evaluation, "results.json")))["rows"]
+    assert rows and all(r["greedy_identical_fraction"] == 1.0 for r in rows)
+    exported = str(tmp_path / "exported")
+    interop.main(["export-hf", distilled, exported])
+    config = json.loads(open(os.path.join(exported, "config.json")).read())
+    assert config["model_type"] == model_type
+    assistant = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
+    model, params = interop.load_hf(target_dir)
+    prompt = np.asarray([[0, *tasks.get_vocabulary(spm).encode(data["test"][0]["question"])]])
+    expected = _greedy(model, params, prompt[:, :40], 12)
+    with torch.no_grad():
+        assisted = hf_target.generate(
+            input_ids=torch.tensor(prompt[:, :40]),
+            attention_mask=torch.ones((1, prompt[:, :40].shape[1]), dtype=torch.long),
+            assistant_model=assistant,
+            max_new_tokens=12,
+            min_new_tokens=12,
+            do_sample=False,
+            pad_token_id=0,
+        ).numpy()
+    np.testing.assert_array_equal(assisted, expected)
