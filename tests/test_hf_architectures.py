@@ -516,3 +516,39 @@ def test_distil_evaluate_and_export_each_architecture(model_type, tmp_path):
             pad_token_id=0,
         ).numpy()
     np.testing.assert_array_equal(assisted, expected)
+
+
+@pytest.mark.slow  # Two compilations on a simulated 2 x 4 mesh.
+def test_plan_covers_the_new_options(tmp_path):
+    """plan compiles a distillation whose target has every new option (biases and
+    q/k norms split like their kernels) and whose draft slides; it counts them."""
+    from configs import tiny
+    from distillspec_jax import plan
+
+    gin = tmp_path / "qwen_like.gin"
+    gin.write_text(
+        "include 'gin/decoder_only/tiny.gin'\n"
+        "models.build_model.qkv_bias = True\n"
+        "models.build_model.qk_norm = True\n"
+        "models.build_model.rope_type = 'llama3'\n"
+        "models.build_model.rope_factor = 8.0\n"
+    )
+    window = tmp_path / "window.gin"
+    window.write_text(
+        "include 'gin/decoder_only/tiny.gin'\nmodels.build_model.sliding_window = 8\n"
+    )
+    config = tiny.get_config("family=decoder_only,mode=distill")
+    config.mesh_shape, config.batch_size = (2, 4), 16
+    config.target_gin_file, config.model_gin_file = str(gin), str(window)
+    result = plan.plan(config, jax.devices()[:8])
+    target = models.model_from_gin(
+        str(gin), vocab_size=config.data.model_vocab_size or config.data.vocab_size
+    )
+    num_params = models.count_params(jax.eval_shape(target.init, jax.random.PRNGKey(0)))
+    plain = models.model_from_gin("gin/decoder_only/tiny.gin", vocab_size=target.vocab_size)
+    assert (
+        result["parameters"]["target"]
+        == num_params
+        > models.count_params(jax.eval_shape(plain.init, jax.random.PRNGKey(0)))
+    )
+    assert {p["name"] for p in result["parts"]} >= {"distill step", "speculative sampler"}
