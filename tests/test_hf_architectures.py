@@ -234,7 +234,7 @@ def test_sliding_window_masks_training_and_the_cache_alike():
 
 
 def test_new_options_default_to_the_plain_llama():
-    """Defaults add no parameters and change no logits (existing checkpoints load)."""
+    """Defaults add no parameters, so existing checkpoints and model.json records load."""
     config = networks.decoder_only_config("tiny")
     assert (config.rope_type, config.qkv_bias, config.out_bias, config.qk_norm) == (
         "default",
