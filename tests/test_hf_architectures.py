@@ -421,7 +421,7 @@ def test_workdirs_record_the_new_fields(tmp_path, capsys):
     _, _, directory = _hf_model(tmp_path, "qwen3")
     work = str(tmp_path / "work")
     interop.main(["import-hf", directory, work])
-    recorded = interop.workdir_model(work)
+    recorded = interop.resolve_model(work)
     assert recorded.config.qk_norm and recorded.config.head_dim == 32
     interop.main(["export-hf", work, str(tmp_path / "out")])
     config = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -484,8 +484,8 @@ def test_distil_evaluate_and_export_each_architecture(model_type, tmp_path):
          f"--workdir={distilled}", "--config.num_train_steps=2", "--config.model_gin_file=",
          "--config.target_gin_file=", f"--config.target_checkpoint={target}",
          f"--config.init_checkpoint={draft}", *data_flags)  # fmt: skip
-    recorded = interop.workdir_model(distilled).config
-    assert recorded == interop.workdir_model(draft).config
+    recorded = interop.resolve_model(distilled).config
+    assert recorded == interop.resolve_model(draft).config
     evaluation = str(tmp_path / "evaluation")
     _run("distillspec_jax.evaluate",
          f"--config=configs/evaluate.py:target={target},drafts=distilled={distilled}",
