@@ -13,12 +13,17 @@ from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = common.parse_arg(arg, quick=False, grid=True, lossy=True)
+    args = common.parse_arg(arg, quick=False, grid=True, lossy=True, sweep=True)
     config = ml_collections.ConfigDict()
     # The study whose target and baseline draft the ablation reuses.
     config.study = default.get_config("quick" if args.quick else "")
     config.run_grid = args.grid
     config.run_lossy = args.lossy
+    config.run_sweep = args.sweep
+    # The agreement sweep's regimes (the fraction of public references in the target's
+    # style): at each, a public baseline and the study's control, regenerated and
+    # distilled drafts from it.
+    config.agreements = (0.0, 0.5, 1.0)
     # Only evaluate cells that already finished training (a report of a partial grid).
     config.existing_only = False
     config.sources = ("student", "teacher", "fixed", "mixture")

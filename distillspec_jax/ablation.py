@@ -5,14 +5,20 @@ r"""The paper's ablations at the CPU default's scale.
 
 1. Grid: data source {fixed, teacher, student, mixture(0.5)} x divergence
    {FKL, RKL, JSD(0.5), TVD} x T {0, 1}. Each cell distils the draft from the
-   study's baseline draft against its target (generated data at temperature T)
-   and reports the block-efficiency gain at T over a compute-matched control
-   (the baseline draft trained on ground truth for as many steps, with the
-   study's control optimizer): `ablation/ablation.md`,
-   `ablation/plots/grid_heatmap.png`.
+   study's public baseline draft against its target on the public prompts
+   (generated data at temperature T; `fixed` is the public references) and
+   reports the block-efficiency gain at T over a compute-matched control (the
+   public baseline trained on the public data for as many steps, with the study's
+   control optimizer): `ablation/ablation.md`, `ablation/plots/grid_heatmap.png`.
 2. Lossy SD: f_exp lenience, eps in {1, 0.5, 0.2, 0.1, 0.05}, with the study's
-   distilled and baseline drafts: exact match and ROUGE-L against tau, with
+   distilled and public baseline drafts: exact match and ROUGE-L against tau, with
    90% intervals, `ablation/plots/lossy_accuracy_vs_tau.png`.
+3. Agreement sweep: at each `agreement` (the fraction of the public references in
+   the target's own style), a baseline draft trained on that public data (the
+   study's `draft_public` at its own agreement, `draft_matched` at 1, else trained
+   here with the same recipe), then the control, regenerated and distilled drafts
+   from it with the study's recipes; tau of regenerated and distilled over the
+   control at gamma 7 and each T, `ablation/plots/gain_vs_agreement.png`.
 Cells resume: a finished cell is skipped.
 """
 
@@ -48,7 +54,7 @@ def _evaluation(
         {
             name: {
                 "path": os.path.join(workdir, path),
-                "gin_file": study.stages.draft_baseline.model_gin_file,
+                "gin_file": study.stages.draft_public.model_gin_file,
             }
             for name, path in drafts.items()
         }
@@ -145,7 +151,7 @@ def run_lossy(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
     ev = _evaluation(
         config,
         workdir,
-        {"baseline": "draft_baseline", "distilled": "draft_distilled"},
+        {"baseline": "draft_public", "distilled": "draft_distilled"},
         (lossy.temperature,),
         lossy.gamma,
         lossy.num_prompts,
@@ -177,8 +183,84 @@ def run_lossy(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
     return rows
 
 
+SWEEP_DRAFTS = ("control", "regenerated", "distilled")
+
+
+def _sweep_stage(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    stage: str,
+    agreement: float,
+    init: str,
+) -> tuple[str, ml_collections.ConfigDict]:
+    """(name, training config) of one study stage retrained on the public data of
+    `agreement`, started from `init` (a stage or ablation directory of the workdir)."""
+    study = config.study
+    vocab_path = os.path.join(workdir, "vocab", "spm.model")
+    train_config = common.stage_config(study, stage, workdir, vocab_path)
+    train_config.data.agreement = agreement
+    if init:
+        train_config.init_checkpoint = os.path.join(workdir, init)
+    train_config.eval_every = 0
+    return os.path.join("ablation", f"agreement_{agreement:g}", stage), train_config
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+    """The agreement sweep (module docstring, 3): one row per (agreement, T)."""
+    study = config.study
+    rows = []
+    for agreement in config.agreements:
+        drafts = {}
+        if agreement == study.agreement:  # The study's own drafts.
+            drafts = {name: f"draft_{name}" for name in SWEEP_DRAFTS}
+        else:
+            if agreement == 1.0:
+                baseline = "draft_matched"
+            else:
+                baseline, train_config = _sweep_stage(
+                    config, workdir, "draft_public", agreement, ""
+                )
+                train.run_stage(baseline, train_config, workdir)
+            for name in SWEEP_DRAFTS:
+                stage = f"draft_{name}"
+                if agreement == 1.0 and name == "control":
+                    drafts[name] = "draft_matched_control"  # The same recipe and data.
+                    continue
+                drafts[name], train_config = _sweep_stage(
+                    config, workdir, stage, agreement, baseline
+                )
+                train.run_stage(drafts[name], train_config, workdir)
+        ev = _evaluation(
+            config,
+            workdir,
+            drafts,
+            config.temperatures,
+            config.eval.gamma,
+            config.eval.num_prompts,
+            config.eval.max_new_tokens,
+            reference_draft="control",
+        )
+        result = evaluate.run(ev, os.path.join(workdir, "ablation", "evaluation"), progress=False)
+        for temperature in config.temperatures:
+            by = {r["draft"]: r for r in result["rows"] if r["temperature"] == temperature}
+            row = {"agreement": agreement, "temperature": temperature}
+            for name in SWEEP_DRAFTS:
+                row[f"{name}_block_efficiency"] = by[name]["block_efficiency"]
+            for name in SWEEP_DRAFTS[1:]:
+                row[f"{name}_tau_gain_percent"] = by[name]["tau_gain_percent"]
+                row[f"{name}_tau_gain_interval_90"] = by[name]["tau_gain_interval_90"]
+            rows.append(row)
+            print(
+                f"[agreement {agreement:g}] T={temperature:g}: tau control "
+                f"{row['control_block_efficiency']:.3f}, regenerated "
+                f"{row['regenerated_block_efficiency']:.3f}, distilled "
+                f"{row['distilled_block_efficiency']:.3f}"
+            )
+    return rows
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    for stage in ("target", "draft_baseline", "draft_distilled"):
+    for stage in ("target", "draft_public", "draft_distilled"):
         if not fs.exists(os.path.join(workdir, stage, "done.json")):
             raise SystemExit(
                 f"{workdir}/{stage} is not complete: run "
@@ -188,13 +270,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # The lossy sweep is cheap: first. The grid reports after every cell, so a
     # stopped run leaves a (marked) partial report.
     lossy = run_lossy(config, workdir) if config.run_lossy else []
+    sweep = run_sweep(config, workdir) if config.run_sweep else []
     grid: list[dict[str, Any]] = []
-    write_report(config, workdir, grid, lossy)
+    write_report(config, workdir, grid, lossy, sweep)
     if config.run_grid:
         grid = run_grid(
-            config, workdir, on_row=lambda rows: write_report(config, workdir, rows, lossy)
+            config,
+            workdir,
+            on_row=lambda rows: write_report(config, workdir, rows, lossy, sweep),
         )
-    return write_report(config, workdir, grid, lossy, verbose=True)
+    return write_report(config, workdir, grid, lossy, sweep, verbose=True)
 
 
 def write_report(
@@ -202,6 +287,7 @@ def write_report(
     workdir: str,
     grid: list[dict[str, Any]],
     lossy: list[dict[str, Any]],
+    sweep: list[dict[str, Any]] = (),
     verbose: bool = False,
 ) -> dict[str, Any]:
     """ablation.json, ablation.md and plots for the cells measured so far."""
@@ -210,6 +296,7 @@ def write_report(
     results = {
         "grid": grid,
         "lossy": lossy,
+        "sweep": list(sweep),
         "config": config.to_dict(),
         "cells_completed": len(grid),
         "cells_total": total if config.run_grid else 0,

@@ -4,19 +4,25 @@ r"""The end-to-end DistillSpec study (the README's main job).
 
 Stages, each in its own sub-directory of DIR, resumed from its checkpoint
 when interrupted and skipped when complete:
-  target/            (a) the target, trained on ground truth;
-  draft_baseline/    (b) the baseline ("standard SD") draft, on ground truth;
-  draft_control/     (c) the compute-matched control: the baseline draft trained on
-                         ground truth for as many more steps as distillation takes;
-  draft_distilled/   (d) the DistillSpec draft, distilled from the target;
-  evaluation/        (e) the drafts against the target (`distillspec_jax.evaluate`:
-                         results.json, report.md, cells/ reused on rerun);
-  report.md, results.json, plots/*.png   (f) the report.
+  target/                 (a) the target, trained on its own data;
+  draft_baseline/         the matched regime's baseline draft (shipped with the
+                              target; benchmarks and the ablation's matched regime);
+  draft_public/           (b) the baseline draft on the public data (`agreement`);
+  draft_matched/              and one on the target's own data, the same recipe;
+  draft_control/          (c) the public baseline, more cross-entropy on public data;
+  draft_regenerated/      (d) the public baseline trained on the target's answers;
+  draft_distilled/        (e) the public baseline distilled from the target;
+  draft_matched_control/  (f) the matched baseline, as many more steps on its data;
+  evaluation/             (g) the drafts against the target (`distillspec_jax.evaluate`:
+                              results.json, report.md, cells/ reused on rerun);
+  report.md, results.json, plots/*.png   the report.
 
-With `config.pretrained_dir` set (the full default), (a) and (b) are installed
-from the shipped checkpoints (checksums verified, recipe checked) instead of
-trained; `--config.retrain=True` trains them. `configs/default.py:pretrain`
-trains (a) and (b) only and writes them to `config.pretrained_dir`.
+With `config.pretrained_dir` set (the full default), the target and the baselines are
+installed from the shipped checkpoints (checksums verified, recipe checked) instead
+of trained; `--config.retrain=True` trains them. `configs/default.py:pretrain` makes
+the shipped checkpoints: it installs those already shipped with the same recipe,
+trains the others (all of them with `--config.retrain=True`), and writes them to
+`config.pretrained_dir`.
 """
 
 from __future__ import annotations
@@ -29,14 +35,24 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from configs import common
-from distillspec_jax import cli, evaluate, fs, models, report, train
+from distillspec_jax import cli, evaluate, fs, metrics, models, report, train
 
 # Trained in this order (a stage may start from, or distil against, an earlier one).
-STAGES = ("target", "draft_baseline", "draft_control", "draft_distilled")
+STAGES = (
+    "target",
+    "draft_baseline",
+    "draft_public",
+    "draft_matched",
+    "draft_control",
+    "draft_regenerated",
+    "draft_distilled",
+    "draft_matched_control",
+)
 # The stages `:pretrain` trains and the study can start from (shipped checkpoints).
-PRETRAINED_STAGES = ("target", "draft_baseline")
+PRETRAINED_STAGES = ("target", "draft_baseline", "draft_public", "draft_matched")
 # The keys of `evaluate.run`'s results (written again in evaluation/).
 EVALUATION_KEYS = (
     "config",
@@ -55,6 +71,19 @@ EVALUATION_KEYS = (
 # --------------------------------------------------------------------------
 # Stages from the shipped checkpoints.
 # --------------------------------------------------------------------------
+
+
+def needed_stages(config: ml_collections.ConfigDict) -> set[str]:
+    """The stages the evaluation reads, and those they start from or distil against."""
+    names = [config.evaluation.target.path, *(d.path for d in config.evaluation.drafts.values())]
+    needed: set[str] = set()
+    while names:
+        name = names.pop()
+        if name in config.stages and name not in needed:
+            needed.add(name)
+            stage = config.stages[name]
+            names += [stage.init_checkpoint, stage.target_checkpoint]
+    return needed
 
 
 def resolve_pretrained_dir(path: str) -> str:
@@ -141,52 +170,139 @@ def distillation_curve(workdir: str) -> list[dict[str, float]]:
 # Goals (the study decides them; report.py renders them).
 # --------------------------------------------------------------------------
 
-# The draft the goals are about, and the bars: a tau gain of at least 20% over the
-# reference draft with its 90% interval's lower end at least 10%; a target whose
-# greedy outputs end with EOS and are free of loops at least 90% of the time, with an
-# exact match of at least 20%.
+# The draft the goals are about, the drafts it is compared with, and the bars (at the
+# largest gamma, 90% paired bootstrap over the test prompts): tau at least 1.4x the
+# control's with the interval's lower end at least 1.3x, at least 90% of the tau gap
+# between the control and the matched draft closed, and at least 1.05x regenerated's
+# at T = 1; a target whose greedy outputs end with EOS and are free of loops at least
+# 90% of the time, with an exact match of at least 20%.
 GOAL_DRAFT = "distilled"
-GOAL_TAU_GAIN_PERCENT = 20.0
-GOAL_TAU_GAIN_INTERVAL_LOW = 10.0
+CONTROL_DRAFT = "control"
+REGENERATED_DRAFT = "regenerated"
+MATCHED_DRAFT = "matched"
+GOAL_TAU_RATIO = 1.4
+GOAL_TAU_RATIO_LOW = 1.3
+GOAL_GAP_CLOSED = 0.9
+GOAL_OVER_REGENERATED = 1.05
+GOAL_OVER_REGENERATED_TEMPERATURE = 1.0
 GOAL_TARGET_FORM = 0.9
 GOAL_TARGET_EXACT_MATCH = 20.0
 
 
+def _tau(row: dict[str, Any]) -> float:
+    return row["block_efficiency"]
+
+
+def tau_ratio(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """tau of `row` over `reference`'s (same prompts), with its 90% paired interval."""
+    interval = metrics.tau_gain_interval(
+        reference["prompt_tokens"],
+        reference["prompt_target_calls"],
+        row["prompt_tokens"],
+        row["prompt_target_calls"],
+    )
+    return {
+        "ratio": _tau(row) / _tau(reference),
+        "interval_90": None if interval is None else [1 + v / 100 for v in interval],
+    }
+
+
 def goals(results: dict[str, Any], draft: str = GOAL_DRAFT) -> dict[str, Any]:
-    """The study's goals, decided here: `draft`'s tau gain over the reference draft at
-    the largest gamma (with its interval) and its best measured speedup, per
-    temperature, and the target's form and quality at T = 0, each against its bar
-    (`GOAL_*`; the bars travel in the result, so the report renders them)."""
+    """The study's goals, decided here: per temperature at the largest gamma, `draft`'s
+    tau over the control's and the regenerated draft's (with intervals), the fraction
+    of the control-to-matched gap it closes, its best measured speedup, and the
+    target's form and quality at T = 0, each against its bar (`GOAL_*`; the bars and
+    a line per goal travel in the result, so the report renders them)."""
     rows = [r for r in results["rows"] if r["lenience"] == "none"]
     gamma = max(r["gamma"] for r in rows)
     out: dict[str, Any] = {
         "gamma": gamma,
         "num_prompts": rows[0]["num_prompts"],
+        "draft": draft,
+        "reference_draft": results.get("reference_draft", CONTROL_DRAFT),
         "tau_gain_percent": {},
         "tau_gain_interval_90": {},
+        "over": {},
+        "gap_closed": {},
         "best_speedup": {},
+        "lines": [],
     }
+    met = []
     for temperature in sorted({r["temperature"] for r in rows}):
         key = str(temperature)
-        distilled = [r for r in rows if r["draft"] == draft and r["temperature"] == temperature]
-        at_gamma = next(r for r in distilled if r["gamma"] == gamma)
-        out["tau_gain_percent"][key] = at_gamma["tau_gain_percent"]
-        out["tau_gain_interval_90"][key] = at_gamma["tau_gain_interval_90"]
-        timed = [r for r in distilled if r.get("measured_speedup") is not None]
+        by = {
+            r["draft"]: r for r in rows if r["temperature"] == temperature and r["gamma"] == gamma
+        }
+        if draft not in by:
+            continue
+        row = by[draft]
+        out["tau_gain_percent"][key] = row["tau_gain_percent"]
+        out["tau_gain_interval_90"][key] = row["tau_gain_interval_90"]
+        out["over"][key] = {
+            other: tau_ratio(row, by[other])
+            for other in (CONTROL_DRAFT, REGENERATED_DRAFT, MATCHED_DRAFT)
+            if other in by
+        }
+        if CONTROL_DRAFT in by:
+            over = out["over"][key][CONTROL_DRAFT]
+            ok = over["ratio"] >= GOAL_TAU_RATIO and (over["interval_90"] or [0])[0] >= (
+                GOAL_TAU_RATIO_LOW
+            )
+            met.append(ok)
+            out["lines"].append(
+                f"T = {temperature:g}: tau {_tau(row):.3f} vs control {_tau(by[CONTROL_DRAFT]):.3f}"
+                f", {_ratio_text(over)} (goal >= {GOAL_TAU_RATIO:g}x, lower end >= "
+                f"{GOAL_TAU_RATIO_LOW:g}x: {'met' if ok else 'not met'})"
+            )
+        if CONTROL_DRAFT in by and MATCHED_DRAFT in by:
+            gap = _tau(by[MATCHED_DRAFT]) - _tau(by[CONTROL_DRAFT])
+            closed = (_tau(row) - _tau(by[CONTROL_DRAFT])) / gap if gap > 0 else None
+            out["gap_closed"][key] = closed
+            ok = closed is not None and closed >= GOAL_GAP_CLOSED
+            met.append(ok)
+            out["lines"].append(
+                f"T = {temperature:g}: "
+                + (
+                    f"{100 * closed:.0f}% of the gap from control to matched "
+                    f"(tau {_tau(by[MATCHED_DRAFT]):.3f}) closed"
+                    if closed is not None
+                    else "no gap between control and matched"
+                )
+                + f" (goal >= {100 * GOAL_GAP_CLOSED:.0f}%: {'met' if ok else 'not met'})"
+            )
+        if REGENERATED_DRAFT in by:
+            over = out["over"][key][REGENERATED_DRAFT]
+            text = (
+                f"T = {temperature:g}: vs regenerated (tau {_tau(by[REGENERATED_DRAFT]):.3f}) "
+                f"{_ratio_text(over)}"
+            )
+            if temperature == GOAL_OVER_REGENERATED_TEMPERATURE:
+                ok = over["ratio"] >= GOAL_OVER_REGENERATED
+                met.append(ok)
+                text += f" (goal >= {GOAL_OVER_REGENERATED:g}x: {'met' if ok else 'not met'})"
+            out["lines"].append(text)
+        timed = [
+            r
+            for r in rows
+            if r["draft"] == draft
+            and r["temperature"] == temperature
+            and r.get("measured_speedup") is not None
+        ]
         if timed:
             best = max(timed, key=lambda r: r["measured_speedup"])
             out["best_speedup"][key] = {
                 "gamma": best["gamma"],
                 "measured_speedup": best["measured_speedup"],
             }
-    out["reference_draft"] = results.get("reference_draft", "baseline")
-    out["draft"] = draft
     out["bars"] = {
-        "tau_gain_percent": GOAL_TAU_GAIN_PERCENT,
-        "tau_gain_interval_low_percent": GOAL_TAU_GAIN_INTERVAL_LOW,
+        "tau_ratio": GOAL_TAU_RATIO,
+        "tau_ratio_interval_low": GOAL_TAU_RATIO_LOW,
+        "gap_closed": GOAL_GAP_CLOSED,
+        "over_regenerated": GOAL_OVER_REGENERATED,
         "target_form_fraction": GOAL_TARGET_FORM,
         "target_exact_match": GOAL_TARGET_EXACT_MATCH,
     }
+    out["distillation_goals_met"] = bool(met) and all(met)
     # The target's form and quality at T = 0.
     greedy = [q for q in results.get("target_quality") or [] if q["temperature"] == 0.0]
     if greedy:
@@ -205,18 +321,16 @@ def goals(results: dict[str, Any], draft: str = GOAL_DRAFT) -> dict[str, Any]:
         out["target_exact_match_at_least_20"] = (
             out["target"]["exact_match"] or 0
         ) >= GOAL_TARGET_EXACT_MATCH
-    out["tau_gain_at_least_20_percent"] = all(
-        v >= GOAL_TAU_GAIN_PERCENT for v in out["tau_gain_percent"].values()
-    )
-    # The bar: gain >= 20% with the 90% interval's lower end >= 10%.
-    out["tau_gain_goal_met"] = out["tau_gain_at_least_20_percent"] and all(
-        ci is not None and ci[0] >= GOAL_TAU_GAIN_INTERVAL_LOW
-        for ci in out["tau_gain_interval_90"].values()
-    )
     out["distilled_sd_faster_than_ar"] = bool(out["best_speedup"]) and all(
         v["measured_speedup"] > 1 for v in out["best_speedup"].values()
     )
     return out
+
+
+def _ratio_text(over: dict[str, Any]) -> str:
+    interval = over["interval_90"]
+    ci = f" (90% CI {interval[0]:.3f}..{interval[1]:.3f})" if interval else ""
+    return f"{over['ratio']:.3f}x{ci}"
 
 
 # --------------------------------------------------------------------------
@@ -231,8 +345,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     fs.makedirs(workdir)
     data = config.data
     vocab_path = data.vocab_path or os.path.join(workdir, "vocab", "spm.model")
-    shipped = ""
-    if config.pretrained_dir and not (config.retrain or config.pretrain):
+    shipped, shipped_stages = "", {}
+    if config.pretrained_dir and not config.retrain:
         shipped = resolve_pretrained_dir(config.pretrained_dir)
         if data.vocab_path:
             raise SystemExit(
@@ -245,6 +359,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             raise SystemExit(str(error)) from None
         if not fs.exists(vocab_path):
             fs.write_bytes(vocab_path, fs.read_bytes(shipped_vocab))
+        shipped_stages = checkpoints.read_pretrained_manifest(shipped)["stages"]
     # A tokenized file carries its own vocabulary: training writes it (train.build_data).
     elif not data.get("tokenized_path"):
         from distillspec_jax import tasks
@@ -253,9 +368,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             tasks.gsm_symbolic_texts(data.train_size, data.seed), vocab_path, data.vocab_size
         )
     timing, stages = {}, {}
+    needed = set(PRETRAINED_STAGES) if config.pretrain else needed_stages(config)
     for stage in PRETRAINED_STAGES if config.pretrain else STAGES:
+        if stage not in needed and not (shipped and stage in PRETRAINED_STAGES):
+            continue  # Nothing the evaluation reads starts from it (shipped: installed).
         stage_cfg = common.stage_config(config, stage, workdir, vocab_path)
-        if shipped and stage in PRETRAINED_STAGES:
+        # `:pretrain` trains the stages the shipped directory does not hold yet.
+        if (
+            stage in PRETRAINED_STAGES
+            and shipped
+            and (stage in shipped_stages or not config.pretrain)
+        ):
             summary = install_stage(stage, stage_cfg, workdir, shipped)
         else:
             summary = train.run_stage(stage, stage_cfg, workdir)
@@ -271,9 +394,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     from distillspec_jax import tasks
 
     eval_start = time.time()
-    evaluation = evaluate.run(
-        common.evaluation_config(config, workdir, vocab_path), os.path.join(workdir, "evaluation")
-    )
+    ev_config = common.evaluation_config(config, workdir, vocab_path)
+    evaluation = evaluate.run(ev_config, os.path.join(workdir, "evaluation"))
     timing["evaluation_s"] = time.time() - eval_start
     timing["total_s"] = sum(timing.values()) + 0.0
     results = dict(evaluation)
@@ -286,20 +408,102 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         },
         timing=timing,
         stages=stages,
-        lengths=tasks.length_coverage(
-            vocab_path,
-            tasks.gsm_symbolic_examples(
-                data.train_size, data.validation_size, data.test_size, data.seed
+        lengths={
+            **tasks.length_coverage(
+                vocab_path,
+                tasks.gsm_symbolic_examples(
+                    data.train_size, data.validation_size, data.test_size, data.seed
+                ),
+                {"question": data.max_input_length, "answer_cot": data.max_target_length},
             ),
-            {"question": data.max_input_length, "answer_cot": data.max_target_length},
-        ),
+            **_public_lengths(config.public_data, vocab_path),
+        },
         distillation_curve=distillation_curve(workdir),
+        draft_outputs=draft_outputs(ev_config),
+        regeneration=regeneration_cost(config, stages),
         wall_seconds_this_invocation=time.time() - start,
     )
     results["goals"] = goals(results)
     results = write_outputs(results, workdir)
     print(report.summary_screen(results))
     return results
+
+
+def draft_outputs(
+    ev_config: ml_collections.ConfigDict, num_prompts: int = 3
+) -> list[dict[str, Any]]:
+    """What each draft writes on its own (greedy) beside what the target writes, on the
+    first test prompts: why the target accepts more of one draft's proposals."""
+    from distillspec_jax import sampling, tasks
+
+    ev = ml_collections.ConfigDict(ev_config.to_dict())
+    ev.num_prompts = ev.batch_size = num_prompts
+    res = evaluate.load(ev)
+    task, prompts = next(iter(res.prompts.items()))
+    tokens, lengths, enc = prompts.rows(0, num_prompts)
+    rng = jax.random.PRNGKey(0)
+
+    def greedy(model, params):
+        out = sampling.autoregressive_sample(
+            model, params, tokens, lengths, rng, max_new_tokens=ev.max_new_tokens,
+            temperature=0.0, encoder_inputs=enc,
+        )  # fmt: skip
+        return evaluate.generated_texts(res.vocab, out, prompts.prompt_lengths)
+
+    written = {"target": greedy(res.target, res.target_params)}
+    for name, model in res.drafts.items():
+        written[name] = greedy(model, res.draft_params[name])
+    questions = (
+        tasks.decode_tokens(res.vocab, np.asarray(enc)) if enc is not None else [""] * len(lengths)
+    )
+    return [
+        {"task": task, "question": questions[i], "reference": prompts.targets[i],
+         **{name: texts[i] for name, texts in written.items()}}
+        for i in range(num_prompts)
+    ]  # fmt: skip
+
+
+def regeneration_cost(
+    config: ml_collections.ConfigDict, stages: dict[str, Any]
+) -> dict[str, Any] | None:
+    """What response regeneration cost: prompts answered by the target (one sample each,
+    as each batch is drawn), the target's decode calls (at most one per generated token
+    position of a batch), and the stage's time beside the control's (same steps)."""
+    if "draft_regenerated" not in stages or "draft_control" not in stages:
+        return None
+    stage = config.stages.draft_regenerated
+    seconds = stages["draft_regenerated"].get("seconds")
+    control = stages["draft_control"].get("seconds")
+    return {
+        "prompts": stage.num_train_steps * stage.batch_size,
+        "batch_size": stage.batch_size,
+        "target_calls_at_most": stage.num_train_steps * stage.data.max_target_length,
+        "seconds": seconds,
+        "control_seconds": control,
+    }
+
+
+def _public_lengths(public: ml_collections.ConfigDict, vocab_path: str) -> dict[str, Any]:
+    """Length coverage of the public data's references (rewritten ones are longer)."""
+    from distillspec_jax import tasks
+
+    if public.agreement == 1.0:
+        return {}
+    splits = tasks.gsm_symbolic_examples(
+        public.train_size,
+        public.validation_size,
+        public.test_size,
+        public.seed,
+        public.agreement,
+        public.writer_seed,
+    )
+    examples = {
+        split: [{"public answer_cot": e["answer_cot"]} for e in splits[split]]
+        for split in ("train", "validation")
+    }
+    return tasks.length_coverage(
+        vocab_path, examples, {"public answer_cot": public.max_target_length}
+    )
 
 
 def write_outputs(results: dict[str, Any], workdir: str) -> dict[str, Any]:
@@ -319,7 +523,7 @@ def write_outputs(results: dict[str, Any], workdir: str) -> dict[str, Any]:
 
 
 def write_pretrained(config: ml_collections.ConfigDict, workdir: str, vocab_path: str):
-    """Writes the trained target and baseline draft as shipped checkpoints."""
+    """Writes the target and the baseline drafts as shipped checkpoints."""
     from distillspec_jax import checkpoints
 
     if not config.pretrained_dir:
@@ -327,30 +531,40 @@ def write_pretrained(config: ml_collections.ConfigDict, workdir: str, vocab_path
     out_dir = resolve_pretrained_dir(config.pretrained_dir)
     stages = {stage: os.path.join(workdir, stage) for stage in PRETRAINED_STAGES}
     summaries = {stage: fs.read_json(os.path.join(d, "done.json")) for stage, d in stages.items()}
-    info = {
-        stage: {
+    machine = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "jax_backend": jax.default_backend(),
+    }
+    shipped = {}
+    if fs.exists(os.path.join(out_dir, checkpoints.MANIFEST_FILE)):
+        shipped = checkpoints.read_pretrained_manifest(out_dir)
+    info = {}
+    for stage, summary in summaries.items():
+        installed = summary.get("source") == "pretrained"
+        info[stage] = {
             "recipe": train.pretrained_recipe(
                 common.stage_config(config, stage, workdir, vocab_path)
             ),
-            "seconds": summaries[stage].get("seconds"),
-            "train": summaries[stage]["train"],
-            "eval": summaries[stage]["eval"],
+            # A stage installed from the shipped directory keeps where and how long it
+            # trained; one trained now records this machine.
+            "seconds": summary.get("pretrain_seconds") if installed else summary.get("seconds"),
+            "machine": (
+                shipped.get("stages", {}).get(stage, {}).get("machine", shipped.get("machine"))
+                if installed
+                else machine
+            ),
+            "train": summary["train"],
+            "eval": summary["eval"],
         }
-        for stage in stages
-    }
     command = "python -m distillspec_jax.main --config configs/default.py:pretrain --workdir DIR"
     if config.data.get("tokenized_path"):  # Trained from a pre-tokenized file.
         command = (
             "python -m distillspec_jax.tasks tokenize --config configs/default.py:pretrain "
             f"--out DATA.npz && {command} --config.data.tokenized_path=DATA.npz"
         )
-    machine = {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "jax_backend": jax.default_backend(),
-    }
     manifest = checkpoints.write_pretrained(
-        out_dir, stages, vocab_path, info, extra={"command": command, "machine": machine}
+        out_dir, stages, vocab_path, info, extra={"command": command}
     )
     sizes = sum(os.path.getsize(os.path.join(out_dir, n)) for n in manifest["files"])
     print(f"Wrote {', '.join(stages)} to {out_dir} ({sizes / 2**20:.1f} MiB)")

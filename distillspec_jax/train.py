@@ -717,6 +717,8 @@ def pretrained_recipe(train_config: ml_collections.ConfigDict) -> dict[str, Any]
             for k in ("task", "train_size", "seed", "max_input_length", "max_target_length")
         },
     }
+    if data.get("agreement", 1.0) != 1.0:  # The mismatched regime's public data.
+        recipe["data"].update(agreement=data.agreement, writer_seed=data.get("writer_seed", 0))
     if train_config.init_checkpoint:  # The stage it starts from (by name).
         recipe["init_checkpoint"] = os.path.basename(train_config.init_checkpoint.rstrip("/"))
     if train_config.mode == "distill":

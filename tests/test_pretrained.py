@@ -4,6 +4,7 @@ another recipe; and the repository's own shipped checkpoints match the default."
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -100,15 +101,41 @@ def test_repository_checkpoints_verify_and_match_the_default_recipe():
 
 @pytest.mark.slow
 def test_pretrain_command_then_study_from_the_shipped_checkpoints(tmp_path, capsys):
-    """`:pretrain` writes the target and baseline draft; a study then installs them
-    (no training of those stages) and trains only the control and the distilled draft;
-    rerunning with --config.retrain=True in that workdir is refused."""
+    """`:pretrain` writes the target and baseline drafts; a study then installs them
+    (no training of those stages) and trains only the compared drafts; rerunning
+    with --config.retrain=True in that workdir is refused. `:pretrain` over a shipped
+    directory installs what it holds with the same recipe and trains only the rest."""
     shipped_dir = str(tmp_path / "shipped")
     config = default.get_config("quick,pretrain")
     config.pretrained_dir = shipped_dir
+    config.retrain = True
     manifest = study.run(config, str(tmp_path / "pretrain"))
-    assert set(manifest["stages"]) == {"target", "draft_baseline"}
+    assert set(manifest["stages"]) == set(study.PRETRAINED_STAGES)
     assert manifest["stages"]["target"]["seconds"] > 0
+    assert manifest["stages"]["draft_public"]["recipe"]["data"]["agreement"] == 0.0
+    assert "agreement" not in manifest["stages"]["draft_matched"]["recipe"]["data"]
+    # Again over a shipped directory that lacks one stage: the others are installed
+    # (same files, their machine and time kept), only that one is trained.
+    partial_dir = str(tmp_path / "partial")
+    shutil.copytree(shipped_dir, partial_dir)
+    partial = json.loads(open(os.path.join(partial_dir, "MANIFEST.json")).read())
+    del partial["stages"]["draft_matched"], partial["files"]["draft_matched.npz"]
+    with open(os.path.join(partial_dir, "MANIFEST.json"), "w") as f:
+        json.dump(partial, f)
+    config = default.get_config("quick,pretrain")
+    config.pretrained_dir = partial_dir
+    capsys.readouterr()
+    again = study.run(config, str(tmp_path / "pretrain_again"))
+    err = capsys.readouterr().err
+    assert "draft_matched" in err and "supervised target" not in err
+    assert set(again["stages"]) == set(study.PRETRAINED_STAGES)
+    for name in ("target", "draft_baseline", "draft_public"):
+        assert again["files"][f"{name}.npz"] == manifest["files"][f"{name}.npz"], name
+        assert again["stages"][name]["seconds"] == manifest["stages"][name]["seconds"], name
+    # A shipped stage whose recipe changed is refused, never silently retrained.
+    config.stages.draft_public.num_train_steps = 3
+    with pytest.raises(SystemExit, match=r"\[draft_public\].*num_train_steps"):
+        study.run(config, str(tmp_path / "pretrain_changed"))
     config = default.get_config("quick")
     config.pretrained_dir = shipped_dir
     config.evaluation.gammas = (3,)
@@ -116,7 +143,8 @@ def test_pretrain_command_then_study_from_the_shipped_checkpoints(tmp_path, caps
     capsys.readouterr()
     results = study.run(config, str(tmp_path / "study"))
     assert results["stages"]["target"]["source"] == "pretrained"
-    assert results["stages"]["draft_baseline"]["source"] == "pretrained"
+    for stage in study.PRETRAINED_STAGES:
+        assert results["stages"][stage]["source"] == "pretrained", stage
     assert results["stages"]["draft_control"]["source"] == "trained"
     assert "supervised target" not in capsys.readouterr().err
     # A workdir installed from other shipped checkpoints is refused, not mixed in.
