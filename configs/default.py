@@ -115,13 +115,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     steps = 60 if quick else 2500
     batch_size = 16 if quick else 128
 
-    def supervised():
+    def supervised(num_steps: int = steps, warmup_steps: int = 20 if quick else 300):
+        """AdamW, warmup then cosine to 0.1 over `num_steps`: the recipe of the target and
+        of every baseline draft."""
         return common.optimizer(
             name="adamw",
             learning_rate=3e-3 if quick else 1.5e-3,
             schedule="cosine",
-            warmup_steps=20 if quick else 300,
-            decay_steps=steps,
+            warmup_steps=warmup_steps,
+            decay_steps=num_steps,
             end_ratio=0.1,
         )
 
@@ -156,16 +158,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # style reaches: the bar for how much of the gap distillation closes).
     draft_steps = 40 if quick else 600
 
-    def draft_recipe():
-        return common.optimizer(
-            name="adamw",
-            learning_rate=3e-3 if quick else 1.5e-3,
-            schedule="cosine",
-            warmup_steps=10 if quick else 150,
-            decay_steps=draft_steps,
-            end_ratio=0.1,
-        )
-
     for name, data in (("draft_public", config.public_data), ("draft_matched", None)):
         config.stages[name] = _stage(
             config,
@@ -175,7 +167,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             target_gin_file=target_gin,
             batch_size=16 if quick else 32,
             num_train_steps=draft_steps,
-            optimizer=draft_recipe(),
+            optimizer=supervised(draft_steps, 10 if quick else 150),
             log_every=5 if quick else 50,
         )
     # The compared drafts: the same number of optimizer steps, optimizer and batch after

@@ -489,14 +489,7 @@ def _public_lengths(public: ml_collections.ConfigDict, vocab_path: str) -> dict[
 
     if public.agreement == 1.0:
         return {}
-    splits = tasks.gsm_symbolic_examples(
-        public.train_size,
-        public.validation_size,
-        public.test_size,
-        public.seed,
-        public.agreement,
-        public.writer_seed,
-    )
+    splits = tasks.gsm_symbolic_splits(public)
     examples = {
         split: [{"public answer_cot": e["answer_cot"]} for e in splits[split]]
         for split in ("train", "validation")

@@ -211,6 +211,19 @@ def gsm_symbolic_examples(
     return {"train": tuple(train), "validation": tuple(validation), "test": tuple(test)}
 
 
+def gsm_symbolic_splits(data: Any) -> dict[str, tuple[dict[str, str], ...]]:
+    """`gsm_symbolic_examples` of a data config (its sizes, seed and public-data
+    agreement)."""
+    return gsm_symbolic_examples(
+        data.train_size,
+        data.validation_size,
+        data.test_size,
+        data.seed,
+        agreement=data.get("agreement", 1.0),
+        writer_seed=data.get("writer_seed", 0),
+    )
+
+
 def length_coverage(
     vocab_path: str, examples: Mapping[str, Sequence[Mapping[str, str]]], keys: Mapping[str, int]
 ) -> dict[str, dict[str, Any]]:
@@ -298,13 +311,12 @@ def register_gsm_symbolic(
     test_size: int = 256,
     seed: int = 0,
     name: str = "gsm_symbolic",
-    agreement: float = 1.0,
-    writer_seed: int = 0,
+    examples: Mapping[str, Sequence[Mapping[str, str]]] | None = None,
 ) -> seqio.Task:
-    """Registers the offline default task (question -> worked answer)."""
-    examples = gsm_symbolic_examples(
-        train_size, validation_size, test_size, seed, agreement, writer_seed
-    )
+    """Registers the offline default task (question -> worked answer); `examples`
+    (split -> examples, e.g. `gsm_symbolic_splits(data)`) replaces the generated ones."""
+    if examples is None:
+        examples = gsm_symbolic_examples(train_size, validation_size, test_size, seed)
 
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
         return _examples_dataset(examples[split], "question", "answer_cot", shuffle_files, seed)
@@ -536,15 +548,7 @@ def register_from_config(data: Any, vocab: seqio.Vocabulary) -> str:
     """
     name = data.task
     if name == "gsm_symbolic":
-        register_gsm_symbolic(
-            vocab,
-            data.train_size,
-            data.validation_size,
-            data.test_size,
-            data.seed,
-            agreement=data.get("agreement", 1.0),
-            writer_seed=data.get("writer_seed", 0),
-        )
+        register_gsm_symbolic(vocab, examples=gsm_symbolic_splits(data))
     elif name in TFDS_TASKS:
         register_tfds_tasks(vocab, data.tfds_data_dir or None, [name])
     elif name == "gsm8k":

@@ -141,14 +141,7 @@ def split_examples(data: Any, split: str) -> list[dict[str, Any]]:
     if data.task == "gsm_symbolic":
         from distillspec_jax import tasks
 
-        examples = tasks.gsm_symbolic_examples(
-            data.train_size,
-            data.validation_size,
-            data.test_size,
-            data.seed,
-            agreement=data.get("agreement", 1.0),
-            writer_seed=data.get("writer_seed", 0),
-        )
+        examples = tasks.gsm_symbolic_splits(data)
         return [{"inputs": e["question"], "targets": e["answer_cot"]} for e in examples[split]]
     raise ValueError(
         f"data.task={data.task!r} is read through seqio, which needs this project's "
