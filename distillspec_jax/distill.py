@@ -192,13 +192,9 @@ class Distiller:
     def __init__(
         self, target_model: models.BaseModel, draft_model: models.BaseModel, config: DistillConfig
     ):
-        if target_model.vocab_size != draft_model.vocab_size:
-            raise ValueError(
-                f"Target and draft vocabularies differ: "
-                f"{target_model.vocab_size} vs {draft_model.vocab_size}"
-            )
-        if models.is_encoder_decoder(target_model) != models.is_encoder_decoder(draft_model):
-            raise ValueError("Target and draft must both be encoder-decoder or decoder-only")
+        # Embeddings of two sizes (one tokenizer padded differently) are compared, and
+        # sampled from, on the ids both have.
+        target_model, draft_model = models.paired(target_model, draft_model)
         self.target_model = target_model
         self.draft_model = draft_model
         self.config = config

@@ -562,16 +562,25 @@ def load(config: ml_collections.ConfigDict) -> Resources:
         for name, source in config.drafts.items()
     }
     for name, draft in drafts.items():
-        if draft.vocab_size != target.vocab_size:
+        # A model's own tokenizer may be padded to other embedding sizes (Qwen2.5 7B and
+        # 0.5B): SD compares the pair on the ids both have (`models.paired`).
+        padded = not tok.legacy and vocab.vocab_size <= draft.vocab_size
+        if draft.vocab_size != target.vocab_size and not padded:
             raise EvaluationError(
                 f"drafts.{name} has vocabulary size {draft.vocab_size}, the target "
                 f"{target.vocab_size}: a draft must share the target's vocabulary"
+                + ("" if tok.legacy else f" (its tokenizer has {vocab.vocab_size} ids)")
             )
         if draft.family != target.family:
             raise EvaluationError(
                 f"drafts.{name} and the target are of different families (encoder-decoder "
                 f"vs decoder-only); SD needs both to read the same prompt"
             )
+    sizes = {target.vocab_size} | {draft.vocab_size for draft in drafts.values()}
+    if len(sizes) > 1:  # One tokenizer padded to several sizes: every model, the target's
+        # AR reference included, is read on the ids all have (`models.paired`).
+        target = target.with_output_size(min(sizes))
+        drafts = {name: draft.with_output_size(min(sizes)) for name, draft in drafts.items()}
     if target.vocab_size < vocab.vocab_size:
         raise EvaluationError(
             f"the target's vocabulary ({target.vocab_size}) is smaller than the "

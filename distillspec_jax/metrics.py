@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distillspec_jax import sampling
+from distillspec_jax import models, sampling
 
 
 def total(x: Any) -> float:
@@ -170,6 +170,8 @@ def token_acceptance(
     """
     if lenience not in sampling.LENIENCE_KINDS:
         raise ValueError(f"Unknown lenience {lenience!r}; valid: {sampling.LENIENCE_KINDS}")
+    if target_model.vocab_size != draft_model.vocab_size:  # The ids both have.
+        target_model, draft_model = models.paired(target_model, draft_model)
     total, count = _token_acceptance_jit(
         target_model,
         draft_model,

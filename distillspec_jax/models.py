@@ -16,6 +16,7 @@ after each. Rolling back is only moving a row's position back.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -115,6 +116,10 @@ class BaseModel:
     # The feature layout of the model's data ('t5': encoder and decoder features;
     # 'decoder_only': one sequence); tasks' feature converters and descriptions use it.
     family: str
+    # Logits are cut to their first `output_size` entries when set (0: the whole
+    # embedding). `paired` sets it for a pair whose embeddings pad one tokenizer to
+    # different sizes, so both models score the same ids.
+    output_size: int = 0
 
     def prompts_from_batch(self, batch: Batch) -> tuple[Array, Array, Array | None]:
         """What the samplers take from a data batch: (prompts [B, P], prompt_lengths
@@ -123,15 +128,36 @@ class BaseModel:
 
     @property
     def vocab_size(self) -> int:
+        """The embedding's rows (what the parameters hold)."""
         return self.config.vocab_size
+
+    @property
+    def logits_size(self) -> int:
+        """The entries of the logits `logits` and `decode` return."""
+        return self.output_size or self.vocab_size
+
+    def with_output_size(self, size: int) -> BaseModel:
+        """This model with its logits cut to their first `size` entries."""
+        if not 0 < size <= self.vocab_size:
+            raise ValueError(f"output size {size} is not in [1, {self.vocab_size}]")
+        model = copy.copy(self)
+        model.output_size = 0 if size == self.vocab_size else size
+        return model
+
+    def _cut(self, logits: Array) -> Array:
+        return logits[..., : self.output_size] if self.output_size else logits
 
     # Models are static arguments of the jitted samplers: two models of one class
     # and configuration are equal, so they share compiled code.
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.config == self.config
+        return (
+            type(other) is type(self)
+            and other.config == self.config
+            and other.output_size == self.output_size
+        )
 
     def __hash__(self) -> int:
-        return hash((type(self), self.config))
+        return hash((type(self), self.config, self.output_size))
 
     # Subclasses define these two.
     def _dummy_inputs(self, batch_size: int, length: int) -> dict[str, Array]: ...
@@ -163,7 +189,7 @@ class BaseModel:
     ) -> Array:
         """Teacher-forced next-token logits [B, L, V] in float32."""
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-        return self._apply_logits(params, batch, deterministic, rngs)
+        return self._cut(self._apply_logits(params, batch, deterministic, rngs))
 
     def loss_fn(
         self, params: Params, batch: Batch, dropout_rng: Array | None = None, z_loss: float = 0.0
@@ -247,9 +273,10 @@ class EncoderDecoderModel(BaseModel):
         self, params: Params, cache: Cache, tokens: Array, positions: Array
     ) -> tuple[Array, Cache]:
         check_decode_args(tokens, positions, cache_length(cache))
-        return self.module.apply(
+        logits, cache = self.module.apply(
             {"params": params}, tokens, positions, cache, method=networks.T5Transformer.decode
         )
+        return self._cut(logits), cache
 
 
 class DecoderOnlyModel(BaseModel):
@@ -301,13 +328,30 @@ class DecoderOnlyModel(BaseModel):
         self, params: Params, cache: Cache, tokens: Array, positions: Array
     ) -> tuple[Array, Cache]:
         check_decode_args(tokens, positions, cache_length(cache))
-        return self.module.apply(
+        logits, cache = self.module.apply(
             {"params": params},
             tokens,
             positions,
             cache,
             method=networks.DecoderOnlyTransformer.decode,
         )
+        return self._cut(logits), cache
+
+
+def paired(target: BaseModel, draft: BaseModel) -> tuple[BaseModel, BaseModel]:
+    """The (target, draft) a sampler or a distillation loss compares: both with their
+    logits cut to the smaller embedding when the two differ in size.
+
+    Checkpoints of one family often pad one tokenizer to different embedding sizes
+    (Qwen2.5: the 7B model's 152,064 rows, the 0.5B's 151,936, for 151,665 ids); the
+    rows past the smaller size are padding no tokenizer id reaches, so the pair
+    compares the ids both models have. Callers check that the tokenizer's ids lie
+    below `min(vocab sizes)` (train, evaluate) before anything runs.
+    """
+    if target.family != draft.family:
+        raise ValueError("Target and draft must both be encoder-decoder or decoder-only")
+    size = min(target.logits_size, draft.logits_size)
+    return target.with_output_size(size), draft.with_output_size(size)
 
 
 def is_encoder_decoder(model: Any) -> bool:

@@ -521,7 +521,8 @@ def speculative_sample(
 
     Args:
       target_model, target_params: the model whose distribution is kept.
-      draft_model, draft_params: the cheap proposer (same vocabulary).
+      draft_model, draft_params: the cheap proposer (same tokenizer; an embedding of
+        another size is compared on the ids both have: `models.paired`).
       prompts: [B, P] int; row b's prompt is prompts[b, :prompt_lengths[b]].
       prompt_lengths: [B] int, each in [1, P].
       rng: PRNG key.
@@ -541,10 +542,12 @@ def speculative_sample(
       ValueError: on any invalid argument, before anything is traced.
     """
     if draft_model.vocab_size != target_model.vocab_size:
-        raise ValueError(
-            f"Draft and target vocabularies differ: {draft_model.vocab_size} vs "
-            f"{target_model.vocab_size}"
-        )
+        if not isinstance(draft_model, models.BaseModel):
+            raise ValueError(
+                f"Draft and target vocabularies differ: {draft_model.vocab_size} vs "
+                f"{target_model.vocab_size}"
+            )
+        target_model, draft_model = models.paired(target_model, draft_model)
     if int(gamma) != gamma or gamma < 1:
         raise ValueError(f"gamma must be an integer >= 1, got {gamma}")
     if lenience not in LENIENCE_KINDS:

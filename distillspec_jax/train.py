@@ -354,6 +354,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"speculative_eval.temperature must be >= 0, got {spec.temperature}")
         if not config.target_checkpoint:
             raise ValueError("mode='distill' needs target_checkpoint (the target's workdir)")
+    if config.get("target_param_dtype", "") not in ("", "float32", "bfloat16"):
+        raise ValueError(
+            f"target_param_dtype must be '', 'float32' or 'bfloat16', got "
+            f"{config.target_param_dtype!r}"
+        )
     for field in ("target_checkpoint", "init_checkpoint"):
         path = config[field]
         if path and (config.mode == "distill" or field == "init_checkpoint"):
@@ -402,7 +407,7 @@ def train_and_evaluate(
     recorded_target = (
         checkpoints.recorded_model(config.target_checkpoint) if config.mode == "distill" else None
     )
-    probe = _configured_model(config, "model")
+    probe = configured_model(config, "model")
     family = probe.family
     vocab_size = probe.vocab_size
     vocab_path = ""
@@ -425,7 +430,7 @@ def train_and_evaluate(
                 f"tokenizer's {vocab.vocab_size}"
             )
         eval_batches = default_eval if eval_batches is None else eval_batches
-    model = _configured_model(config, "model", vocab_size)
+    model = configured_model(config, "model", vocab_size)
     if own_tokenizer is not None:
         own_tokenizer.special.check(model.vocab_size, "the model's tokenizer")
     if jax.process_index() == 0:  # evaluate / export read the architecture from here.
@@ -441,8 +446,13 @@ def train_and_evaluate(
 
     target_model = target_params = None
     if config.mode == "distill":
-        target_model = _configured_model(config, "target", vocab_size)
-        if target_model.vocab_size != model.vocab_size:
+        target_model = configured_model(config, "target", vocab_size)
+        # A model's own tokenizer may be padded to other embedding sizes (Qwen2.5 7B
+        # and 0.5B): the pair is compared on the ids both have (`models.paired`).
+        padded = own_tokenizer is not None and own_tokenizer.vocab_size <= min(
+            target_model.vocab_size, model.vocab_size
+        )
+        if target_model.vocab_size != model.vocab_size and not padded:
             if config.model_gin_file:
                 advice = f"set data.model_vocab_size={target_model.vocab_size} (or 0: the target's)"
             else:
@@ -456,7 +466,9 @@ def train_and_evaluate(
             )
     train, target_shardings = make_trainer(config, model, mesh, target_model, eos_ids)
     if target_model is not None:
-        abstract_target = checkpoints.abstract_params(target_model, target_shardings)
+        abstract_target = checkpoints.abstract_params(
+            target_model, target_shardings, config.get("target_param_dtype", "")
+        )
         target_params = checkpoints.restore_params(
             config.target_checkpoint, abstract_target, "target"
         )
@@ -630,12 +642,13 @@ def make_trainer(
     return train, target_shardings
 
 
-def _configured_model(
+def configured_model(
     config: ml_collections.ConfigDict, what: str, vocab_size: int = 0
 ) -> models.BaseModel:
     """The architecture of the trained model (`what` 'model') or of the target: its
-    gin file when the config sets one, else what its checkpoint's workdir records
-    (`interop.resolve_model`)."""
+    gin file when the config sets one, else what its checkpoint names (a workdir's
+    record or a Hugging Face directory's config.json, with the config's layout
+    bindings: `interop.resolve_model`)."""
     gin_field, source_field = (
         ("model_gin_file", "init_checkpoint") if what == "model" else
         ("target_gin_file", "target_checkpoint")

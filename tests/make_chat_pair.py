@@ -1,10 +1,12 @@
-r"""A tiny Hugging Face chat pair, built offline: `python tests/make_chat_pair.py OUT`.
+r"""A tiny Hugging Face chat pair, built offline: `python tests/make_chat_pair.py OUT [V]`.
 
 Writes OUT/target and OUT/draft (random Llama models sharing one byte-level BPE
 tokenizer, trained here with the `tokenizers` library on a few KB of chat text,
 Llama-3 style special tokens and chat template; EOS = <|end_of_text|> and
 <|eot_id|>, as Llama-3-Instruct's generation config) and OUT/{train,validation,
-test}.jsonl (OpenAI `messages`, one to two user turns each). The README recipe
+test}.jsonl (OpenAI `messages`, one to two user turns each). V (default 512, the
+target's) pads the draft's embedding to another size, as Qwen2.5's 0.5B and 7B
+checkpoints differ. The README recipe
 "Your Hugging Face chat pair" and tests/test_chat_pair.py start from it.
 """
 
@@ -107,7 +109,7 @@ def llama(out_dir, tokenizer, hidden, layers, seed, vocab_size=512):
     tokenizer.save_pretrained(out_dir)
 
 
-def main(out):
+def main(out, draft_vocab_size=512):
     import reasoning_gym
 
     os.makedirs(out, exist_ok=True)
@@ -122,9 +124,10 @@ def main(out):
     texts = [m["content"] for c in conversations(examples[:160]) for m in c["messages"]]
     tokenizer = train_tokenizer(texts, os.path.join(out, "tokenizer"))
     llama(os.path.join(out, "target"), tokenizer, hidden=64, layers=2, seed=0)
-    llama(os.path.join(out, "draft"), tokenizer, hidden=32, layers=1, seed=1)
+    llama(os.path.join(out, "draft"), tokenizer, hidden=32, layers=1, seed=1,
+          vocab_size=draft_vocab_size)  # fmt: skip
     print(f"wrote {out}/target, {out}/draft ({len(tokenizer)} tokens) and chat JSONL splits")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *(int(v) for v in sys.argv[2:3]))

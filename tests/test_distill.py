@@ -175,11 +175,35 @@ def test_recipes_and_errors():
         distill.make_config("distillspec", divergence="kl")
     with pytest.raises(ValueError, match="Unknown data source"):
         distill.make_config("distillspec", source="web")
-    t5 = models.build_model("t5", "tiny")
-    with pytest.raises(ValueError, match="vocabularies differ"):
+    with pytest.raises(ValueError, match="both be encoder-decoder or decoder-only"):
         distill.Distiller(
-            t5, models.build_model("t5", "tiny", vocab_size=64), distill.DistillConfig()
+            models.build_model("t5", "tiny"),
+            models.build_model("decoder_only", "tiny"),
+            distill.DistillConfig(),
         )
+
+
+def test_embeddings_of_two_sizes_are_distilled_on_the_ids_both_have():
+    """A target padded to a larger embedding: the loss is the one of its logits cut to
+    the draft's ids, and teacher samples stay inside them."""
+    target = models.build_model("decoder_only", "tiny", vocab_size=160)
+    _, draft, _, draft_params = _models("decoder_only")
+    target_params = target.init(jax.random.PRNGKey(0))
+    batch, rng = _batch("decoder_only"), jax.random.PRNGKey(4)
+    config = distill.make_config("distillspec", source="teacher", sample_temperature=1.0)
+    loss, metrics = distill.Distiller(target, draft, config).loss(
+        draft_params, target_params, batch, rng
+    )
+    cut = target.with_output_size(draft.vocab_size)
+    expected, _ = distill.Distiller(cut, draft, config).loss(
+        draft_params, target_params, batch, rng
+    )
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+    data, _ = distill.Distiller(target, draft, config).distillation_batch(
+        draft_params, target_params, batch, rng
+    )
+    assert int(np.asarray(data["decoder_target_tokens"]).max()) < draft.vocab_size
+    assert np.isfinite(float(metrics["token_tvd"]))
 
 
 @pytest.mark.parametrize("family", ["t5", "decoder_only"])
