@@ -1,6 +1,7 @@
-r"""Memory and compile plan of every configs/paper/ experiment on its slice.
+r"""Memory and compile plan of every configs/paper/ experiment and configs/hf_pair.py.
 
   python -m benchmarks.plan_paper [--out benchmarks/results/plan_paper.json] [--only xxl]
+  python -m benchmarks.plan_paper --only hf_pair --out benchmarks/results/plan_hf_pair.json
 
 Runs `python -m distillspec_jax.plan` (one process per experiment: each needs
 its own number of simulated devices) on the config's default memory layout
@@ -42,11 +43,27 @@ def experiments() -> list[str]:
     out += [f"configs/paper/model_garden.py:task=gsm8k,stage={s}" for s in ("target", "draft")]
     out += ["configs/paper/model_garden.py:task=gsm8k,stage=evaluate"]
     out += ["configs/paper/bbh_transfer.py"]
+    # Today's Hugging Face chat pairs (configs/hf_pair.py: architectures from configs/hf).
+    for pair in ("llama", "qwen"):
+        for stage in ("distill", "evaluate"):
+            for accelerator in HF_SLICES:
+                out.append(
+                    f"configs/hf_pair.py:pair={pair},stage={stage},accelerator={accelerator}"
+                )
     return out
+
+
+# Slices a researcher rents for an 8B / 7B target: 8 v4 chips (32 GiB), 16 v5e chips
+# (16 GiB, two hosts of 8), 4 v5p chips (95 GiB).
+HF_SLICES = ("v4-16", "v5litepod-16", "v5p-8")
 
 
 def is_evaluation(config: str) -> bool:
     return "stage=evaluate" in config or "bbh_transfer" in config
+
+
+def display_name(config: str) -> str:
+    return config.replace("configs/paper/", "").replace("configs/", "")
 
 
 # Memory settings tried in turn until one fits: (config args, extra flags).
@@ -105,7 +122,7 @@ def table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        name = row["config"].replace("configs/paper/", "")
+        name = display_name(row["config"])
         mesh = "x".join(str(v) for v in row["mesh"].values())
         for i, part in enumerate(row["parts"]):
             first = i == 0

@@ -229,6 +229,9 @@ def training_config(**fields: Any) -> ml_collections.ConfigDict:
     config.gin_bindings = ()
     # Distill mode: workdir (or checkpoint dir) of the trained target.
     config.target_checkpoint = ""
+    # The frozen target's parameters in this dtype ('' = as stored, 'bfloat16' = half
+    # the memory of a float32 target; the trained model's stay float32).
+    config.target_param_dtype = ""
     # Warm start of the trained model: a workdir or checkpoint dir of this project
     # (a converted T5X / Hugging Face checkpoint, see distillspec_jax.interop).
     config.init_checkpoint = ""

@@ -809,6 +809,30 @@ def is_hf_directory(path: str) -> bool:
     )
 
 
+# `models.build_model` arguments that change how a model computes, not what: a run's
+# gin bindings apply them to an architecture read from a directory.
+LAYOUT_FIELDS = ("dtype", "scan_layers", "remat_policy")
+
+
+def with_layout(model: models.BaseModel, bindings: Sequence[str]) -> models.BaseModel:
+    """`model` with the layout its run binds (`models.build_model.dtype = 'bfloat16'`,
+    `.scan_layers`, `.remat_policy`); other bindings name architecture fields a
+    Hugging Face config or a workdir's record already fixes, and are not applied."""
+    import ast
+
+    layout = {}
+    for binding in bindings:
+        match = re.fullmatch(r"\s*models\.build_model\.(\w+)\s*=\s*(.+?)\s*", binding)
+        if match and match.group(1) in LAYOUT_FIELDS:
+            try:
+                layout[match.group(1)] = ast.literal_eval(match.group(2))
+            except (ValueError, SyntaxError):
+                raise ModelSourceError(f"cannot read the gin binding {binding!r}") from None
+    if not layout:
+        return model
+    return type(model)(dataclasses.replace(model.config, **layout))
+
+
 def resolve_model(
     path: str = "",
     gin_file: str = "",
@@ -823,9 +847,10 @@ def resolve_model(
 
     In this order: a Hugging Face directory's config.json at `path`
     (`config_from_hf`), the architecture a workdir at `path` records (model.json),
-    else `gin_file` with `bindings`. A caller whose config names the architecture
-    itself (train's `model_gin_file`, export's `--gin`, a plan of an unreadable
-    bucket) passes that gin file alone.
+    else `gin_file` with `bindings`. The first two take from `bindings` only how
+    the architecture computes (`with_layout`: dtype, scanned layers, remat). A
+    caller whose config names the architecture itself (train's `model_gin_file`,
+    export's `--gin`, a plan of an unreadable bucket) passes that gin file alone.
 
     Args:
       path: a Hugging Face directory or a project workdir ('' = none).
@@ -841,10 +866,11 @@ def resolve_model(
     from distillspec_jax import checkpoints
 
     if path and is_hf_directory(path):
-        return config_from_hf(fs.read_json(os.path.join(path, "config.json")))
+        hf_config = fs.read_json(os.path.join(path, "config.json"))
+        return with_layout(config_from_hf(hf_config), bindings)
     recorded = checkpoints.recorded_model(path) if path else None
     if recorded is not None:
-        return recorded
+        return with_layout(recorded, bindings)
     if gin_file:
         overrides = {"vocab_size": vocab_size} if vocab_size else {}
         return models.model_from_gin(gin_file, bindings, **overrides)

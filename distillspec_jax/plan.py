@@ -197,6 +197,7 @@ def _sampler_part(
         cache_bytes += _cache_bytes(shapes, mesh)
     scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=partitioning.replicated(mesh))
     key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioning.replicated(mesh))
+    target_model, draft_model = models.paired(target_model, draft_model)
     compiled, seconds = _compile(
         sampling.speculative_jit,
         target_model,
@@ -233,30 +234,27 @@ def plan(config: Any, devices: list[Any]) -> dict[str, Any]:
     """Compiles the config's programs on `devices`; returns the plan (JSON-able)."""
     import jax
 
-    from distillspec_jax import checkpoints, interop, models, partitioning, trainer
+    from distillspec_jax import checkpoints, models, partitioning, trainer
     from distillspec_jax import train as train_lib
 
     check_training_config(config)
-    for field in ("model_gin_file",) + (("target_gin_file",) if config.mode == "distill" else ()):
-        if not config[field]:
-            raise ValueError(f"plan needs config.{field} (the architecture) to be set")
     mesh = partitioning.create_mesh(config.mesh_shape, devices=devices)
+    # As train: the gin file, else the architecture init / target checkpoint names (a
+    # Hugging Face directory's config.json; weights are not read).
     vocab = config.data.model_vocab_size or config.data.vocab_size
-    model = interop.resolve_model(
-        "", config.model_gin_file, bindings=config.gin_bindings, vocab_size=vocab
-    )
+    model = train_lib.configured_model(config, "model", vocab)
     rules = partitioning.config_rules(config)
     opt_cfg = config.optimizer
     trainer.check_batch_size(config.batch_size, mesh, opt_cfg.microbatches)
 
     target_model = abstract_target = None
     if config.mode == "distill":
-        target_model = interop.resolve_model(
-            "", config.target_gin_file, bindings=config.gin_bindings, vocab_size=vocab
-        )
+        target_model = train_lib.configured_model(config, "target", vocab)
     train, target_shardings = train_lib.make_trainer(config, model, mesh, target_model)
     if target_model is not None:
-        abstract_target = checkpoints.abstract_params(target_model, target_shardings)
+        abstract_target = checkpoints.abstract_params(
+            target_model, target_shardings, config.get("target_param_dtype", "")
+        )
     state = train.abstract_state()
     batch = _batch(config, model, train.batch_sharding)
     compiled, seconds = _compile(
