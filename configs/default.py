@@ -5,7 +5,7 @@ r"""The end-to-end DistillSpec study on the offline gsm_symbolic task (CPU defau
   python -m distillspec_jax.main --workdir /tmp/distillspec_quick \
       --config configs/default.py:quick
   python -m distillspec_jax.main --workdir /tmp/ds --config configs/default.py \
-      --config.stages.draft_distilled.distill.divergence=tvd --config.evaluation.timed_prompts=8
+      --config.stages.draft_distilled.distill.divergence=tvd --config.evaluation.timed_prompts=0
 
 Stages: (a) the T5 target trained on its own data, (b) two baseline drafts, one
 trained on the public data (`config.agreement` of it in the target's style, the
@@ -250,7 +250,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         gammas=(3, 7) if quick else (3, 5, 7),
         temperatures=(0.0, 1.0),
         # Wall clock at batch 1 (the latency setting) on the first N of them.
-        timed_prompts=2 if quick else 24,
+        timed_prompts=2 if quick else 8,
         timing_repeats=2,
         # Decode-step timing for the cost ratio c.
         cost_steps=32 if quick else 64,
