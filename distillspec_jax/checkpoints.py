@@ -158,6 +158,11 @@ def recorded_model(workdir: str) -> Any:
     return models.from_description(record["model"]) if record else None
 
 
+# The dtypes a model's parameters may be restored into ('' = as stored): evaluate's
+# param_dtype and train's target_param_dtype.
+PARAM_DTYPES = ("", "float32", "bfloat16")
+
+
 def abstract_params(model: Any, shardings: Any, dtype: str = "") -> Any:
     """The model's parameter shapes with `shardings` (one sharding, or a matching tree),
     floating ones in `dtype` ('' = the model's): restoring with them reads each array

@@ -162,9 +162,6 @@ def average_rows(rows: Sequence[CellResult]) -> list[CellResult]:
 # --------------------------------------------------------------------------
 
 
-PARAM_DTYPES = ("", "float32", "bfloat16")
-
-
 def load_params(
     source: ml_collections.ConfigDict,
     model: models.BaseModel,
@@ -326,9 +323,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise EvaluationError(f"timed_prompts must be >= 0, got {config.timed_prompts}")
     lenience_settings(config)
     evaluation_mesh(config)
-    if config.param_dtype not in PARAM_DTYPES:
+    if config.param_dtype not in checkpoints.PARAM_DTYPES:
         raise EvaluationError(
-            f"param_dtype must be one of {PARAM_DTYPES}, got {config.param_dtype!r}"
+            f"param_dtype must be one of {checkpoints.PARAM_DTYPES}, got {config.param_dtype!r}"
         )
 
 

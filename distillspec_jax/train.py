@@ -354,9 +354,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"speculative_eval.temperature must be >= 0, got {spec.temperature}")
         if not config.target_checkpoint:
             raise ValueError("mode='distill' needs target_checkpoint (the target's workdir)")
-    if config.get("target_param_dtype", "") not in ("", "float32", "bfloat16"):
+    if config.get("target_param_dtype", "") not in checkpoints.PARAM_DTYPES:
         raise ValueError(
-            f"target_param_dtype must be '', 'float32' or 'bfloat16', got "
+            f"target_param_dtype must be one of {checkpoints.PARAM_DTYPES}, got "
             f"{config.target_param_dtype!r}"
         )
     for field in ("target_checkpoint", "init_checkpoint"):

@@ -98,3 +98,14 @@ def test_hf_pair_configs(pair):
     assert evaluation.param_dtype == "bfloat16" and evaluation.mesh_shape == (1, -1)
     with pytest.raises(ValueError, match="pair must be one of"):
         hf_pair.get_config("pair=gemma")
+
+
+def test_target_param_dtype_is_checked_before_any_work():
+    from distillspec_jax import train
+
+    config = tiny_config.get_config()
+    config.target_param_dtype = "float16"
+    with pytest.raises(ValueError, match="target_param_dtype must be one of"):
+        train.check_config(config)
+    config.target_param_dtype = "bfloat16"
+    train.check_config(config)
