@@ -155,6 +155,15 @@ def distill(**overrides: Any) -> ml_collections.ConfigDict:
     cfg.mixture_other = "fixed"
     # Temperature of teacher / student generation (0 = greedy).
     cfg.sample_temperature = 1.0
+    # source='teacher': the target answers the prompts of this many steps in one call
+    # before those steps run, instead of inside each step (response regeneration done up
+    # front; the same distribution, other draws; distillspec_jax.teacher_data). 0 = inside
+    # each step.
+    cfg.ahead_steps = 0
+    # Where those answers are kept ('' = the run's workdir/teacher_data): runs that draw
+    # the same batches from the same target share them, a resumed run reads them back.
+    # The study resolves a relative path inside its workdir.
+    cfg.ahead_dir = ""
     cfg.update(overrides)
     return cfg
 
@@ -361,6 +370,9 @@ def stage_config(
     out.data.vocab_path = vocab_path
     for field in ("target_checkpoint", "init_checkpoint"):
         out[field] = _in_workdir(out[field], config.stages, workdir)
+    ahead_dir = out.get("distill", {}).get("ahead_dir", "")
+    if ahead_dir and not os.path.isabs(ahead_dir) and "://" not in ahead_dir:
+        out.distill.ahead_dir = os.path.join(workdir, ahead_dir)  # Shared by the stages.
     return out
 
 

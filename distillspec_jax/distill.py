@@ -78,6 +78,9 @@ class DistillConfig:
     sample_temperature: float = 1.0
     # End-of-sequence id, or a tuple of them: tokens after it are masked out of the loss.
     eos_id: int | tuple[int, ...] = 1
+    # Teacher data sampled ahead of the step (distillspec_jax.teacher_data): the batch's
+    # targets already are the target's samples, and the step reads them as given.
+    presampled: bool = False
 
     def __post_init__(self):
         if self.divergence not in OBJECTIVES:
@@ -96,6 +99,11 @@ class DistillConfig:
             )
         if self.sample_temperature < 0 or self.loss_temperature <= 0:
             raise ValueError("sample_temperature must be >= 0 and loss_temperature > 0")
+        if self.presampled and self.source != "teacher":
+            raise ValueError(
+                f"Teacher data sampled ahead (distill.ahead_steps > 0) needs "
+                f"source='teacher', got {self.source!r}"
+            )
 
     def source_probabilities(self) -> tuple[float, float, float]:
         """P(fixed), P(teacher), P(student) for one batch."""
@@ -230,6 +238,8 @@ class Distiller:
                 cfg.eos_id,
             ),
         }
+        if cfg.presampled:  # The target's samples, drawn before the step.
+            return dict(batch), jnp.int32(_BRANCHES.index("teacher"))
         used = [name for name, p in zip(_BRANCHES, probs, strict=True) if p > 0]
         if len(used) == 1:  # A single source: trace only that branch.
             return branches[used[0]](), jnp.int32(_BRANCHES.index(used[0]))
@@ -244,17 +254,24 @@ class Distiller:
         batch: Batch,
         rng: Array,
         dropout_rng: Array | None = None,
+        target_metrics: bool = True,
     ) -> tuple[Array, dict[str, Array]]:
-        """The distillation loss (differentiable in draft_params only) and metrics."""
+        """The distillation loss (differentiable in draft_params only) and metrics.
+
+        With hard labels (`ce`) the loss does not read the target's logits; they are
+        computed only for the `token_tvd` metric, which `target_metrics=False` leaves out
+        (a train step's cost is then the draft's alone)."""
         cfg = self.config
         data, source = self.distillation_batch(draft_params, target_params, batch, rng)
         data = jax.lax.stop_gradient(data)
-        target_logits = jax.lax.stop_gradient(
-            self.target_model.logits(jax.lax.stop_gradient(target_params), data)
-        )
         draft_logits = self.draft_model.logits(
             draft_params, data, deterministic=dropout_rng is None, dropout_rng=dropout_rng
         )
+        target_logits = None
+        if cfg.divergence != HARD_LABELS or target_metrics:
+            target_logits = jax.lax.stop_gradient(
+                self.target_model.logits(jax.lax.stop_gradient(target_params), data)
+            )
         mask = data["decoder_loss_weights"]
         if cfg.divergence == HARD_LABELS:
             token_div = divergences.token_cross_entropy(draft_logits, data["decoder_target_tokens"])
@@ -263,15 +280,16 @@ class Distiller:
                 cfg.divergence, target_logits, draft_logits, cfg.loss_temperature, cfg.beta
             )
         loss = divergences.reduce(token_div, mask, cfg.reduction)
-        tvd = divergences.token_tvd(target_logits, draft_logits, cfg.loss_temperature)
         ce = divergences.cross_entropy(draft_logits, data["decoder_target_tokens"], mask)
         metrics = {
             "loss": loss,
             "divergence": loss,
-            "token_tvd": jax.lax.stop_gradient(divergences.reduce(tvd, mask, "token")),
             "draft_cross_entropy": jax.lax.stop_gradient(ce.mean()),
             "num_tokens": mask.sum(),
         }
+        if target_logits is not None:
+            tvd = divergences.token_tvd(target_logits, draft_logits, cfg.loss_temperature)
+            metrics["token_tvd"] = jax.lax.stop_gradient(divergences.reduce(tvd, mask, "token"))
         for i, name in enumerate(_BRANCHES):
             metrics[f"source_fraction/{name}"] = (source == i).astype(jnp.float32)
         return loss, metrics

@@ -287,8 +287,7 @@ def _text_data(config: ml_collections.ConfigDict, tok: Any, family: str):
         raise ValueError("data.pack=True works with seqio data only: set data.pack=False")
     per_turn = False
     if config.mode == "distill":
-        dcfg = dict(config.distill)
-        per_turn = distill.make_config(dcfg.pop("recipe"), **dcfg).source != "fixed"
+        per_turn = distill_config(config).source != "fixed"
     data = config.data
     train = textdata.split_features(data, tok, data.train_split, per_turn)
     evaluation = textdata.split_features(data, tok, data.eval_split, True)
@@ -354,6 +353,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"speculative_eval.temperature must be >= 0, got {spec.temperature}")
         if not config.target_checkpoint:
             raise ValueError("mode='distill' needs target_checkpoint (the target's workdir)")
+        ahead = config.distill.get("ahead_steps", 0)
+        if int(ahead) != ahead or ahead < 0:
+            raise ValueError(f"distill.ahead_steps must be an integer >= 0, got {ahead}")
+        if ahead and config.distill.source != "teacher":
+            raise ValueError(
+                f"distill.ahead_steps needs distill.source='teacher', got {config.distill.source!r}"
+            )
     if config.get("target_param_dtype", "") not in checkpoints.PARAM_DTYPES:
         raise ValueError(
             f"target_param_dtype must be one of {checkpoints.PARAM_DTYPES}, got "
@@ -469,8 +475,29 @@ def train_and_evaluate(
         abstract_target = checkpoints.abstract_params(
             target_model, target_shardings, config.get("target_param_dtype", "")
         )
-        target_params = checkpoints.restore_params(
+        target_params, target_step = checkpoints.restore_params_at(
             config.target_checkpoint, abstract_target, "target"
+        )
+    answers = None  # What the target's answers sampled ahead cost (teacher_data).
+    if config.mode == "distill" and config.distill.get("ahead_steps", 0):
+        from distillspec_jax import teacher_data
+
+        answers = teacher_data.Stats()
+        train_batches = teacher_data.ahead_batches(
+            train_batches,
+            teacher_sampler(config, target_model, model, target_params, mesh, eos_ids),
+            config.distill.ahead_steps,
+            config.num_train_steps,
+            config.distill.ahead_dir or os.path.join(workdir, "teacher_data"),
+            {
+                "target_checkpoint": fs.absolute(config.target_checkpoint),
+                "target_step": target_step,
+                "target_param_dtype": config.get("target_param_dtype", ""),
+                "sample_temperature": config.distill.sample_temperature,
+                "eos_ids": sampling.eos_static(eos_ids),
+                "seed": config.seed,
+            },
+            answers,
         )
 
     # -- State: resume, warm start, or fresh ----------------------------------
@@ -599,7 +626,46 @@ def train_and_evaluate(
         "state": state,
         "model": model,
         "target_params": target_params,
+        "teacher_data": None if answers is None else answers.as_dict(),
     }
+
+
+def teacher_sampler(
+    config: ml_collections.ConfigDict,
+    target_model: Any,
+    draft_model: Any,
+    target_params: Any,
+    mesh: Any,
+    eos_ids: Any,
+) -> Callable[[HostBatch, jax.Array], HostBatch]:
+    """(this process's rows, key) -> the rows with the target's answers at
+    `distill.sample_temperature` (on the ids the pair shares), sampled with the rows
+    split over the mesh's data axis as a train step splits them."""
+    teacher = models.paired(target_model, draft_model)[0]
+    temperature = config.distill.sample_temperature
+    eos = sampling.eos_static(eos_ids)
+    rules = partitioning.config_rules(config, target=True)
+    answer = jax.jit(
+        lambda params, batch, key: distill.generate(teacher, params, batch, key, temperature, eos)
+    )
+
+    def sample(rows: HostBatch, key: jax.Array) -> HostBatch:
+        with partitioning.activate(mesh, rules):
+            out = answer(target_params, trainer.host_to_global(rows, mesh), key)
+        return trainer.global_to_host(out, mesh)
+
+    return sample
+
+
+def distill_config(config: ml_collections.ConfigDict, eos_ids: Any = 1) -> distill.DistillConfig:
+    """The objective of a distill-mode config (`config.distill`: a named recipe and its
+    overrides; `ahead_steps` / `ahead_dir` belong to the data and become `presampled`),
+    stopping generation at the tokenizer's EOS id(s)."""
+    fields = dict(config.distill)
+    recipe = fields.pop("recipe")
+    fields["presampled"] = fields.pop("ahead_steps", 0) > 0
+    fields.pop("ahead_dir", None)
+    return distill.make_config(recipe, eos_id=sampling.eos_static(eos_ids), **fields)
 
 
 def make_trainer(
@@ -621,10 +687,7 @@ def make_trainer(
         target_shardings = partitioning.param_shardings(
             target_model, mesh, partitioning.config_rules(config, target=True)
         )
-        dcfg = dict(config.distill)
-        recipe = dcfg.pop("recipe")
-        dcfg["eos_id"] = sampling.eos_static(eos_ids)  # The tokenizer's EOS id(s).
-        distiller = distill.Distiller(target_model, model, distill.make_config(recipe, **dcfg))
+        distiller = distill.Distiller(target_model, model, distill_config(config, eos_ids))
         loss_fn = trainer.distill_loss_fn(distiller)
     else:
         loss_fn = trainer.supervised_loss_fn(model, z_loss=config.z_loss)
@@ -708,6 +771,8 @@ def run_stage(name: str, train_config: ml_collections.ConfigDict, workdir: str) 
         "eval": result["eval"],
         "seconds": time.time() - start,
     }
+    if result.get("teacher_data"):
+        summary["teacher_data"] = result["teacher_data"]
     fs.write_json(done, summary, indent=2)
     return summary
 
@@ -734,8 +799,10 @@ def pretrained_recipe(train_config: ml_collections.ConfigDict) -> dict[str, Any]
         recipe["data"].update(agreement=data.agreement, writer_seed=data.get("writer_seed", 0))
     if train_config.init_checkpoint:  # The stage it starts from (by name).
         recipe["init_checkpoint"] = os.path.basename(train_config.init_checkpoint.rstrip("/"))
-    if train_config.mode == "distill":
-        recipe["distill"] = train_config.distill.to_dict()
+    if train_config.mode == "distill":  # Where answers sampled ahead are kept is no part.
+        recipe["distill"] = {
+            k: v for k, v in train_config.distill.to_dict().items() if k != "ahead_dir"
+        }
     return recipe
 
 

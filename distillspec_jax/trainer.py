@@ -113,6 +113,16 @@ def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Array]
     }
 
 
+def global_to_host(batch: dict[str, Array], mesh: Mesh) -> dict[str, np.ndarray]:
+    """This process's rows of global arrays split over `data` (host_to_global's inverse)."""
+    if jax.process_count() == 1:
+        return {k: np.asarray(v) for k, v in batch.items()}
+    from jax.experimental import multihost_utils
+
+    local = multihost_utils.global_array_to_host_local_array(batch, mesh, P("data"))
+    return {k: np.asarray(v) for k, v in local.items()}
+
+
 # --------------------------------------------------------------------------
 # The trainer.
 # --------------------------------------------------------------------------
@@ -287,7 +297,7 @@ def distill_loss_fn(distiller: Any, dropout: bool = True) -> LossFn:
     eval_distiller = distill.Distiller(
         distiller.target_model,
         distiller.draft_model,
-        dataclasses.replace(distiller.config, source="fixed"),
+        dataclasses.replace(distiller.config, source="fixed", presampled=False),
     )
 
     def loss_fn(params, batch, rng, target_params):
@@ -295,7 +305,12 @@ def distill_loss_fn(distiller: Any, dropout: bool = True) -> LossFn:
             return eval_distiller.loss(params, target_params, batch, jax.random.PRNGKey(0))
         sample_rng, dropout_rng = jax.random.split(rng)
         return distiller.loss(
-            params, target_params, batch, sample_rng, dropout_rng=dropout_rng if dropout else None
+            params,
+            target_params,
+            batch,
+            sample_rng,
+            dropout_rng=dropout_rng if dropout else None,
+            target_metrics=False,  # Evaluation reports the token TVD.
         )
 
     return loss_fn
