@@ -315,12 +315,25 @@ def regeneration_text(cost: dict[str, Any] | None) -> list[str]:
     """The regenerated draft's data cost beside its training."""
     if not cost or cost.get("seconds") is None:
         return []
+    stage = (
+        f"the regenerated stage took {cost['seconds']:.0f} s against the control's "
+        f"{cost['control_seconds']:.0f} s for the same optimizer steps"
+    )
+    if "decode_calls" not in cost:  # Sampled inside each step.
+        return [
+            f"Response regeneration: the target answered {cost['prompts']:,} public prompts "
+            f"(one sample each, batches of {cost['batch_size']}, at most "
+            f"{cost['target_calls_at_most']:,} batched target decode calls); {stage}.",
+            "",
+        ]
+    shared = ", ".join(name.removeprefix("draft_") for name in cost["sampled_by"] + cost["read_by"])
     return [
-        f"Response regeneration: the target answered {cost['prompts']:,} public prompts (one "
-        f"sample each, batches of {cost['batch_size']}, at most "
-        f"{cost['target_calls_at_most']:,} batched target decode calls); the regenerated "
-        f"stage took {cost['seconds']:.0f} s against the control's {cost['control_seconds']:.0f}"
-        " s for the same optimizer steps.",
+        f"Response regeneration: the target answered {cost['rows_sampled']:,} public prompts "
+        f"once, ahead of the steps that use them ({cost['rows_per_call']} prompts a call, "
+        f"{cost['decode_calls']:,} batched target decode calls, "
+        f"{cost['sample_seconds']:.0f} s); stages reading these answers: {shared}. "
+        f"With its share of the answering ({cost['regenerated_sample_seconds']:.0f} s), "
+        f"{stage}.",
         "",
     ]
 

@@ -388,6 +388,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             "step": summary["step"],
             "seconds": summary.get("seconds"),
             "pretrain_seconds": summary.get("pretrain_seconds"),
+            "teacher_data": summary.get("teacher_data"),
         }
     if config.pretrain:
         return write_pretrained(config, workdir, vocab_path)
@@ -466,21 +467,38 @@ def draft_outputs(
 def regeneration_cost(
     config: ml_collections.ConfigDict, stages: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """What response regeneration cost: prompts answered by the target (one sample each,
-    as each batch is drawn), the target's decode calls (at most one per generated token
-    position of a batch), and the stage's time beside the control's (same steps)."""
+    """What response regeneration cost: prompts answered by the target (one sample each),
+    its batched decode calls and seconds, and the regenerated stage's time beside the
+    control's (same steps). Answers sampled ahead (`distill.ahead_steps`) are counted
+    where they were sampled (the stages that read them back add nothing); answers sampled
+    inside each step are counted as at most one decode call per target position."""
     if "draft_regenerated" not in stages or "draft_control" not in stages:
         return None
     stage = config.stages.draft_regenerated
-    seconds = stages["draft_regenerated"].get("seconds")
-    control = stages["draft_control"].get("seconds")
-    return {
+    cost = {
         "prompts": stage.num_train_steps * stage.batch_size,
         "batch_size": stage.batch_size,
-        "target_calls_at_most": stage.num_train_steps * stage.data.max_target_length,
-        "seconds": seconds,
-        "control_seconds": control,
+        "seconds": stages["draft_regenerated"].get("seconds"),
+        "control_seconds": stages["draft_control"].get("seconds"),
     }
+    ahead = {
+        name: entry["teacher_data"]
+        for name, entry in stages.items()
+        if entry.get("teacher_data")
+    }  # fmt: skip
+    if not ahead:
+        cost["target_calls_at_most"] = stage.num_train_steps * stage.data.max_target_length
+        return cost
+    cost.update(
+        rows_per_call=max(a["chunk_rows"] for a in ahead.values()),
+        rows_sampled=sum(a["rows_sampled"] for a in ahead.values()),
+        decode_calls=sum(a["decode_calls"] for a in ahead.values()),
+        sample_seconds=sum(a["seconds"] for a in ahead.values()),
+        read_by=sorted(name for name, a in ahead.items() if a["rows_read"]),
+        sampled_by=sorted(name for name, a in ahead.items() if a["rows_sampled"]),
+        regenerated_sample_seconds=ahead.get("draft_regenerated", {}).get("seconds", 0.0),
+    )
+    return cost
 
 
 def _public_lengths(public: ml_collections.ConfigDict, vocab_path: str) -> dict[str, Any]:

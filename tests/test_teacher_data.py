@@ -175,3 +175,48 @@ def test_answers_ahead_need_teacher_data():
         config.distill.update(source=source, ahead_steps=steps)
         with pytest.raises(ValueError, match=message):
             train.check_config(config)
+
+
+def test_the_report_states_what_the_answers_cost():
+    from configs import default
+    from distillspec_jax import report, study
+
+    config = default.get_config("quick")
+    stages = {
+        "draft_control": {"seconds": 10.0},
+        "draft_regenerated": {"seconds": 30.0},
+        "draft_distilled": {"seconds": 25.0},
+    }
+    inside = report.regeneration_text(study.regeneration_cost(config, stages))[0]
+    assert "at most 3,840 batched target decode calls" in inside  # 40 steps x 96 positions
+    stages["draft_regenerated"]["teacher_data"] = dict(
+        rows_sampled=640, rows_read=0, decode_calls=380, seconds=18.0, chunk_rows=160
+    )
+    stages["draft_distilled"]["teacher_data"] = dict(
+        rows_sampled=0, rows_read=640, decode_calls=0, seconds=0.0, chunk_rows=160
+    )
+    ahead = report.regeneration_text(study.regeneration_cost(config, stages))[0]
+    assert "answered 640 public prompts once" in ahead
+    assert "(160 prompts a call, 380 batched target decode calls, 18 s)" in ahead
+    assert "stages reading these answers: regenerated, distilled" in ahead
+    assert "(18 s), the regenerated stage took 30 s against the control's 10 s" in ahead
+
+
+@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+def test_an_answer_finished_by_a_second_call_is_the_answer_of_one_call(family):
+    """generate(max_new_tokens=k), then generate(kept=...) on its output, writes what one
+    call writes (greedy, so the draws are comparable), prompt and weights included."""
+    model = models.model_from_gin(tiny.get_config(f"family={family}").model_gin_file)
+    params = model.init(jax.random.PRNGKey(1))
+    batch = _tiny_batch(batch=4, length=16)
+    if family != "t5":
+        del batch["encoder_input_tokens"]
+        batch["decoder_loss_weights"][:, :5] = 0  # A 5-token prompt.
+    key = jax.random.PRNGKey(2)
+    whole = distill.generate(model, params, batch, key, 0.0, None)
+    part = distill.generate(model, params, batch, key, 0.0, None, max_new_tokens=6)
+    kept = np.asarray(part["decoder_loss_weights"]).sum(1).astype(np.int32)
+    assert (kept == 6).all()
+    rest = distill.generate(model, params, part, key, 0.0, None, 10, jax.numpy.asarray(kept))
+    for name in teacher_data.ANSWER_FEATURES:
+        np.testing.assert_array_equal(np.asarray(rest[name]), np.asarray(whole[name]), name)
