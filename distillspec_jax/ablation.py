@@ -106,6 +106,12 @@ def run_grid(
                 train_config.distill.mixture_other = "fixed"
                 train_config.distill.sample_temperature = temperature
                 train_config.speculative_eval.temperature = temperature
+                if source == "teacher":  # The target's answers at T, shared by the cells.
+                    train_config.distill.ahead_dir = os.path.join(
+                        workdir, "ablation", f"teacher_data_T{temperature:g}"
+                    )
+                else:  # Other sources sample inside the step (or read fixed data).
+                    train_config.distill.ahead_steps = 0
                 summary = train.run_stage(os.path.join("ablation", name), train_config, workdir)
                 key = name.replace(".", "p")  # A config key: no dots.
                 ev = _evaluation(
@@ -202,7 +208,13 @@ def _sweep_stage(
     if init:
         train_config.init_checkpoint = os.path.join(workdir, init)
     train_config.eval_every = 0
-    return os.path.join("ablation", f"agreement_{agreement:g}", stage), train_config
+    name = os.path.join("ablation", f"agreement_{agreement:g}", stage)
+    if train_config.mode == "distill" and train_config.distill.ahead_steps:
+        # The target's answers to this agreement's public prompts, shared by its stages.
+        train_config.distill.ahead_dir = os.path.join(
+            workdir, os.path.dirname(name), "teacher_data"
+        )
+    return name, train_config
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
