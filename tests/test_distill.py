@@ -68,7 +68,9 @@ def test_generated_batches_keep_prompts_and_mask_after_eos(family):
             assert weights[row, : k - 1].sum() == 0 and weights[row, k - 1] == 1
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize(
+    "family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"]
+)  # t5: 22 s
 def test_student_source_is_on_policy_and_sampling_carries_no_gradient(family):
     target, draft, target_params, draft_params = _models(family)
     batch = _batch(family)
@@ -206,7 +208,9 @@ def test_embeddings_of_two_sizes_are_distilled_on_the_ids_both_have():
     assert np.isfinite(float(metrics["token_tvd"]))
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize(
+    "family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"]
+)  # t5: 16 s
 def test_regeneration_is_the_drafts_cross_entropy_on_the_targets_samples(family):
     """`ce` with teacher data: the loss is the draft's token cross-entropy on the very
     sequences `generate` samples from the target (same key), and nothing else."""

@@ -165,6 +165,7 @@ def test_unknown_names_list_valid_ones():
         divergences.token_divergence("jsd", _logits(0), _logits(1), beta=1.5)
 
 
+@pytest.mark.slow  # 14 s
 def test_one_minus_token_tvd_predicts_measured_acceptance():
     """On target-distributed text, 1 - E[TVD(p, q)] is the SD acceptance rate."""
     model = models.build_model("decoder_only", "tiny")

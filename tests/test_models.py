@@ -18,8 +18,15 @@ def _random_batch(rng, batch, length):
     return jnp.asarray(rng.integers(1, VOCAB, size=(batch, length)), jnp.int32)
 
 
-@pytest.mark.parametrize("batch", [3, 1])  # Batch 1 writes the cache another way.
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize(
+    ("family", "batch"),  # Batch 1 writes the cache another way.
+    [
+        pytest.param("t5", 3, marks=pytest.mark.slow),  # 14 s
+        ("t5", 1),
+        ("decoder_only", 3),
+        ("decoder_only", 1),
+    ],
+)
 def test_incremental_decode_matches_teacher_forcing(family, batch):
     """Prefill, then random chunks at ragged per-row positions, with a rollback."""
     model = _tiny(family)
@@ -143,7 +150,9 @@ def test_bad_inputs_raise_clear_errors():
         models.build_model("rnn", "tiny")
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize(
+    "family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"]
+)  # t5: 15 s
 def test_packed_rows_equal_separate_examples(family):
     """Two examples packed in one row (segment ids, restarting positions) give the
     logits each gets alone."""

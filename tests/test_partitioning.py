@@ -21,7 +21,9 @@ def _batch(family, rng, batch=4, length=6):
     return out
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize(
+    "family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"]
+)  # t5: 15 s
 def test_sharded_forward_and_loss_match_unsharded(family):
     assert jax.device_count() == 8
     model = models.build_model(family, "tiny")

@@ -51,7 +51,9 @@ def _prompts(family, batch=5):
     return prompts, jnp.array([6, 2, 4, 1, 3][:batch], jnp.int32), None
 
 
-@pytest.mark.parametrize("family", ["decoder_only", "t5"])
+@pytest.mark.parametrize(
+    "family", [pytest.param("decoder_only", marks=pytest.mark.slow), "t5"]
+)  # decoder_only: 18 s
 def test_greedy_speculative_equals_greedy_target(family):
     model, target_params, draft_params = _pair(family)
     prompts, lengths, enc = _prompts(family)
@@ -569,6 +571,7 @@ def test_unnormalised_draft_probs_give_the_softmax_entries(gamma):
     np.testing.assert_array_equal(probs.row(index)[2], np.zeros(300))
 
 
+@pytest.mark.slow  # 18 s; test_distill keeps two sizes in the fast tier.
 def test_embeddings_of_two_sizes_are_compared_on_the_ids_both_have():
     """A target whose embedding pads the tokenizer further (Qwen2.5 7B vs 0.5B) is paired
     with the draft on the smaller size: SD keeps the distribution of the target's logits

@@ -202,7 +202,9 @@ def test_the_report_states_what_the_answers_cost():
     assert "(18 s), the regenerated stage took 30 s against the control's 10 s" in ahead
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize(
+    "family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"]
+)  # t5: 12 s
 def test_an_answer_finished_by_a_second_call_is_the_answer_of_one_call(family):
     """generate(max_new_tokens=k), then generate(kept=...) on its output, writes what one
     call writes (greedy, so the draws are comparable), prompt and weights included."""

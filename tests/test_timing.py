@@ -41,6 +41,7 @@ def test_time_per_call_is_the_slope(monkeypatch):
     assert len(calls) == 3 * 2 * 2  # 3 sets of (first call + 1 round) at n and 2n.
 
 
+@pytest.mark.slow  # 18 s
 def test_sampler_call_times_cover_the_cost_model():
     model = models.build_model("decoder_only", "tiny")
     params = model.init(jax.random.PRNGKey(0))

@@ -94,6 +94,7 @@ def test_a_file_for_other_settings_is_refused(data_and_file):
         tokenized.TokenizedData(path + ".missing")
 
 
+@pytest.mark.slow  # 27 s
 def test_training_reads_the_file_without_tensorflow(data_and_file, tmp_path):
     """A supervised run from the file in a process where TensorFlow and seqio cannot be
     imported, as on an accelerator host without the data stack."""

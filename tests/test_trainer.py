@@ -147,6 +147,7 @@ def test_clear_errors(tmp_path):
         )
 
 
+@pytest.mark.slow  # 17 s
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     batch = _fixed_batch("t5")
     poisoned = {**batch, "decoder_loss_weights": batch["decoder_loss_weights"] * np.nan}
