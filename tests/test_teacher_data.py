@@ -6,6 +6,7 @@ import itertools
 import jax
 import numpy as np
 import pytest
+from trainer_helpers import tiny_config, train_on
 
 from configs import tiny
 from distillspec_jax import checkpoints, distill, models, teacher_data, train
@@ -102,37 +103,17 @@ def _tiny_batch(batch=8, length=12):
     }
 
 
-def _config(mode, steps):
-    config = tiny.get_config(f"family=t5,mode={mode}")
-    config.mesh_shape = (2, 4)
-    config.num_train_steps = steps
-    config.eval_every = 0
-    config.checkpoint_every = 10
-    config.log_every = 1
-    return config
-
-
-def _train(config, workdir, batch):
-    return train.train_and_evaluate(
-        config,
-        str(workdir),
-        train_batches=lambda start: itertools.repeat(batch),
-        eval_batches=[batch],
-        progress=False,
-    )
-
-
 @pytest.mark.slow  # 40 s
 def test_distillation_reads_the_targets_answers_once_for_two_runs(tmp_path):
     batch = _tiny_batch()
-    _train(_config("supervised", 4), tmp_path / "target", batch)
-    config = _config("distill", 3)
+    train_on(tiny_config("supervised", steps=4), tmp_path / "target", batch)
+    config = tiny_config("distill", steps=3)
     config.target_checkpoint = str(tmp_path / "target")
     config.distill.update(
         source="teacher", divergence="jsd", sample_temperature=0.0, ahead_steps=2,
         ahead_dir=str(tmp_path / "answers"),
     )  # fmt: skip
-    first = _train(config, tmp_path / "a", batch)
+    first = train_on(config, tmp_path / "a", batch)
     assert first["teacher_data"]["rows_sampled"] == 24  # Chunks of 2 and 1 steps.
     assert first["train"]["source_fraction/teacher"] == 1.0
     # The answers are the target's (greedy here): its own decoding of the prompts.
@@ -147,7 +128,7 @@ def test_distillation_reads_the_targets_answers_once_for_two_runs(tmp_path):
     for name in teacher_data.ANSWER_FEATURES:
         np.testing.assert_array_equal(answers[name], np.asarray(own[name]), err_msg=name)
     # A second run with the same batches reads them and trains to the same parameters.
-    second = _train(config, tmp_path / "b", batch)
+    second = train_on(config, tmp_path / "b", batch)
     assert second["teacher_data"]["rows_sampled"] == 0
     assert second["teacher_data"]["rows_read"] == 24
     for a, b in zip(
@@ -161,7 +142,7 @@ def test_distillation_reads_the_targets_answers_once_for_two_runs(tmp_path):
 def test_answers_ahead_need_teacher_data():
     with pytest.raises(ValueError, match="needs source='teacher', got 'student'"):
         distill.make_config(source="student", presampled=True)
-    config = _config("distill", 3)
+    config = tiny_config("distill", steps=3)
     config.distill.update(source="teacher", ahead_steps=4)
     assert train.distill_config(config).presampled
     config.distill.ahead_steps = 0

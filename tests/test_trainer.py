@@ -1,6 +1,5 @@
 """Trainer: sharded steps, distill mode, resume, preemption, multi-process, errors."""
 
-import itertools
 import os
 import signal
 import socket
@@ -12,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from trainer_helpers import tiny_config, train_on
 
-from configs import tiny
 from distillspec_jax import checkpoints, models, partitioning, train, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,26 +35,6 @@ def _fixed_batch(family="t5", batch=8, length=12, seed=0):
     return out
 
 
-def _config(mode="supervised", family="t5", steps=20):
-    config = tiny.get_config(f"family={family},mode={mode}")
-    config.mesh_shape = (2, 4)
-    config.num_train_steps = steps
-    config.eval_every = 0
-    config.checkpoint_every = 10
-    config.log_every = 1
-    return config
-
-
-def _train(config, workdir, batch):
-    return train.train_and_evaluate(
-        config,
-        str(workdir),
-        train_batches=lambda start: itertools.repeat(batch),
-        eval_batches=[batch],
-        progress=False,
-    )
-
-
 def _losses(workdir):
     import json
 
@@ -68,18 +47,18 @@ def _losses(workdir):
 def test_supervised_then_distill_on_a_2x4_mesh(family, tmp_path):
     batch = _fixed_batch(family)
     target_dir = tmp_path / "target"
-    result = _train(_config("supervised", family), target_dir, batch)
+    result = train_on(tiny_config("supervised", family), target_dir, batch)
     losses = _losses(target_dir)
     assert len(losses) == 20 and losses[-1] < 0.7 * losses[0]
     kernel = jax.tree_util.tree_leaves(result["state"].params)[3]
     assert result["state"].params is not None and len(kernel.sharding.device_set) == 8
 
-    config = _config("distill", family)
+    config = tiny_config("distill", family)
     config.target_checkpoint = str(target_dir)
     config.distill.source = "fixed"
     distill_dir = tmp_path / "distill"
     before = os.path.getmtime(os.path.join(target_dir, "checkpoints"))
-    result = _train(config, distill_dir, batch)
+    result = train_on(config, distill_dir, batch)
     losses = _losses(distill_dir)
     assert losses[-1] < 0.7 * losses[0]
     assert 1.0 <= result["eval"]["block_efficiency"] <= 4.0
@@ -113,34 +92,34 @@ def test_supervised_then_distill_on_a_2x4_mesh(family, tmp_path):
 @pytest.mark.slow  # 38 s; the mesh and distillation stay in the fast tier (test above).
 def test_on_policy_distill_step_runs_sharded(tmp_path):
     batch = _fixed_batch("t5")
-    _train(_config("supervised", "t5", steps=5), tmp_path / "t", batch)
-    config = _config("distill", "t5", steps=6)
+    train_on(tiny_config("supervised", "t5", steps=5), tmp_path / "t", batch)
+    config = tiny_config("distill", "t5", steps=6)
     config.target_checkpoint = str(tmp_path / "t")
     config.distill.source = "mixture"
     config.distill.mixture_lambda = 0.5
     config.optimizer.microbatches = 2
-    result = _train(config, tmp_path / "d", batch)
+    result = train_on(config, tmp_path / "d", batch)
     assert np.isfinite(result["train"]["loss"])
 
 
 def test_clear_errors(tmp_path):
     batch = _fixed_batch("t5")
-    config = _config("distill")
+    config = tiny_config("distill")
     config.target_checkpoint = str(tmp_path / "missing")
     with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
-        _train(config, tmp_path / "a", batch)
-    config = _config("supervised", steps=2)
+        train_on(config, tmp_path / "a", batch)
+    config = tiny_config("supervised", steps=2)
     config.batch_size = 7
     with pytest.raises(ValueError, match="not divisible by the data axis"):
-        _train(config, tmp_path / "b", batch)
+        train_on(config, tmp_path / "b", batch)
     # A target trained with another vocabulary does not load.
-    config = _config("supervised", steps=2)
-    _train(config, tmp_path / "t", batch)
-    config = _config("distill", steps=2)
+    config = tiny_config("supervised", steps=2)
+    train_on(config, tmp_path / "t", batch)
+    config = tiny_config("distill", steps=2)
     config.target_checkpoint = str(tmp_path / "t")
     config.gin_bindings = ("models.build_model.vocab_size = 64",)
     with pytest.raises(checkpoints.CheckpointError, match="does not match.*vocab"):
-        _train(
+        train_on(
             config,
             tmp_path / "c",
             {**batch, **{k: v % 64 for k, v in batch.items() if k != "decoder_loss_weights"}},
@@ -151,7 +130,7 @@ def test_clear_errors(tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     batch = _fixed_batch("t5")
     poisoned = {**batch, "decoder_loss_weights": batch["decoder_loss_weights"] * np.nan}
-    config = _config("supervised", steps=10)
+    config = tiny_config("supervised", steps=10)
     config.checkpoint_every = 2
     batches = [batch] * 4 + [poisoned] + [batch] * 5
     with pytest.raises(FloatingPointError, match=r"at step 5.*Last good checkpoint: step 4"):
@@ -312,7 +291,7 @@ def test_evaluation_records_start_no_duplicates_and_never_cost_a_checkpoint(tmp_
     import json
 
     batch = _fixed_batch("decoder_only")
-    config = _config("supervised", "decoder_only", steps=6)
+    config = tiny_config("supervised", "decoder_only", steps=6)
     config.eval_every, config.checkpoint_every = 3, 100
     workdir = tmp_path / "run"
 
@@ -320,9 +299,9 @@ def test_evaluation_records_start_no_duplicates_and_never_cost_a_checkpoint(tmp_
         rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
         return [r["step"] for r in rows if r["split"] == "eval"]
 
-    _train(config, workdir, batch)
+    train_on(config, workdir, batch)
     assert eval_steps() == [0, 3, 6]  # The starting point too.
-    again = _train(config, workdir, batch)  # A finished workdir: nothing new is written.
+    again = train_on(config, workdir, batch)  # A finished workdir: nothing new is written.
     assert eval_steps() == [0, 3, 6] and again["eval"]["loss"] > 0
     # A final evaluation that fails still leaves the last step's checkpoint.
     config.eval_every = 0
@@ -333,5 +312,5 @@ def test_evaluation_records_start_no_duplicates_and_never_cost_a_checkpoint(tmp_
 
     monkeypatch.setattr(train, "_mean_metrics", broken)
     with pytest.raises(RuntimeError, match="evaluation broke"):
-        _train(config, failing, batch)
+        train_on(config, failing, batch)
     assert "6" in os.listdir(failing / "checkpoints")
