@@ -648,6 +648,8 @@ def teacher_sampler(
     a quarter, a half or all of the rows. One call would run every row as long as the
     longest answer (a looping sample runs to the cap); the answers are the same in
     distribution (a continuation samples the rest of the same answer)."""
+    from distillspec_jax import teacher_data
+
     teacher = models.paired(target_model, draft_model)[0]
     temperature = config.distill.sample_temperature
     eos = sampling.eos_static(eos_ids)
@@ -696,7 +698,7 @@ def teacher_sampler(
             length - first,
             count[chosen].astype(np.int32),
         )
-        for name in ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights"):
+        for name in teacher_data.ANSWER_FEATURES:
             out[name][open_rows] = rest[name][: len(open_rows)]
         return out
 
