@@ -30,7 +30,7 @@ from typing import Any
 import ml_collections
 
 from configs import common
-from distillspec_jax import cli, evaluate, fs, report, train
+from distillspec_jax import cli, evaluate, fs, metrics, report, train
 
 
 def _cell_name(source: str, divergence: str, temperature: float) -> str:
@@ -141,6 +141,9 @@ def run_grid(
                         "acceptance_rate": cell["acceptance_rate"],
                         "alpha_estimate": cell["alpha_estimate"],
                         "final_divergence": summary["train"].get("divergence"),
+                        # Per-prompt counts: cells compare with each other paired.
+                        "prompt_tokens": cell["prompt_tokens"],
+                        "prompt_target_calls": cell["prompt_target_calls"],
                     }
                 )
                 print(
@@ -187,6 +190,69 @@ def run_lossy(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
             f"accuracy {r['accuracy']:.1f}%, ROUGE-L {r['rougeL']:.1f}"
         )
     return rows
+
+
+def grid_comparisons(grid: list[dict[str, Any]], config: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the paper's claims ask of the grid, one entry per T.
+
+    The paper (Zhou et al., 2024) finds that on-policy data from the draft and a
+    divergence chosen for the task and decoding strategy matter most. Per T:
+    `student_vs_fixed`, student data's tau over fixed data's with each divergence
+    (paired bootstrap over the prompts both cells decoded), and `divergences`, each
+    divergence's mean gain over the control across the sources and the number of
+    sources it is best with.
+    """
+    out = []
+    for temperature in config["temperatures"]:
+        cells = {(r["source"], r["divergence"]): r for r in grid if r["temperature"] == temperature}
+        if not cells:
+            continue
+        student_vs_fixed = []
+        for divergence in config["divergences"]:
+            student, fixed = cells.get(("student", divergence)), cells.get(("fixed", divergence))
+            if student is None or fixed is None:
+                continue
+            student_vs_fixed.append(
+                {
+                    "divergence": divergence,
+                    "gain_percent": 100
+                    * (student["block_efficiency"] / fixed["block_efficiency"] - 1),
+                    "interval_90": metrics.tau_gain_interval(
+                        fixed.get("prompt_tokens", ()),
+                        fixed.get("prompt_target_calls", ()),
+                        student.get("prompt_tokens", ()),
+                        student.get("prompt_target_calls", ()),
+                    ),
+                }
+            )
+        best = {}  # source -> its best divergence, among sources measured with all of them
+        for source in config["sources"]:
+            gains = {
+                d: cells[(source, d)]["tau_gain_percent"]
+                for d in config["divergences"]
+                if (source, d) in cells
+            }
+            if len(gains) == len(config["divergences"]):
+                best[source] = max(gains, key=gains.get)
+        divergences = []
+        for divergence in config["divergences"]:
+            gains = [cells[(s, divergence)]["tau_gain_percent"] for s in best]
+            divergences.append(
+                {
+                    "divergence": divergence,
+                    "mean_gain_percent": sum(gains) / len(gains) if gains else None,
+                    "best_with": [s for s, d in best.items() if d == divergence],
+                }
+            )
+        out.append(
+            {
+                "temperature": temperature,
+                "student_vs_fixed": student_vs_fixed,
+                "divergences": divergences,
+                "best_by_source": best,
+            }
+        )
+    return out
 
 
 SWEEP_DRAFTS = ("control", "regenerated", "distilled")
@@ -312,6 +378,7 @@ def write_report(
         "config": config.to_dict(),
         "cells_completed": len(grid),
         "cells_total": total if config.run_grid else 0,
+        "comparisons": grid_comparisons(grid, config.to_dict()),
     }
     results["plots"] = report.ablation_plots(results, os.path.join(out_dir, "plots"))
     fs.write_json(os.path.join(out_dir, "ablation.json"), results, indent=2, default=str)

@@ -790,6 +790,55 @@ def _ablation_gain(cell: dict[str, Any] | None) -> str:
     return f"{gain}, tau {cell['block_efficiency']:.2f}"
 
 
+def comparisons_text(comparisons: list[dict[str, Any]], divergences) -> list[str]:
+    """The grid against the paper's two claims (on-policy data; the divergence
+    depends on the task and decoding): a table per T and one line of verdicts."""
+    if not comparisons:
+        return []
+    lines = [
+        "### Against the paper's claims",
+        "",
+        "Student (on-policy) data over fixed data with each divergence (tau ratio of the two "
+        "cells, 90% paired bootstrap over the prompts), each divergence's mean gain over the "
+        "control across the sources, and the sources it is the best divergence for.",
+        "",
+        "| T | | " + " | ".join(d.upper() for d in divergences) + " |",
+        "|---|---|" + "---|" * len(divergences),
+    ]
+    verdicts = []
+    for c in comparisons:
+        by = {r["divergence"]: r for r in c["student_vs_fixed"]}
+        cells = [
+            gain_text(by[d]["gain_percent"], by[d]["interval_90"]) if d in by else "-"
+            for d in divergences
+        ]
+        lines.append(f"| {c['temperature']:g} | student over fixed | " + " | ".join(cells) + " |")
+        rank = {r["divergence"]: r for r in c["divergences"]}
+        lines.append(
+            f"| {c['temperature']:g} | mean gain over control | "
+            + " | ".join(gain_text(rank[d]["mean_gain_percent"], None) for d in divergences)
+            + " |"
+        )
+        lines.append(
+            f"| {c['temperature']:g} | best for sources | "
+            + " | ".join(", ".join(rank[d]["best_with"]) or "-" for d in divergences)
+            + " |"
+        )
+        above = [d.upper() for d, r in by.items() if r["interval_90"] and r["interval_90"][0] > 0]
+        below = [d.upper() for d, r in by.items() if r["interval_90"] and r["interval_90"][1] < 0]
+        means = {
+            d: r["mean_gain_percent"] for d, r in rank.items() if r["mean_gain_percent"] is not None
+        }
+        top = max(means, key=means.get).upper() if means else "-"
+        verdicts.append(
+            f"- T = {c['temperature']:g}: student data beats fixed data beyond its interval with "
+            f"{len(above)} of {len(by)} divergences ({', '.join(above) or 'none'}) and is below it "
+            f"with {len(below)} ({', '.join(below) or 'none'}); the best divergence on average "
+            f"over the sources is {top}."
+        )
+    return [*lines, "", *verdicts, ""]
+
+
 def ablation_report(results: dict[str, Any]) -> str:
     """ablation.md: the grid's gains over the control per T, the lossy sweep, plots."""
     grid, lossy, config = results["grid"], results["lossy"], results["config"]
@@ -821,6 +870,7 @@ def ablation_report(results: dict[str, Any]) -> str:
                 ]
                 lines.append(f"| {source} | " + " | ".join(_ablation_gain(c) for c in cells) + " |")
             lines.append("")
+    lines += comparisons_text(results.get("comparisons", []), config["divergences"])
     if results.get("sweep"):
         lines += [
             "## Agreement sweep",

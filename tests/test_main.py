@@ -30,6 +30,46 @@ def test_tau_gain_interval():
     assert metrics.tau_gain_interval([], [], [15], [10]) is None  # No counters.
 
 
+def test_grid_comparisons_pair_student_with_fixed_and_rank_the_divergences():
+    calls = [10, 10, 8, 4]
+
+    def cell(source, divergence, tokens, gain):
+        return {
+            "source": source,
+            "divergence": divergence,
+            "temperature": 1.0,
+            "block_efficiency": sum(tokens) / sum(calls),
+            "tau_gain_percent": gain,
+            "prompt_tokens": tokens,
+            "prompt_target_calls": calls,
+        }
+
+    grid = [
+        # Student doubles fixed's tokens on every prompt with FKL, halves them with TVD.
+        cell("fixed", "fkl", [10, 30, 20, 8], 1.0),
+        cell("student", "fkl", [20, 60, 40, 16], 3.0),
+        cell("fixed", "tvd", [10, 30, 20, 8], 5.0),
+        cell("student", "tvd", [5, 15, 10, 4], 2.0),
+    ]
+    config = {
+        "temperatures": (1.0, 0.0),
+        "sources": ("fixed", "student"),
+        "divergences": ("fkl", "tvd"),
+    }
+    (c,) = ablation.grid_comparisons(grid, config)  # No cells at T = 0: no entry.
+    by = {r["divergence"]: r for r in c["student_vs_fixed"]}
+    assert by["fkl"]["gain_percent"] == pytest.approx(100)
+    assert by["fkl"]["interval_90"] == pytest.approx([100, 100])
+    assert by["tvd"]["gain_percent"] == pytest.approx(-50)
+    assert c["best_by_source"] == {"fixed": "tvd", "student": "fkl"}
+    rank = {r["divergence"]: r for r in c["divergences"]}
+    assert rank["fkl"]["mean_gain_percent"] == pytest.approx(2.0)
+    assert rank["tvd"]["mean_gain_percent"] == pytest.approx(3.5)
+    text = "\n".join(report.comparisons_text([c], config["divergences"]))
+    assert "beats fixed data beyond its interval with 1 of 2 divergences (FKL)" in text
+    assert "below it with 1 (TVD)" in text and "on average over the sources is TVD" in text
+
+
 @pytest.mark.slow
 def test_quick_study_end_to_end_and_resume(study, capsys, monkeypatch):
     workdir, results = study
@@ -147,7 +187,11 @@ def test_ablation_grid_and_lossy_sweep(study):
     for draft in ("baseline", "distilled"):
         assert lossy[(draft, 0.05)]["block_efficiency"] > lossy[(draft, 1.0)]["block_efficiency"]
     assert os.path.exists(os.path.join(workdir, "ablation", "plots", "grid_heatmap.png"))
-    assert os.path.exists(os.path.join(workdir, "ablation", "ablation.md"))
+    (comparison,) = results["comparisons"]
+    assert [r["divergence"] for r in comparison["student_vs_fixed"]] == ["fkl", "tvd"]
+    assert all(r["interval_90"] is not None for r in comparison["student_vs_fixed"])
+    text = fs.read_text(os.path.join(workdir, "ablation", "ablation.md"))
+    assert "Against the paper's claims" in text
 
 
 @pytest.mark.slow
