@@ -136,8 +136,6 @@ def generate(
     rng: Array,
     temperature: float,
     eos_id: int | tuple[int, ...] | None,
-    max_new_tokens: int | None = None,
-    kept: Array | None = None,
 ) -> Batch:
     """A copy of `batch` whose targets are sampled from `model` (no gradient).
 
@@ -145,57 +143,41 @@ def generate(
     length. Decoder-only: each row's prompt is kept and the response after it
     is sampled, up to the batch's length. Loss weights cover the generated
     tokens up to and including EOS.
-
-    `max_new_tokens` caps the tokens sampled per row (default: the batch's length).
-    With `kept` ([B] int), the batch already holds answers (an earlier call's output)
-    and each row's first kept[b] answer tokens stay: sampling continues after them,
-    so a long answer can be finished by a second call on fewer rows.
     """
     params = jax.lax.stop_gradient(params)
     batch_size, length = batch["decoder_target_tokens"].shape
-    new_tokens = length if max_new_tokens is None else max_new_tokens
     idx = jnp.arange(length)[None, :]
     if models.is_encoder_decoder(model):
-        if kept is None:
-            prompts = jnp.zeros((batch_size, 1), jnp.int32)
-            kept = jnp.zeros((batch_size,), jnp.int32)
-        else:  # [BOS, y_1, ..., y_kept]: the decoder inputs of the earlier answer.
-            prompts = batch["decoder_input_tokens"].astype(jnp.int32)
         out = sampling.autoregressive_sample(
             model,
             params,
-            prompts,
-            1 + kept,
+            jnp.zeros((batch_size, 1), jnp.int32),
+            jnp.ones((batch_size,), jnp.int32),
             rng,
-            max_new_tokens=new_tokens,
+            max_new_tokens=length,
             temperature=temperature,
             eos_id=eos_id,
             encoder_inputs=batch["encoder_input_tokens"],
         )
-        # Fewer new tokens than the length: the rest of the row is padding.
-        sequences = jnp.pad(
-            out.sequences, ((0, 0), (0, max(length + 1 - out.sequences.shape[1], 0)))
-        )
-        targets = sequences[:, 1 : length + 1]
-        weights = idx < (kept + out.num_generated)[:, None]
-        inputs = sequences[:, :length]
+        targets = out.sequences[:, 1 : length + 1]
+        weights = idx < out.num_generated[:, None]
+        inputs = out.sequences[:, :length]
     else:
         prompt_lengths = models.decoder_only_prompt_lengths(batch)
-        kept = jnp.zeros_like(prompt_lengths) if kept is None else kept
         out = sampling.autoregressive_sample(
             model,
             params,
             batch["decoder_input_tokens"],
-            prompt_lengths + kept,
+            prompt_lengths,
             rng,
-            max_new_tokens=new_tokens,
+            max_new_tokens=length,
             temperature=temperature,
             eos_id=eos_id,
         )
         inputs = out.sequences[:, :length]
         targets = out.sequences[:, 1 : length + 1]
         start = prompt_lengths[:, None] - 1  # first response position in targets.
-        weights = (idx >= start) & (idx < start + (kept + out.num_generated)[:, None])
+        weights = (idx >= start) & (idx < start + out.num_generated[:, None])
     targets = jnp.where(weights, targets, 0)
     # The batch's own dtypes (seqio gives int32 loss weights): a mixture switches
     # between this and the fixed batch, whose types must match.

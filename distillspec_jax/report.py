@@ -849,7 +849,8 @@ def ablation_report(results: dict[str, Any]) -> str:
     if grid:
         lines += [
             f"Block-efficiency gain over the compute-matched control (the baseline draft "
-            f"trained {config['distill_steps']} more steps on ground truth, tau "
+            f"trained {config['distill_steps']} more steps with cross-entropy on its own "
+            "training data, the public data in the mismatched regime; tau "
             f"{grid[0]['control_block_efficiency']:.3f} at the first T) at gamma = "
             f"{config['eval']['gamma']}, {config['eval']['num_prompts']} test prompts, "
             "with its 90% "

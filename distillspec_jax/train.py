@@ -10,7 +10,6 @@ Metrics go to `metrics.jsonl` and TensorBoard event files in the workdir.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -640,67 +639,20 @@ def teacher_sampler(
     eos_ids: Any,
 ) -> Callable[[HostBatch, jax.Array], HostBatch]:
     """(this process's rows, key) -> the rows with the target's answers at
-    `distill.sample_temperature` (on the ids the pair shares), the rows split over the
-    mesh's data axis as a train step splits them.
-
-    In two calls: every row answers up to half the length, then only the rows still
-    writing (a small share) continue from where they stopped, in a batch of an eighth,
-    a quarter, a half or all of the rows. One call would run every row as long as the
-    longest answer (a looping sample runs to the cap); the answers are the same in
-    distribution (a continuation samples the rest of the same answer)."""
-    from distillspec_jax import teacher_data
-
+    `distill.sample_temperature` (on the ids the pair shares), sampled with the rows
+    split over the mesh's data axis as a train step splits them."""
     teacher = models.paired(target_model, draft_model)[0]
     temperature = config.distill.sample_temperature
     eos = sampling.eos_static(eos_ids)
-    eos_list = np.asarray([] if eos is None else np.atleast_1d(eos))
     rules = partitioning.config_rules(config, target=True)
-    per_process = max(mesh.shape["data"] // jax.process_count(), 1)
-
-    @functools.partial(jax.jit, static_argnums=(3,))
-    def answer(params, batch, key, max_new_tokens, kept=None):
-        return distill.generate(teacher, params, batch, key, temperature, eos, max_new_tokens, kept)
-
-    def run(rows: HostBatch, key: jax.Array, max_new_tokens: int, kept=None) -> HostBatch:
-        with partitioning.activate(mesh, rules):
-            batch = trainer.host_to_global(rows, mesh)
-            if kept is not None:
-                kept = trainer.host_to_global({"kept": kept}, mesh)["kept"]
-            return trainer.global_to_host(
-                answer(target_params, batch, key, max_new_tokens, kept), mesh
-            )
+    answer = jax.jit(
+        lambda params, batch, key: distill.generate(teacher, params, batch, key, temperature, eos)
+    )
 
     def sample(rows: HostBatch, key: jax.Array) -> HostBatch:
-        num_rows, length = rows["decoder_target_tokens"].shape
-        first = max(length // 2, 1)
-        out = {name: np.array(value) for name, value in run(rows, key, first).items()}
-        weights = out["decoder_loss_weights"].astype(bool)
-        count = weights.sum(1)
-        last = length - 1 - np.argmax(weights[:, ::-1], axis=1)  # The last answer position.
-        ended = np.isin(out["decoder_target_tokens"][np.arange(num_rows), last], eos_list)
-        room = np.argmax(weights, axis=1) + count < length  # (all rows have an answer)
-        open_rows = np.flatnonzero((count == first) & ~ended & room)
-        needed = len(open_rows)
-        if jax.process_count() > 1:  # Every process runs the same shapes.
-            from jax.experimental import multihost_utils
-
-            needed = int(np.max(multihost_utils.process_allgather(np.asarray(needed))))
-        if needed == 0:
-            return out
-        size = next(
-            b for b in (num_rows // 8, num_rows // 4, num_rows // 2, num_rows) if b >= needed
-        )
-        size = -(-size // per_process) * per_process
-        chosen = np.resize(open_rows if len(open_rows) else np.arange(1), size)
-        rest = run(
-            {name: value[chosen] for name, value in out.items()},
-            jax.random.fold_in(key, 1),
-            length - first,
-            count[chosen].astype(np.int32),
-        )
-        for name in teacher_data.ANSWER_FEATURES:
-            out[name][open_rows] = rest[name][: len(open_rows)]
-        return out
+        with partitioning.activate(mesh, rules):
+            out = answer(target_params, trainer.host_to_global(rows, mesh), key)
+        return trainer.global_to_host(out, mesh)
 
     return sample
 

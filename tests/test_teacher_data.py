@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from trainer_helpers import tiny_config, train_on
 
-from configs import tiny
 from distillspec_jax import checkpoints, distill, models, teacher_data, train
 
 SETTINGS = {"target_checkpoint": "/t", "target_step": 7, "sample_temperature": 1.0, "seed": 3}
@@ -181,25 +180,3 @@ def test_the_report_states_what_the_answers_cost():
     assert "(160 prompts a call, 380 batched target decode calls, 18 s)" in ahead
     assert "stages reading these answers: regenerated, distilled" in ahead
     assert "(18 s), the regenerated stage took 30 s against the control's 10 s" in ahead
-
-
-@pytest.mark.parametrize(
-    "family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"]
-)  # t5: 12 s
-def test_an_answer_finished_by_a_second_call_is_the_answer_of_one_call(family):
-    """generate(max_new_tokens=k), then generate(kept=...) on its output, writes what one
-    call writes (greedy, so the draws are comparable), prompt and weights included."""
-    model = models.model_from_gin(tiny.get_config(f"family={family}").model_gin_file)
-    params = model.init(jax.random.PRNGKey(1))
-    batch = _tiny_batch(batch=4, length=16)
-    if family != "t5":
-        del batch["encoder_input_tokens"]
-        batch["decoder_loss_weights"][:, :5] = 0  # A 5-token prompt.
-    key = jax.random.PRNGKey(2)
-    whole = distill.generate(model, params, batch, key, 0.0, None)
-    part = distill.generate(model, params, batch, key, 0.0, None, max_new_tokens=6)
-    kept = np.asarray(part["decoder_loss_weights"]).sum(1).astype(np.int32)
-    assert (kept == 6).all()
-    rest = distill.generate(model, params, part, key, 0.0, None, 10, jax.numpy.asarray(kept))
-    for name in teacher_data.ANSWER_FEATURES:
-        np.testing.assert_array_equal(np.asarray(rest[name]), np.asarray(whole[name]), name)
