@@ -41,7 +41,9 @@ def _batch(family, batch=4, length=8, seed=0):
     }
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize(
+    "family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"]
+)  # t5: 12 s
 def test_generated_batches_keep_prompts_and_mask_after_eos(family):
     target, _, target_params, _ = _models(family)
     batch = _batch(family)
@@ -144,7 +146,9 @@ def test_mixture_draws_sources_with_probability_lambda(lam):
     assert abs(student / num - lam) <= 4 * np.sqrt(lam * (1 - lam) / num)
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize(
+    "family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"]
+)  # t5: 12 s
 def test_fixed_and_student_mixture_with_integer_loss_weights(family):
     """ImitKD-style mixture on a batch typed as seqio makes it (int32 loss weights)."""
     target, draft, target_params, draft_params = _models(family)

@@ -22,7 +22,7 @@ def _random_batch(rng, batch, length):
     ("family", "batch"),  # Batch 1 writes the cache another way.
     [
         pytest.param("t5", 3, marks=pytest.mark.slow),  # 14 s
-        ("t5", 1),
+        pytest.param("t5", 1, marks=pytest.mark.slow),  # 15 s; SD of t5 decodes in the tier
         ("decoder_only", 3),
         ("decoder_only", 1),
     ],
@@ -69,7 +69,9 @@ def test_incremental_decode_matches_teacher_forcing(family, batch):
         np.testing.assert_allclose(logits[b], full[b, pos[b] - 3 : pos[b] + 1], atol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize(
+    "family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"]
+)  # t5: 12 s
 def test_score_and_loss_agree(family):
     model = _tiny(family)
     params = model.init(jax.random.PRNGKey(2))

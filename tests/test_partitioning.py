@@ -103,7 +103,7 @@ def _assert_same_steps(state, losses, ref_state, ref_losses):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
 
 
-@pytest.mark.parametrize("family", ["t5", pytest.param("decoder_only", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"])
 def test_fsdp_train_step_equals_the_unsharded_one(family):
     from distillspec_jax import trainer
 
