@@ -256,7 +256,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         gammas=(3, 7),
         temperatures=(0.0, 1.0),
         # Wall clock at batch 1 (the latency setting) on the first N of them.
-        timed_prompts=1 if quick else 8,
+        timed_prompts=1 if quick else 4,
         timing_repeats=2,
         # Decode-step timing for the cost ratio c.
         cost_steps=32 if quick else 64,

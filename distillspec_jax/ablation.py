@@ -199,8 +199,8 @@ def grid_comparisons(grid: list[dict[str, Any]], config: dict[str, Any]) -> list
     divergence chosen for the task and decoding strategy matter most. Per T:
     `student_vs_fixed`, student data's tau over fixed data's with each divergence
     (paired bootstrap over the prompts both cells decoded), and `divergences`, each
-    divergence's mean gain over the control across the sources and the number of
-    sources it is best with.
+    divergence's mean gain over the control across the sources, and `best_by_source`
+    (source -> its best divergence).
     """
     out = []
     for temperature in config["temperatures"]:
@@ -215,8 +215,9 @@ def grid_comparisons(grid: list[dict[str, Any]], config: dict[str, Any]) -> list
             student_vs_fixed.append(
                 {
                     "divergence": divergence,
-                    "gain_percent": 100
-                    * (student["block_efficiency"] / fixed["block_efficiency"] - 1),
+                    "gain_percent": metrics.tau_gain(
+                        student["block_efficiency"], fixed["block_efficiency"]
+                    ),
                     "interval_90": metrics.tau_gain_interval(
                         fixed.get("prompt_tokens", ()),
                         fixed.get("prompt_target_calls", ()),
@@ -241,7 +242,6 @@ def grid_comparisons(grid: list[dict[str, Any]], config: dict[str, Any]) -> list
                 {
                     "divergence": divergence,
                     "mean_gain_percent": sum(gains) / len(gains) if gains else None,
-                    "best_with": [s for s, d in best.items() if d == divergence],
                 }
             )
         out.append(

@@ -974,7 +974,7 @@ def add_gains(rows: list[CellResult], reference: str) -> None:
         ref = index.get((row.task, row.temperature, row.gamma, row.lenience, row.eps, reference))
         if ref is None or ref is row:
             continue
-        row.tau_gain_percent = 100 * (row.block_efficiency / ref.block_efficiency - 1)
+        row.tau_gain_percent = metrics.tau_gain(row.block_efficiency, ref.block_efficiency)
         row.tau_gain_interval_90 = metrics.tau_gain_interval(
             ref.prompt_tokens, ref.prompt_target_calls, row.prompt_tokens, row.prompt_target_calls
         )

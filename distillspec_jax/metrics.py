@@ -102,6 +102,11 @@ def summarize(out: sampling.SampleOutput, gamma: int) -> dict[str, Any]:
     }
 
 
+def tau_gain(tau: Any, reference_tau: Any) -> Any:
+    """A draft's tau gain over a reference draft's, in percent (floats or arrays)."""
+    return 100 * (tau / reference_tau - 1)
+
+
 def tau_gain_interval(
     reference_tokens: Any,
     reference_calls: Any,
@@ -122,8 +127,8 @@ def tau_gain_interval(
     if not len(ref_tok) or len(ref_tok) != len(tok):
         return None
     idx = np.random.default_rng(0).integers(0, len(tok), (samples, len(tok)))
-    gains = 100 * (
-        (tok[idx].sum(1) / n_calls[idx].sum(1)) / (ref_tok[idx].sum(1) / ref_calls[idx].sum(1)) - 1
+    gains = tau_gain(
+        tok[idx].sum(1) / n_calls[idx].sum(1), ref_tok[idx].sum(1) / ref_calls[idx].sum(1)
     )
     low, high = np.quantile(gains, [(1 - level) / 2, (1 + level) / 2])
     return [float(low), float(high)]  # A list: results.json round-trips it unchanged.

@@ -821,7 +821,10 @@ def comparisons_text(comparisons: list[dict[str, Any]], divergences) -> list[str
         )
         lines.append(
             f"| {c['temperature']:g} | best for sources | "
-            + " | ".join(", ".join(rank[d]["best_with"]) or "-" for d in divergences)
+            + " | ".join(
+                ", ".join(s for s, best in c["best_by_source"].items() if best == d) or "-"
+                for d in divergences
+            )
             + " |"
         )
         above = [d.upper() for d, r in by.items() if r["interval_90"] and r["interval_90"][0] > 0]

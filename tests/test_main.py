@@ -68,6 +68,7 @@ def test_grid_comparisons_pair_student_with_fixed_and_rank_the_divergences():
     text = "\n".join(report.comparisons_text([c], config["divergences"]))
     assert "beats fixed data beyond its interval with 1 of 2 divergences (FKL)" in text
     assert "below it with 1 (TVD)" in text and "on average over the sources is TVD" in text
+    assert "| 1 | best for sources | student | fixed |" in text
 
 
 @pytest.mark.slow
