@@ -701,12 +701,20 @@ def ablation_plots(results: dict[str, Any], out_dir: str) -> list[str]:
                     continue
                 taus = [r["block_efficiency"] for r in sel]
                 values = [r[key] for r in sel]
-                ax.plot(taus, values, style, label=f"{name} draft")
+                (line,) = ax.plot(taus, values, style, label=f"{name} draft")
                 intervals = [r.get(f"{key}_interval_90") for r in sel]
                 if all(intervals):
                     lows = [v - i[0] for v, i in zip(values, intervals, strict=True)]
                     highs = [i[1] - v for v, i in zip(values, intervals, strict=True)]
-                    ax.errorbar(taus, values, yerr=[lows, highs], fmt="none", capsize=3, alpha=0.5)
+                    ax.errorbar(
+                        taus,
+                        values,
+                        yerr=[lows, highs],
+                        fmt="none",
+                        capsize=3,
+                        alpha=0.5,
+                        ecolor=line.get_color(),
+                    )
                 for r in sel:
                     ax.annotate(f"eps={r['eps']:g}", (r["block_efficiency"], r[key]), fontsize=7)
             ax.set_xlabel("block efficiency tau")
@@ -742,12 +750,20 @@ def sweep_plot(sweep: list[dict[str, Any]], path: str) -> str:
         x = [r["agreement"] for r in rows]
         for name, style in (("regenerated", "o--"), ("distilled", "s-")):
             gains = [r[f"{name}_tau_gain_percent"] for r in rows]
-            ax.plot(x, gains, style, label=name)
+            (line,) = ax.plot(x, gains, style, label=name)
             intervals = [r.get(f"{name}_tau_gain_interval_90") for r in rows]
             if all(intervals):
                 lows = [g - i[0] for g, i in zip(gains, intervals, strict=True)]
                 highs = [i[1] - g for g, i in zip(gains, intervals, strict=True)]
-                ax.errorbar(x, gains, yerr=[lows, highs], fmt="none", capsize=3, alpha=0.5)
+                ax.errorbar(
+                    x,
+                    gains,
+                    yerr=[lows, highs],
+                    fmt="none",
+                    capsize=3,
+                    alpha=0.5,
+                    ecolor=line.get_color(),
+                )
         ax.axhline(0.0, color="gray", lw=0.8)
         ax.set_xlabel("agreement (fraction of public references in the target's style)")
         ax.set_ylabel("tau gain over the control (%)")
