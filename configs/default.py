@@ -7,11 +7,12 @@ r"""The end-to-end DistillSpec study on the offline gsm_symbolic task (CPU defau
   python -m distillspec_jax.main --workdir /tmp/ds --config configs/default.py \
       --config.stages.draft_distilled.distill.divergence=tvd --config.evaluation.timed_prompts=0
 
-Stages: (a) the T5 target trained on its own data, (b) two baseline drafts, one
-trained on the public data (`config.agreement` of it in the target's style, the
-rest rewritten by a second writer) and one on the target's own data (all three
-shipped in pretrained/gsm_symbolic and installed from there; `--config.retrain=True`
-trains them, `:pretrain` is the command that made them), then from the public
+Stages: (a) the T5 target trained on its own data, (b) two baseline drafts with the
+target's recipe, one trained on the public data (`config.agreement` of it in the
+target's style, the rest rewritten by a second writer) and one on the target's own
+data (all three shipped in pretrained/gsm_symbolic and installed from there;
+`--config.retrain=True` trains them, `:pretrain` is the command that made them), then
+from the public
 baseline and compute-matched: (c) the control (more cross-entropy on the public
 data), (d) regenerated (cross-entropy on the target's answers to the public
 prompts), (e) the DistillSpec draft, and (f) the matched draft (the other baseline,
@@ -57,13 +58,20 @@ def _stage(
     return stage
 
 
-def _public_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The drafts' public data: the study's data section (every field a reference to
-    it, so overrides reach both) with `agreement` from `config.agreement`."""
+def _public_data(
+    config: ml_collections.ConfigDict, agreement: float | None = None
+) -> ml_collections.ConfigDict:
+    """The drafts' public data: the study's data section (every field but the
+    pre-tokenized file a reference to it, so overrides reach both) with `agreement` from
+    `config.agreement` (or this fixed `agreement`)."""
     public = ml_collections.ConfigDict()
     for key, value in config.data.items():
         if key == "agreement":
-            public.agreement = config.get_ref("agreement")
+            public.agreement = config.get_ref("agreement") if agreement is None else agreement
+        elif key == "tokenized_path":
+            # Other data, so its own pre-tokenized file (`python -m distillspec_jax.tasks
+            # tokenize --section public_data`); '' = tokenized by seqio when read.
+            public.tokenized_path = ""
         elif isinstance(value, ml_collections.ConfigDict):
             public[key] = value
         else:
@@ -140,10 +148,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_train_steps=steps,
         optimizer=supervised(),
     )
-    # The matched regime's baseline draft, shipped with the target (same data and recipe,
-    # smaller model): the benchmarks' draft and the ablation's matched regime.
-    config.stages.draft_baseline = _stage(
+    # The baseline drafts, shipped with the target, all with the target's recipe:
+    # `draft_baseline` on the target's own data (the matched regime's baseline: the
+    # benchmarks' draft, and the bar a draft trained on the target's style reaches) and
+    # (b) `draft_public` on the public data (the mismatched regime's baseline, from which
+    # every compared draft starts).
+    for name, data in (("draft_baseline", None), ("draft_public", config.public_data)):
+        config.stages[name] = _stage(
+            config,
+            data,
+            mode="supervised",
+            model_gin_file=draft_gin,
+            target_gin_file=target_gin,
+            batch_size=batch_size,
+            num_train_steps=steps,
+            optimizer=supervised(),
+        )
+    # The agreement sweep's middle point (`python -m distillspec_jax.ablation`): the
+    # public baseline's recipe on public data with half its references in the target's
+    # style (shipped too: the recipe takes hours on a CPU).
+    config.stages.draft_public_half = _stage(
         config,
+        _public_data(config, agreement=0.5),
         mode="supervised",
         model_gin_file=draft_gin,
         target_gin_file=target_gin,
@@ -151,25 +177,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_train_steps=steps,
         optimizer=supervised(),
     )
-    # (b) The drafts' baselines, trained from scratch on this CPU (the shipped ones took
-    # about 20 min each here): `draft_public` on the public data (the mismatched
-    # regime's baseline, from which every compared draft starts), `draft_matched` on
-    # the target's own data with the same recipe (what a draft trained on the target's
-    # style reaches: the bar for how much of the gap distillation closes).
-    draft_steps = 40 if quick else 600
-
-    for name, data in (("draft_public", config.public_data), ("draft_matched", None)):
-        config.stages[name] = _stage(
-            config,
-            data,
-            mode="supervised",
-            model_gin_file=draft_gin,
-            target_gin_file=target_gin,
-            batch_size=16 if quick else 32,
-            num_train_steps=draft_steps,
-            optimizer=supervised(draft_steps, 10 if quick else 150),
-            log_every=5 if quick else 50,
-        )
     # The compared drafts: the same number of optimizer steps, optimizer and batch after
     # their baseline, so extra training alone cannot pass for distillation.
     distill_steps = 40 if quick else 150
@@ -221,10 +228,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         mode="distill",
         distill=common.distill(divergence="jsd", beta=0.5, **teacher),
         # tau / alpha on validation prompts this often (and at step 0).
-        eval_every=10 if quick else 25,
+        eval_every=10 if quick else 30,
     )
-    # (f) matched: the draft trained on the target's own data, as long as the others.
-    config.stages.draft_matched_control = compared("draft_matched", mode="supervised")
+    # (f) matched: the baseline trained on the target's own data, as long again on it.
+    config.stages.draft_matched_control = compared("draft_baseline", mode="supervised")
 
     # (g) Evaluation of the drafts against the target with `distillspec_jax.evaluate`.
     # Model paths name stages (the study resolves them inside its workdir, with the
@@ -250,13 +257,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         split="test",
         # tau, alpha and task metrics on the first N test prompts, in batches.
         num_prompts=8 if quick else 128,
-        batch_size=4 if quick else 32,
+        batch_size=4 if quick else 64,
         # Whole solutions: the target's outputs are judged (EOS, loops, exact match).
         max_new_tokens=64 if quick else config.data.get_ref("max_target_length"),
         gammas=(3, 7),
         temperatures=(0.0, 1.0),
         # Wall clock at batch 1 (the latency setting) on the first N of them.
-        timed_prompts=1 if quick else 4,
+        timed_prompts=1 if quick else 3,
         timing_repeats=2,
         # Decode-step timing for the cost ratio c.
         cost_steps=32 if quick else 64,

@@ -7,8 +7,9 @@ when interrupted and skipped when complete:
   target/                 (a) the target, trained on its own data;
   draft_baseline/         the matched regime's baseline draft (shipped with the
                               target; benchmarks and the ablation's matched regime);
-  draft_public/           (b) the baseline draft on the public data (`agreement`);
-  draft_matched/              and one on the target's own data, the same recipe;
+  draft_public/           (b) the baseline draft on the public data (`agreement`),
+                              the target's recipe, shipped with it;
+  draft_public_half/          the same at agreement 0.5 (the ablation's sweep; shipped);
   draft_control/          (c) the public baseline, more cross-entropy on public data;
   draft_regenerated/      (d) the public baseline trained on the target's answers;
   draft_distilled/        (e) the public baseline distilled from the target;
@@ -45,14 +46,14 @@ STAGES = (
     "target",
     "draft_baseline",
     "draft_public",
-    "draft_matched",
+    "draft_public_half",
     "draft_control",
     "draft_regenerated",
     "draft_distilled",
     "draft_matched_control",
 )
 # The stages `:pretrain` trains and the study can start from (shipped checkpoints).
-PRETRAINED_STAGES = ("target", "draft_baseline", "draft_public", "draft_matched")
+PRETRAINED_STAGES = ("target", "draft_baseline", "draft_public", "draft_public_half")
 # The keys of `evaluate.run`'s results (written again in evaluation/).
 EVALUATION_KEYS = (
     "config",
@@ -569,10 +570,20 @@ def write_pretrained(config: ml_collections.ConfigDict, workdir: str, vocab_path
             "eval": summary["eval"],
         }
     command = "python -m distillspec_jax.main --config configs/default.py:pretrain --workdir DIR"
-    if config.data.get("tokenized_path"):  # Trained from a pre-tokenized file.
-        command = (
-            "python -m distillspec_jax.tasks tokenize --config configs/default.py:pretrain "
-            f"--out DATA.npz && {command} --config.data.tokenized_path=DATA.npz"
+    # The stages trained now from pre-tokenized files: how each file is written.
+    sections = {"data": config.data, "public_data": config.public_data}
+    sections.update({f"stages.{name}.data": config.stages[name].data for name in stages})
+    files = {}
+    for stage, summary in summaries.items():
+        data = config.stages[stage].data
+        if summary.get("source") != "pretrained" and data.get("tokenized_path"):
+            section = next(name for name, d in sections.items() if d is data)
+            files[section] = os.path.basename(data.tokenized_path)
+    if files:
+        tokenize = "python -m distillspec_jax.tasks tokenize --config configs/default.py:pretrain"
+        command = " && ".join(
+            [f"{tokenize} --section {section} --out {f}" for section, f in files.items()]
+            + [command + "".join(f" --config.{s}.tokenized_path={f}" for s, f in files.items())]
         )
     manifest = checkpoints.write_pretrained(
         out_dir, stages, vocab_path, info, extra={"command": command}
@@ -589,8 +600,13 @@ def main(argv=None) -> None:
         config_help="Study config.",
         default_config="configs/default.py",
         workdir_help="Output directory (stages resume from it).",
-        # Training from a pre-tokenized file needs neither TensorFlow nor seqio.
-        reads_data=lambda config: not (config.get("data") or {}).get("tokenized_path"),
+        # Training from pre-tokenized files needs neither TensorFlow nor seqio.
+        reads_data=lambda config: (
+            not any(
+                (config.get(section) or {}).get("tokenized_path")
+                for section in ("data", "public_data")
+            )
+        ),
         argv=argv,
     )
 

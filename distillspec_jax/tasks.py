@@ -739,6 +739,7 @@ def tokenize_to_file(data: Any, out: str, splits: Sequence[str] = ()) -> dict[st
 
 def tokenize_main(argv: Sequence[str]) -> None:
     """`python -m distillspec_jax.tasks tokenize --config CONFIG --out FILE.npz`."""
+    import ml_collections
     from absl import app, flags
     from ml_collections import config_flags
 
@@ -746,12 +747,22 @@ def tokenize_main(argv: Sequence[str]) -> None:
 
     config_flags.DEFINE_config_file("config", None, "A training or study config (its .data).")
     flags.DEFINE_string("out", None, "The .npz file to write.")
+    flags.DEFINE_string(
+        "section",
+        "data",
+        "The config's data section to write: data, public_data (the study's drafts' "
+        "public data) or stages.NAME.data.",
+    )
     flags.DEFINE_bool("verbose", False, "Show library logs.")
     flags.mark_flags_as_required(["config", "out"])
 
     def run(_):
         cli.configure_logging(flags.FLAGS.verbose)
-        data = flags.FLAGS.config.data
+        data = flags.FLAGS.config
+        for key in flags.FLAGS.section.split("."):
+            if not isinstance(data, ml_collections.ConfigDict) or key not in data:
+                raise SystemExit(f"tokenize: the config has no section {flags.FLAGS.section!r}")
+            data = data[key]
         try:
             meta = tokenize_to_file(data, flags.FLAGS.out)
         except (ValueError, FileNotFoundError) as error:
@@ -761,7 +772,7 @@ def tokenize_main(argv: Sequence[str]) -> None:
             f"wrote {flags.FLAGS.out} ({size / 2**20:.1f} MiB): "
             + ", ".join(f"{n} {s}" for s, n in meta["examples"].items())
             + f" examples, {meta['vocab_pieces']} pieces; train with "
-            f"--config.data.tokenized_path={flags.FLAGS.out}"
+            f"--config.{flags.FLAGS.section}.tokenized_path={flags.FLAGS.out}"
         )
 
     app.run(run, argv=["python -m distillspec_jax.tasks tokenize", *argv],

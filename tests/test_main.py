@@ -176,6 +176,12 @@ def test_ablation_grid_and_lossy_sweep(study):
     assert not os.path.exists(os.path.join(workdir, "ablation", "agreement_0"))
     assert os.path.exists(os.path.join(workdir, "ablation", "agreement_1", "draft_distilled"))
     assert os.path.exists(os.path.join(workdir, "ablation", "plots", "gain_vs_agreement.png"))
+    # Another agreement's baseline is the study's stage for it (shipped in the default,
+    # trained here by the quick study), the matched regime's the matched baseline.
+    assert ablation._public_baseline(config, workdir, 1.0) == "draft_baseline"
+    assert ablation._public_baseline(config, workdir, 0.5) == "draft_public_half"
+    done = fs.read_json(os.path.join(workdir, "draft_public_half", "done.json"))
+    assert done["recipe"]["data"]["agreement"] == 0.5
     assert len(results["grid"]) == 4
     assert {(r["source"], r["divergence"]) for r in results["grid"]} == {
         ("fixed", "fkl"),

@@ -113,13 +113,19 @@ def test_pretrain_command_then_study_from_the_shipped_checkpoints(tmp_path, caps
     assert set(manifest["stages"]) == set(study.PRETRAINED_STAGES)
     assert manifest["stages"]["target"]["seconds"] > 0
     assert manifest["stages"]["draft_public"]["recipe"]["data"]["agreement"] == 0.0
-    assert "agreement" not in manifest["stages"]["draft_matched"]["recipe"]["data"]
+    assert manifest["stages"]["draft_public_half"]["recipe"]["data"]["agreement"] == 0.5
+    assert "agreement" not in manifest["stages"]["draft_baseline"]["recipe"]["data"]
+    # The baselines share the target's recipe; only the model and data differ.
+    recipes = {name: dict(manifest["stages"][name]["recipe"]) for name in study.PRETRAINED_STAGES}
+    for recipe in recipes.values():
+        recipe.pop("model_gin_file"), recipe.pop("data")
+    assert all(recipe == recipes["target"] for recipe in recipes.values())
     # Again over a shipped directory that lacks one stage: the others are installed
     # (same files, their machine and time kept), only that one is trained.
     partial_dir = str(tmp_path / "partial")
     shutil.copytree(shipped_dir, partial_dir)
     partial = json.loads(open(os.path.join(partial_dir, "MANIFEST.json")).read())
-    del partial["stages"]["draft_matched"], partial["files"]["draft_matched.npz"]
+    del partial["stages"]["draft_public_half"], partial["files"]["draft_public_half.npz"]
     with open(os.path.join(partial_dir, "MANIFEST.json"), "w") as f:
         json.dump(partial, f)
     config = default.get_config("quick,pretrain")
@@ -127,7 +133,7 @@ def test_pretrain_command_then_study_from_the_shipped_checkpoints(tmp_path, caps
     capsys.readouterr()
     again = study.run(config, str(tmp_path / "pretrain_again"))
     err = capsys.readouterr().err
-    assert "draft_matched" in err and "supervised target" not in err
+    assert "draft_public_half" in err and "supervised target" not in err
     assert set(again["stages"]) == set(study.PRETRAINED_STAGES)
     for name in ("target", "draft_baseline", "draft_public"):
         assert again["files"][f"{name}.npz"] == manifest["files"][f"{name}.npz"], name

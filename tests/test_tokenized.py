@@ -127,3 +127,26 @@ print("STEP", result["step"], "EVAL", result["eval"]["loss"])
         open(data.vocab_path, "rb") as g,
     ):
         assert f.read() == g.read()
+
+
+@pytest.mark.slow  # 20 s
+def test_tokenize_command_writes_a_named_section(tmp_path):
+    """`tasks tokenize --section public_data` writes the study's public data (its
+    agreement in the file); an unknown section is one line."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    command = [sys.executable, "-m", "distillspec_jax.tasks", "tokenize", "--config",
+               "configs/default.py:quick", "--out", str(tmp_path / "public.npz")]  # fmt: skip
+    done = subprocess.run(
+        [*command, "--section", "public_data"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--config.public_data.tokenized_path=" in done.stdout
+    source = tokenized.TokenizedData(str(tmp_path / "public.npz"))
+    assert source.meta["data"]["agreement"] == 0.0
+    done = subprocess.run(
+        [*command, "--section", "stages.nowhere.data"], cwd=root, env=env, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "no section 'stages.nowhere.data'" in done.stderr.strip().splitlines()[-1]
