@@ -14,6 +14,8 @@ import json
 import os
 from typing import Any
 
+import numpy as np
+
 from distillspec_jax import fs
 
 # --------------------------------------------------------------------------
@@ -82,8 +84,24 @@ def _gamma_panels(
     if not rows:
         return None
     temps = sorted({r["temperature"] for r in rows})
+    one_gamma = len({r["gamma"] for r in rows}) == 1
     fig, axes = plt.subplots(1, len(temps), figsize=(5 * len(temps), 3.6), squeeze=False)
     for ax, temperature in zip(axes[0], temps, strict=True):
+        if one_gamma:  # One gamma measured: a bar a draft, the theory as a marker.
+            sel = [r for r in rows if r["temperature"] == temperature]
+            drafts = [d for d in results["drafts"] if any(r["draft"] == d for r in sel)]
+            by = {r["draft"]: r for r in sel}
+            x = np.arange(len(drafts))
+            ax.bar(x, [by[d][key] for d in drafts], color=[f"C{i}" for i in range(len(x))])
+            ax.plot(x, [by[d][theory_key] for d in drafts], "kx", label="theory")
+            ax.set_xticks(x, drafts)
+            if hline is not None:
+                ax.axhline(hline, color="gray", lw=0.8)
+            ax.set_title(f"T = {temperature:g}, gamma = {sel[0]['gamma']}")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3, axis="y")
+            ax.legend(fontsize=8)
+            continue
         for i, draft in enumerate(results["drafts"]):
             sel = sorted(
                 (r for r in rows if r["draft"] == draft and r["temperature"] == temperature),

@@ -161,6 +161,8 @@ def test_timing_noise_costs_the_call_time_models_not_the_run(setup, tmp_path, mo
         assert row["theoretical_speedup"] is None and row["block_model_speedup"] is None
     assert "cost_ratio" not in results["drafts"]["near"]
     assert os.path.exists(os.path.join(workdir, "report.md"))
+    # One gamma: the plot is a bar a draft.
+    assert os.path.exists(os.path.join(workdir, "plots", "tau_vs_gamma.png"))
 
 
 @pytest.mark.slow
