@@ -138,45 +138,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The stages, each a complete training config (`--config.stages.NAME.x=...`);
     # target_checkpoint / init_checkpoint name stages of the study's workdir.
     config.stages = ml_collections.ConfigDict()
-    # (a) The target: T5 v1.1 architecture, trained on ground truth (its own data).
-    config.stages.target = _stage(
-        config,
-        mode="supervised",
-        model_gin_file=target_gin,
-        target_gin_file=target_gin,
-        batch_size=batch_size,
-        num_train_steps=steps,
-        optimizer=supervised(),
-    )
-    # The baseline drafts, shipped with the target, all with the target's recipe:
-    # `draft_baseline` on the target's own data (the matched regime's baseline: the
-    # benchmarks' draft, and the bar a draft trained on the target's style reaches) and
-    # (b) `draft_public` on the public data (the mismatched regime's baseline, from which
-    # every compared draft starts).
-    for name, data in (("draft_baseline", None), ("draft_public", config.public_data)):
-        config.stages[name] = _stage(
+
+    def pretrained(model_gin_file: str, data=None) -> ml_collections.ConfigDict:
+        """A shipped stage: the target's recipe, for this model on this data."""
+        return _stage(
             config,
             data,
             mode="supervised",
-            model_gin_file=draft_gin,
+            model_gin_file=model_gin_file,
             target_gin_file=target_gin,
             batch_size=batch_size,
             num_train_steps=steps,
             optimizer=supervised(),
         )
-    # The agreement sweep's middle point (`python -m distillspec_jax.ablation`): the
-    # public baseline's recipe on public data with half its references in the target's
-    # style (shipped too: the recipe takes hours on a CPU).
-    config.stages.draft_public_half = _stage(
-        config,
-        _public_data(config, agreement=0.5),
-        mode="supervised",
-        model_gin_file=draft_gin,
-        target_gin_file=target_gin,
-        batch_size=batch_size,
-        num_train_steps=steps,
-        optimizer=supervised(),
-    )
+
+    # (a) The target: T5 v1.1 architecture, trained on ground truth (its own data).
+    config.stages.target = pretrained(target_gin)
+    # The baseline drafts, shipped with the target, all with the target's recipe:
+    # `draft_baseline` on the target's own data (the matched regime's baseline: the
+    # benchmarks' draft, and the bar a draft trained on the target's style reaches),
+    # (b) `draft_public` on the public data (the mismatched regime's baseline, from which
+    # every compared draft starts) and `draft_public_half`, the agreement sweep's middle
+    # point (`python -m distillspec_jax.ablation`: half the public references in the
+    # target's style; shipped too, the recipe takes hours on a CPU).
+    config.stages.draft_baseline = pretrained(draft_gin)
+    config.stages.draft_public = pretrained(draft_gin, config.public_data)
+    config.stages.draft_public_half = pretrained(draft_gin, _public_data(config, agreement=0.5))
     # The compared drafts: the same number of optimizer steps, optimizer and batch after
     # their baseline, so extra training alone cannot pass for distillation.
     distill_steps = 40 if quick else 150
