@@ -207,13 +207,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         mode="distill",
         distill=common.distill(divergence="ce", **teacher),
     )
-    # (e) DistillSpec: the draft distilled from the target on its answers to the public
-    # prompts.
+    # (e) DistillSpec: the draft distilled from the target (forward KL to its whole
+    # next-token distributions) on its answers to the public prompts. The recipe is the
+    # best of the search on validation prompts (`python -m distillspec_jax.ablation
+    # --config configs/ablation.py:recipes,grid=False,lossy=False,sweep=False`): FKL /
+    # JSD(0.5) / RKL / TVD on these answers, and FKL / JSD(0.5) / TVD on the draft's own
+    # samples.
     config.stages.draft_distilled = compared(
         "draft_public",
         config.public_data,
         mode="distill",
-        distill=common.distill(divergence="jsd", beta=0.5, **teacher),
+        distill=common.distill(divergence="fkl", **teacher),
         # tau / alpha on validation prompts this often (and at step 0).
         eval_every=10 if quick else 30,
     )

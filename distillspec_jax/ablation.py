@@ -21,6 +21,12 @@ r"""The paper's ablations at the CPU default's scale.
    the control, regenerated and distilled drafts from it with the study's recipes;
    tau of regenerated and distilled over the control at gamma 7 and each T,
    `ablation/plots/gain_vs_agreement.png`.
+4. Recipe search (`configs/ablation.py:recipes`, on validation prompts, never the
+   test prompts): the study's distilled stage retrained with each candidate
+   source:divergence (the same baseline, steps, optimizer, batch and, for teacher
+   data, the same shared answers of the target), measured with the study's evaluation
+   on the validation split against its control and regenerated drafts. The study's
+   distilled recipe is the best of it.
 Cells resume: a finished cell is skipped.
 """
 
@@ -357,6 +363,68 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
     return rows
 
 
+def run_recipes(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+    """The recipe search (module docstring, 4): one row per (candidate, T), on validation."""
+    study, search = config.study, config.recipes
+    vocab_path = os.path.join(workdir, "vocab", "spm.model")
+    drafts = {"control": "draft_control", "regenerated": "draft_regenerated"}
+    for candidate in search.candidates:
+        source, divergence = candidate.split(":")
+        train_config = common.stage_config(study, "draft_distilled", workdir, vocab_path)
+        train_config.eval_every = 0
+        if search.distill_steps:
+            train_config.num_train_steps = search.distill_steps
+            train_config.checkpoint_every = search.distill_steps
+        train_config.distill.source = source
+        train_config.distill.divergence = divergence
+        if source != "teacher":  # Others sample inside the step (or read fixed data).
+            train_config.distill.ahead_steps = 0
+        name = f"recipe_{source}_{divergence}"
+        drafts[name] = os.path.join("ablation", name)
+        train.run_stage(drafts[name], train_config, workdir)
+    ev = common.evaluation_config(study, workdir, vocab_path)
+    ev.drafts = ml_collections.ConfigDict(
+        {
+            name: {
+                "path": os.path.join(workdir, path),
+                "gin_file": study.stages.draft_distilled.model_gin_file,
+            }
+            for name, path in drafts.items()
+        }
+    )
+    ev.update(
+        split=search.split,
+        num_prompts=search.num_prompts,
+        timed_prompts=0,
+        reference_draft="regenerated",
+    )
+    result = evaluate.run(ev, os.path.join(workdir, "ablation", "recipes"), progress=False)
+    rows = []
+    for temperature in ev.temperatures:
+        by = {r["draft"]: r for r in result["rows"] if r["temperature"] == temperature}
+        for candidate in search.candidates:
+            source, divergence = candidate.split(":")
+            cell = by[f"recipe_{source}_{divergence}"]
+            rows.append(
+                {
+                    "source": source,
+                    "divergence": divergence,
+                    "temperature": temperature,
+                    "block_efficiency": cell["block_efficiency"],
+                    "control_block_efficiency": by["control"]["block_efficiency"],
+                    "regenerated_block_efficiency": by["regenerated"]["block_efficiency"],
+                    "gain_over_regenerated_percent": cell["tau_gain_percent"],
+                    "gain_over_regenerated_interval_90": cell["tau_gain_interval_90"],
+                }
+            )
+            print(
+                f"[recipes] {candidate} T={temperature:g}: tau {cell['block_efficiency']:.3f} "
+                f"(regenerated {by['regenerated']['block_efficiency']:.3f}, control "
+                f"{by['control']['block_efficiency']:.3f})"
+            )
+    return rows
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     for stage in ("target", "draft_public", "draft_distilled"):
         if not fs.exists(os.path.join(workdir, stage, "done.json")):
@@ -369,15 +437,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # stopped run leaves a (marked) partial report.
     lossy = run_lossy(config, workdir) if config.run_lossy else []
     sweep = run_sweep(config, workdir) if config.run_sweep else []
+    recipes = run_recipes(config, workdir) if config.run_recipes else []
     grid: list[dict[str, Any]] = []
-    write_report(config, workdir, grid, lossy, sweep)
+    write_report(config, workdir, grid, lossy, sweep, recipes)
     if config.run_grid:
         grid = run_grid(
             config,
             workdir,
-            on_row=lambda rows: write_report(config, workdir, rows, lossy, sweep),
+            on_row=lambda rows: write_report(config, workdir, rows, lossy, sweep, recipes),
         )
-    return write_report(config, workdir, grid, lossy, sweep, verbose=True)
+    return write_report(config, workdir, grid, lossy, sweep, recipes, verbose=True)
 
 
 def write_report(
@@ -386,6 +455,7 @@ def write_report(
     grid: list[dict[str, Any]],
     lossy: list[dict[str, Any]],
     sweep: list[dict[str, Any]] = (),
+    recipes: list[dict[str, Any]] = (),
     verbose: bool = False,
 ) -> dict[str, Any]:
     """ablation.json, ablation.md and plots for the cells measured so far."""
@@ -395,6 +465,7 @@ def write_report(
         "grid": grid,
         "lossy": lossy,
         "sweep": list(sweep),
+        "recipes": list(recipes),
         "config": config.to_dict(),
         "cells_completed": len(grid),
         "cells_total": total if config.run_grid else 0,

@@ -876,6 +876,52 @@ def comparisons_text(comparisons: list[dict[str, Any]], divergences) -> list[str
     return [*lines, "", *verdicts, ""]
 
 
+def recipes_text(recipes: list[dict[str, Any]], num_prompts: int, split: str) -> list[str]:
+    """The recipe search's table: each candidate's tau per T, its gain over the
+    regenerated draft (90% paired bootstrap), and the best by mean tau over T."""
+    temperatures = sorted({r["temperature"] for r in recipes})
+    candidates = list(dict.fromkeys((r["source"], r["divergence"]) for r in recipes))
+    by = {(r["source"], r["divergence"], r["temperature"]): r for r in recipes}
+    first = {t: next(r for r in recipes if r["temperature"] == t) for t in temperatures}
+    lines = [
+        "## Recipe search (validation prompts)",
+        "",
+        f"The study's distilled stage retrained with each source and divergence, tau at the "
+        f"study's gamma on the first {num_prompts} {split} prompts, gain over the "
+        "regenerated draft with its 90% paired-bootstrap interval. For reference: "
+        + "; ".join(
+            f"T = {t:g}: control {first[t]['control_block_efficiency']:.3f}, regenerated "
+            f"{first[t]['regenerated_block_efficiency']:.3f}"
+            for t in temperatures
+        )
+        + ".",
+        "",
+        "| source | divergence | " + " | ".join(f"T = {t:g}" for t in temperatures) + " |",
+        "|---|---|" + "---|" * len(temperatures),
+    ]
+    for source, divergence in candidates:
+        cells = []
+        for t in temperatures:
+            r = by[(source, divergence, t)]
+            gain = gain_text(
+                r["gain_over_regenerated_percent"], r["gain_over_regenerated_interval_90"]
+            )
+            cells.append(f"tau {r['block_efficiency']:.3f}, {gain}")
+        lines.append(f"| {source} | {divergence.upper()} | " + " | ".join(cells) + " |")
+    mean = {
+        c: sum(by[(*c, t)]["block_efficiency"] for t in temperatures) / len(temperatures)
+        for c in candidates
+    }
+    best = max(mean, key=mean.get)
+    lines += [
+        "",
+        f"Best by mean tau over T: {best[0]} data with {best[1].upper()} "
+        f"(mean tau {mean[best]:.3f}).",
+        "",
+    ]
+    return lines
+
+
 def ablation_report(results: dict[str, Any]) -> str:
     """ablation.md: the grid's gains over the control per T, the lossy sweep, plots."""
     grid, lossy, config = results["grid"], results["lossy"], results["config"]
@@ -921,6 +967,9 @@ def ablation_report(results: dict[str, Any]) -> str:
             "",
             *sweep_text(results["sweep"]),
         ]
+    if results.get("recipes"):
+        search = config["recipes"]
+        lines += recipes_text(results["recipes"], search["num_prompts"], search["split"])
     if lossy:
         lines += [
             "## Lossy speculative decoding",

@@ -71,6 +71,35 @@ def test_grid_comparisons_pair_student_with_fixed_and_rank_the_divergences():
     assert "| 1 | best for sources | student | fixed |" in text
 
 
+def test_recipe_search_table_names_the_best_mean_tau():
+    def row(source, divergence, temperature, tau, gain):
+        return {
+            "source": source,
+            "divergence": divergence,
+            "temperature": temperature,
+            "block_efficiency": tau,
+            "control_block_efficiency": 2.0,
+            "regenerated_block_efficiency": 3.0,
+            "gain_over_regenerated_percent": gain,
+            "gain_over_regenerated_interval_90": [gain - 1, gain + 1],
+        }
+
+    # TVD leads at T = 1, FKL at T = 0 by more: FKL has the best mean.
+    recipes = [
+        row("teacher", "fkl", 0.0, 3.6, 20.0),
+        row("teacher", "tvd", 0.0, 3.0, 0.0),
+        row("teacher", "fkl", 1.0, 3.1, 3.3),
+        row("teacher", "tvd", 1.0, 3.3, 10.0),
+    ]
+    text = "\n".join(report.recipes_text(recipes, 64, "validation"))
+    assert "first 64 validation prompts" in text
+    assert (
+        "| teacher | FKL | tau 3.600, +20.0% (+19.0..+21.0) | tau 3.100, +3.3% (+2.3..+4.3) |"
+        in text
+    )
+    assert "Best by mean tau over T: teacher data with FKL (mean tau 3.350)" in text
+
+
 @pytest.mark.slow
 def test_quick_study_end_to_end_and_resume(study, capsys, monkeypatch):
     workdir, results = study
@@ -165,7 +194,21 @@ def test_ablation_grid_and_lossy_sweep(study):
     config.distill_steps = 5
     config.lossy.eps = (1.0, 0.05)
     config.agreements = (0.0, 1.0)  # The study's own drafts, and the matched regime.
+    config.run_recipes = True
+    config.recipes.candidates = ("teacher:fkl", "student:tvd")
+    config.recipes.distill_steps = 5
+    config.recipes.num_prompts = 4
     results = ablation.run(config, workdir)
+    recipes = {(r["source"], r["divergence"], r["temperature"]): r for r in results["recipes"]}
+    assert set(recipes) == {(s, d, t) for s, d in (("teacher", "fkl"), ("student", "tvd"))
+                            for t in (0.0, 1.0)}  # fmt: skip
+    for r in recipes.values():
+        low, high = r["gain_over_regenerated_interval_90"]
+        assert low <= r["gain_over_regenerated_percent"] <= high
+    done = fs.read_json(os.path.join(workdir, "ablation", "recipe_student_tvd", "done.json"))
+    assert done["recipe"]["distill"]["source"] == "student"
+    assert done["recipe"]["distill"]["divergence"] == "tvd"
+    assert done["recipe"]["num_train_steps"] == 5
     sweep = {(r["agreement"], r["temperature"]): r for r in results["sweep"]}
     assert set(sweep) == {(0.0, 1.0), (1.0, 1.0)}
     for row in sweep.values():
@@ -199,6 +242,7 @@ def test_ablation_grid_and_lossy_sweep(study):
     assert all(r["interval_90"] is not None for r in comparison["student_vs_fixed"])
     text = fs.read_text(os.path.join(workdir, "ablation", "ablation.md"))
     assert "Against the paper's claims" in text
+    assert "## Recipe search (validation prompts)" in text and "| student | TVD |" in text
 
 
 @pytest.mark.slow
