@@ -45,17 +45,10 @@ def _cell_name(source: str, divergence: str, temperature: float) -> str:
     return f"{source}_{divergence}_T{temperature:g}"
 
 
-def _evaluation(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    drafts: dict[str, str],
-    temperatures,
-    gamma: int,
-    num_prompts: int,
-    max_new_tokens: int,
-    **overrides,
+def _study_evaluation(
+    config: ml_collections.ConfigDict, workdir: str, drafts: dict[str, str]
 ) -> ml_collections.ConfigDict:
-    """An `evaluate` config for the study's target and the named draft workdirs (untimed)."""
+    """The study's `evaluate` config with these drafts (name -> directory in `workdir`)."""
     study = config.study
     ev = common.evaluation_config(study, workdir, os.path.join(workdir, "vocab", "spm.model"))
     ev.drafts = ml_collections.ConfigDict(
@@ -67,6 +60,21 @@ def _evaluation(
             for name, path in drafts.items()
         }
     )
+    return ev
+
+
+def _evaluation(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    drafts: dict[str, str],
+    temperatures,
+    gamma: int,
+    num_prompts: int,
+    max_new_tokens: int,
+    **overrides,
+) -> ml_collections.ConfigDict:
+    """An `evaluate` config for the study's target and the named draft workdirs (untimed)."""
+    ev = _study_evaluation(config, workdir, drafts)
     ev.update(
         temperatures=tuple(temperatures),
         gammas=(gamma,),
@@ -382,16 +390,7 @@ def run_recipes(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
         name = f"recipe_{source}_{divergence}"
         drafts[name] = os.path.join("ablation", name)
         train.run_stage(drafts[name], train_config, workdir)
-    ev = common.evaluation_config(study, workdir, vocab_path)
-    ev.drafts = ml_collections.ConfigDict(
-        {
-            name: {
-                "path": os.path.join(workdir, path),
-                "gin_file": study.stages.draft_distilled.model_gin_file,
-            }
-            for name, path in drafts.items()
-        }
-    )
+    ev = _study_evaluation(config, workdir, drafts)
     ev.update(
         split=search.split,
         num_prompts=search.num_prompts,
