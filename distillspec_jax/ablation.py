@@ -38,7 +38,7 @@ from typing import Any
 import ml_collections
 
 from configs import common
-from distillspec_jax import cli, evaluate, fs, metrics, report, train
+from distillspec_jax import cli, distill, evaluate, fs, metrics, report, train
 
 
 def _cell_name(source: str, divergence: str, temperature: float) -> str:
@@ -371,13 +371,27 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
     return rows
 
 
+def recipe_candidates(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+    """The recipe search's (source, divergence) candidates; one line for a bad one."""
+    candidates = []
+    for candidate in config.recipes.candidates:
+        source, _, divergence = candidate.partition(":")
+        if source not in distill.SOURCES or divergence not in distill.OBJECTIVES:
+            raise SystemExit(
+                f"recipes.candidates: {candidate!r} is not 'source:divergence' with a source "
+                f"in {distill.SOURCES} and a divergence in {distill.OBJECTIVES}"
+            )
+        candidates.append((source, divergence))
+    return candidates
+
+
 def run_recipes(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
     """The recipe search (module docstring, 4): one row per (candidate, T), on validation."""
     study, search = config.study, config.recipes
     vocab_path = os.path.join(workdir, "vocab", "spm.model")
     drafts = {"control": "draft_control", "regenerated": "draft_regenerated"}
-    for candidate in search.candidates:
-        source, divergence = candidate.split(":")
+    candidates = recipe_candidates(config)
+    for source, divergence in candidates:
         train_config = common.stage_config(study, "draft_distilled", workdir, vocab_path)
         train_config.eval_every = 0
         if search.distill_steps:
@@ -401,8 +415,7 @@ def run_recipes(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
     rows = []
     for temperature in ev.temperatures:
         by = {r["draft"]: r for r in result["rows"] if r["temperature"] == temperature}
-        for candidate in search.candidates:
-            source, divergence = candidate.split(":")
+        for source, divergence in candidates:
             cell = by[f"recipe_{source}_{divergence}"]
             rows.append(
                 {
@@ -417,7 +430,8 @@ def run_recipes(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
                 }
             )
             print(
-                f"[recipes] {candidate} T={temperature:g}: tau {cell['block_efficiency']:.3f} "
+                f"[recipes] {source}:{divergence} T={temperature:g}: "
+                f"tau {cell['block_efficiency']:.3f} "
                 f"(regenerated {by['regenerated']['block_efficiency']:.3f}, control "
                 f"{by['control']['block_efficiency']:.3f})"
             )
@@ -425,6 +439,8 @@ def run_recipes(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    if config.run_recipes:
+        recipe_candidates(config)  # A bad candidate fails before any work.
     for stage in ("target", "draft_public", "draft_distilled"):
         if not fs.exists(os.path.join(workdir, stage, "done.json")):
             raise SystemExit(

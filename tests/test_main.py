@@ -71,6 +71,14 @@ def test_grid_comparisons_pair_student_with_fixed_and_rank_the_divergences():
     assert "| 1 | best for sources | student | fixed |" in text
 
 
+def test_a_bad_recipe_candidate_fails_in_one_line_before_any_work(tmp_path):
+    config = ablation_config.get_config("quick,recipes")
+    config.recipes.candidates = ("teacher:fkl", "teacher-fkl")
+    with pytest.raises(SystemExit, match="'teacher-fkl' is not 'source:divergence'"):
+        ablation.run(config, str(tmp_path))  # An empty workdir: no study was run.
+    assert not os.path.exists(tmp_path / "ablation")
+
+
 def test_recipe_search_table_names_the_best_mean_tau():
     def row(source, divergence, temperature, tau, gain):
         return {
