@@ -23,10 +23,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.run_lossy = args.lossy
     config.run_sweep = args.sweep
     # The search that chose the study's distilled recipe: each candidate
-    # 'source:divergence' retrains the study's distilled stage (its steps unless
-    # distill_steps > 0), measured on the first num_prompts prompts of `split` with the
-    # study's evaluation, against its control and regenerated drafts. Validation
-    # prompts: the test prompts judge the chosen recipe, never choose it.
+    # 'source:divergence' (or a named recipe of distill.RECIPES, optionally
+    # ':divergence'; 'f_distill' is TVD on teacher + student batches) retrains the
+    # study's distilled stage (its steps unless distill_steps > 0), measured on the first
+    # num_prompts prompts of `split` with the study's evaluation, against its control and
+    # regenerated drafts. Validation prompts: the test prompts judge the chosen recipe,
+    # never choose it.
     config.run_recipes = args.recipes
     config.recipes = ml_collections.ConfigDict(
         dict(
@@ -38,6 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 "student:fkl",
                 "student:jsd",
                 "student:tvd",
+                "f_distill",
+                "f_distill:fkl",
             ),
             distill_steps=0,
             split="validation",

@@ -23,8 +23,9 @@ r"""The paper's ablations at the CPU default's scale.
    `ablation/plots/gain_vs_agreement.png`.
 4. Recipe search (`configs/ablation.py:recipes`, on validation prompts, never the
    test prompts): the study's distilled stage retrained with each candidate
-   source:divergence (the same baseline, steps, optimizer, batch and, for teacher
-   data, the same shared answers of the target), measured with the study's evaluation
+   source:divergence or named recipe (the same baseline, steps, optimizer, batch and,
+   for teacher batches, the same shared answers of the target; f-Distill's student
+   batches are sampled in the step), measured with the study's evaluation
    on the validation split against its control and regenerated drafts. The study's
    distilled recipe is the best of it.
 Cells resume: a finished cell is skipped.
@@ -371,17 +372,32 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
     return rows
 
 
-def recipe_candidates(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
-    """The recipe search's (source, divergence) candidates; one line for a bad one."""
+def recipe_candidates(config: ml_collections.ConfigDict) -> list[tuple[str, dict[str, Any]]]:
+    """The recipe search's candidates as (source label, distill fields): each is
+    'source:divergence', or a named recipe of `distill.RECIPES` with a source and, after
+    ':', another divergence ('f_distill' is TVD on teacher + student data, as the
+    paper's f-Distill; 'f_distill:fkl' the same data with FKL). One line for a bad one."""
     candidates = []
     for candidate in config.recipes.candidates:
-        source, _, divergence = candidate.partition(":")
-        if source not in distill.SOURCES or divergence not in distill.OBJECTIVES:
+        head, _, divergence = candidate.partition(":")
+        recipe = distill.RECIPES.get(head, {})
+        if head in distill.SOURCES:
+            fields = dict(source=head, divergence=divergence)
+        elif recipe.get("source"):
+            fields = {**recipe, "divergence": divergence or recipe["divergence"]}
+        else:
+            fields = {}
+        if not fields or fields["divergence"] not in distill.OBJECTIVES:
+            named = sorted(n for n, r in distill.RECIPES.items() if r.get("source"))
             raise SystemExit(
                 f"recipes.candidates: {candidate!r} is not 'source:divergence' with a source "
-                f"in {distill.SOURCES} and a divergence in {distill.OBJECTIVES}"
+                f"in {distill.SOURCES} and a divergence in {distill.OBJECTIVES}, nor a named "
+                f"recipe of {named} (optionally ':divergence')"
             )
-        candidates.append((source, divergence))
+        label = fields["source"]
+        if label == "mixture":
+            label = f"{fields.get('mixture_other', 'fixed')}+student"
+        candidates.append((label, fields))
     return candidates
 
 
@@ -391,17 +407,17 @@ def run_recipes(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
     vocab_path = os.path.join(workdir, "vocab", "spm.model")
     drafts = {"control": "draft_control", "regenerated": "draft_regenerated"}
     candidates = recipe_candidates(config)
-    for source, divergence in candidates:
+    for label, fields in candidates:
         train_config = common.stage_config(study, "draft_distilled", workdir, vocab_path)
         train_config.eval_every = 0
         if search.distill_steps:
             train_config.num_train_steps = search.distill_steps
             train_config.checkpoint_every = search.distill_steps
-        train_config.distill.source = source
-        train_config.distill.divergence = divergence
-        if source != "teacher":  # Others sample inside the step (or read fixed data).
+        train_config.distill.update(fields)
+        if fields["source"] != "teacher" and fields.get("mixture_other") != "teacher":
+            # No teacher batches: the others sample inside the step (or read fixed data).
             train_config.distill.ahead_steps = 0
-        name = f"recipe_{source}_{divergence}"
+        name = f"recipe_{label.replace('+', '_')}_{fields['divergence']}"
         drafts[name] = os.path.join("ablation", name)
         train.run_stage(drafts[name], train_config, workdir)
     ev = _study_evaluation(config, workdir, drafts)
@@ -415,11 +431,12 @@ def run_recipes(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
     rows = []
     for temperature in ev.temperatures:
         by = {r["draft"]: r for r in result["rows"] if r["temperature"] == temperature}
-        for source, divergence in candidates:
-            cell = by[f"recipe_{source}_{divergence}"]
+        for label, fields in candidates:
+            divergence = fields["divergence"]
+            cell = by[f"recipe_{label.replace('+', '_')}_{divergence}"]
             rows.append(
                 {
-                    "source": source,
+                    "source": label,
                     "divergence": divergence,
                     "temperature": temperature,
                     "block_efficiency": cell["block_efficiency"],
@@ -430,7 +447,7 @@ def run_recipes(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
                 }
             )
             print(
-                f"[recipes] {source}:{divergence} T={temperature:g}: "
+                f"[recipes] {label}:{divergence} T={temperature:g}: "
                 f"tau {cell['block_efficiency']:.3f} "
                 f"(regenerated {by['regenerated']['block_efficiency']:.3f}, control "
                 f"{by['control']['block_efficiency']:.3f})"

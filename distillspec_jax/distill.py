@@ -79,7 +79,8 @@ class DistillConfig:
     # End-of-sequence id, or a tuple of them: tokens after it are masked out of the loss.
     eos_id: int | tuple[int, ...] = 1
     # Teacher data sampled ahead of the step (distillspec_jax.teacher_data): the batch's
-    # targets already are the target's samples, and the step reads them as given.
+    # targets already are the target's samples, and the step reads them as given (a
+    # mixture with the teacher draws its student batches from the same prompts).
     presampled: bool = False
 
     def __post_init__(self):
@@ -99,10 +100,14 @@ class DistillConfig:
             )
         if self.sample_temperature < 0 or self.loss_temperature <= 0:
             raise ValueError("sample_temperature must be >= 0 and loss_temperature > 0")
-        if self.presampled and self.source != "teacher":
+        with_teacher = self.source == "teacher" or (
+            self.source == "mixture" and self.mixture_other == "teacher"
+        )
+        if self.presampled and not with_teacher:
             raise ValueError(
                 f"Teacher data sampled ahead (distill.ahead_steps > 0) needs "
-                f"source='teacher', got {self.source!r}"
+                f"source='teacher' (or a mixture with mixture_other='teacher'), got "
+                f"source={self.source!r}, mixture_other={self.mixture_other!r}"
             )
 
     def source_probabilities(self) -> tuple[float, float, float]:
@@ -238,8 +243,8 @@ class Distiller:
                 cfg.eos_id,
             ),
         }
-        if cfg.presampled:  # The target's samples, drawn before the step.
-            return dict(batch), jnp.int32(_BRANCHES.index("teacher"))
+        if cfg.presampled:  # The batch's targets already are the target's samples.
+            branches["teacher"] = lambda: dict(batch)
         used = [name for name, p in zip(_BRANCHES, probs, strict=True) if p > 0]
         if len(used) == 1:  # A single source: trace only that branch.
             return branches[used[0]](), jnp.int32(_BRANCHES.index(used[0]))

@@ -356,9 +356,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         ahead = config.distill.get("ahead_steps", 0)
         if int(ahead) != ahead or ahead < 0:
             raise ValueError(f"distill.ahead_steps must be an integer >= 0, got {ahead}")
-        if ahead and config.distill.source != "teacher":
+        source, other = config.distill.source, config.distill.get("mixture_other", "fixed")
+        if ahead and not (source == "teacher" or (source, other) == ("mixture", "teacher")):
             raise ValueError(
-                f"distill.ahead_steps needs distill.source='teacher', got {config.distill.source!r}"
+                f"distill.ahead_steps needs distill.source='teacher' (or 'mixture' with "
+                f"mixture_other='teacher'), got {source!r}"
+                + (f" with mixture_other={other!r}" if source == "mixture" else "")
             )
     if config.get("target_param_dtype", "") not in checkpoints.PARAM_DTYPES:
         raise ValueError(

@@ -146,6 +146,31 @@ def test_mixture_draws_sources_with_probability_lambda(lam):
     assert abs(student / num - lam) <= 4 * np.sqrt(lam * (1 - lam) / num)
 
 
+def test_a_teacher_and_student_mixture_reads_answers_sampled_ahead_as_given():
+    """f-Distill's mixture on teacher data sampled ahead: a teacher batch is the batch as
+    it arrives (its targets are the target's answers), a student batch is sampled from
+    the draft on the same prompts."""
+    target, draft, target_params, draft_params = _models("decoder_only")
+    batch = _batch("decoder_only", batch=2, length=4)  # Stands for the target's answers.
+    rng = jax.random.PRNGKey(3)
+    data = {}
+    for lam in (0.0, 1.0):
+        config = distill.make_config("f_distill", mixture_lambda=lam, presampled=True)
+        distiller = distill.Distiller(target, draft, config)
+        data[lam], source = distiller.distillation_batch(draft_params, target_params, batch, rng)
+        assert int(source) == (2 if lam else 1)  # (fixed, teacher, student)
+    for name in batch:
+        np.testing.assert_array_equal(data[0.0][name], batch[name])
+    _, key_sample = jax.random.split(rng)
+    own = distill.generate(draft, draft_params, batch, key_sample, 1.0, eos_id=1)
+    for name in batch:
+        np.testing.assert_array_equal(data[1.0][name], own[name])
+    with pytest.raises(
+        ValueError, match="mixture_other='teacher'\\), got source='mixture', mixture_other='fixed'"
+    ):
+        distill.make_config("imit_kd", presampled=True)
+
+
 @pytest.mark.parametrize(
     "family", [pytest.param("t5", marks=pytest.mark.slow), "decoder_only"]
 )  # t5: 12 s

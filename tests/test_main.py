@@ -77,6 +77,17 @@ def test_a_bad_recipe_candidate_fails_in_one_line_before_any_work(tmp_path):
     with pytest.raises(SystemExit, match="'teacher-fkl' is not 'source:divergence'"):
         ablation.run(config, str(tmp_path))  # An empty workdir: no study was run.
     assert not os.path.exists(tmp_path / "ablation")
+    config.recipes.candidates = ("teacher:fkl", "f_distill", "f_distill:fkl", "imit_kd:jsd")
+    assert ablation.recipe_candidates(config) == [
+        ("teacher", dict(source="teacher", divergence="fkl")),
+        ("teacher+student", dict(source="mixture", mixture_other="teacher", divergence="tvd")),
+        ("teacher+student", dict(source="mixture", mixture_other="teacher", divergence="fkl")),
+        ("fixed+student", dict(source="mixture", mixture_other="fixed", divergence="jsd")),
+    ]
+    for bad in ("f_distill:kl", "distillspec"):  # A named recipe must name its source.
+        config.recipes.candidates = (bad,)
+        with pytest.raises(SystemExit, match=f"{bad!r} is not 'source:divergence'"):
+            ablation.recipe_candidates(config)
 
 
 def test_recipe_search_table_names_the_best_mean_tau():
@@ -203,13 +214,13 @@ def test_ablation_grid_and_lossy_sweep(study):
     config.lossy.eps = (1.0, 0.05)
     config.agreements = (0.0, 1.0)  # The study's own drafts, and the matched regime.
     config.run_recipes = True
-    config.recipes.candidates = ("teacher:fkl", "student:tvd")
+    config.recipes.candidates = ("teacher:fkl", "student:tvd", "f_distill")
     config.recipes.distill_steps = 5
     config.recipes.num_prompts = 4
     results = ablation.run(config, workdir)
     recipes = {(r["source"], r["divergence"], r["temperature"]): r for r in results["recipes"]}
-    assert set(recipes) == {(s, d, t) for s, d in (("teacher", "fkl"), ("student", "tvd"))
-                            for t in (0.0, 1.0)}  # fmt: skip
+    pairs = (("teacher", "fkl"), ("student", "tvd"), ("teacher+student", "tvd"))
+    assert set(recipes) == {(s, d, t) for s, d in pairs for t in (0.0, 1.0)}
     for r in recipes.values():
         low, high = r["gain_over_regenerated_interval_90"]
         assert low <= r["gain_over_regenerated_percent"] <= high
@@ -217,6 +228,14 @@ def test_ablation_grid_and_lossy_sweep(study):
     assert done["recipe"]["distill"]["source"] == "student"
     assert done["recipe"]["distill"]["divergence"] == "tvd"
     assert done["recipe"]["num_train_steps"] == 5
+    # f-Distill's mixture reads the study's answers sampled ahead for its teacher batches.
+    done = fs.read_json(
+        os.path.join(workdir, "ablation", "recipe_teacher_student_tvd", "done.json")
+    )
+    assert done["recipe"]["distill"]["source"] == "mixture"
+    assert done["recipe"]["distill"]["mixture_other"] == "teacher"
+    assert done["recipe"]["distill"]["ahead_steps"] > 0
+    assert done["train"]["source_fraction/teacher"] + done["train"]["source_fraction/student"] == 1
     sweep = {(r["agreement"], r["temperature"]): r for r in results["sweep"]}
     assert set(sweep) == {(0.0, 1.0), (1.0, 1.0)}
     for row in sweep.values():

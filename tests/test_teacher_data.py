@@ -139,8 +139,9 @@ def test_distillation_reads_the_targets_answers_once_for_two_runs(tmp_path):
 
 
 def test_answers_ahead_need_teacher_data():
-    with pytest.raises(ValueError, match="needs source='teacher', got 'student'"):
+    with pytest.raises(ValueError, match="needs source='teacher'.*got source='student'"):
         distill.make_config(source="student", presampled=True)
+    assert distill.make_config("f_distill", presampled=True).presampled
     config = tiny_config("distill", steps=3)
     config.distill.update(source="teacher", ahead_steps=4)
     assert train.distill_config(config).presampled
@@ -149,7 +150,8 @@ def test_answers_ahead_need_teacher_data():
     # One line before any work.
     config.target_checkpoint = "/nonexistent"
     for source, steps, message in (
-        ("student", 2, "distill.ahead_steps needs distill.source='teacher', got 'student'"),
+        ("student", 2, r"distill.ahead_steps needs distill.source='teacher' .*got 'student'$"),
+        ("mixture", 2, "got 'mixture' with mixture_other='fixed'"),
         ("teacher", -1, "distill.ahead_steps must be an integer >= 0, got -1"),
     ):
         config.distill.update(source=source, ahead_steps=steps)
