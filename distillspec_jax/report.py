@@ -701,7 +701,9 @@ def ablation_plots(results: dict[str, Any], out_dir: str) -> list[str]:
             for i in range(values.shape[0]):
                 for j in range(values.shape[1]):
                     label = "-" if np.isnan(values[i, j]) else f"{values[i, j]:+.0f}%"
-                    ax.text(j, i, label, ha="center", va="center")
+                    # White on the darkest cells, where black would not read.
+                    dark = abs(values[i, j]) > 0.6 * limit
+                    ax.text(j, i, label, ha="center", va="center", color="w" if dark else "k")
             ax.set_title(f"tau gain over the control draft, T = {temperature:g}")
             fig.colorbar(image, ax=ax, shrink=0.8)
         fig.tight_layout()
