@@ -401,6 +401,11 @@ def recipe_candidates(config: ml_collections.ConfigDict) -> list[tuple[str, dict
     return candidates
 
 
+def _recipe_draft(label: str, divergence: str) -> str:
+    """A recipe candidate's draft: its directory under `ablation/` and its evaluate name."""
+    return f"recipe_{label.replace('+', '_')}_{divergence}"
+
+
 def run_recipes(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
     """The recipe search (module docstring, 4): one row per (candidate, T), on validation."""
     study, search = config.study, config.recipes
@@ -414,10 +419,10 @@ def run_recipes(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
             train_config.num_train_steps = search.distill_steps
             train_config.checkpoint_every = search.distill_steps
         train_config.distill.update(fields)
-        if fields["source"] != "teacher" and fields.get("mixture_other") != "teacher":
+        if not distill.has_teacher_batches(fields["source"], train_config.distill.mixture_other):
             # No teacher batches: the others sample inside the step (or read fixed data).
             train_config.distill.ahead_steps = 0
-        name = f"recipe_{label.replace('+', '_')}_{fields['divergence']}"
+        name = _recipe_draft(label, fields["divergence"])
         drafts[name] = os.path.join("ablation", name)
         train.run_stage(drafts[name], train_config, workdir)
     ev = _study_evaluation(config, workdir, drafts)
@@ -433,7 +438,7 @@ def run_recipes(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
         by = {r["draft"]: r for r in result["rows"] if r["temperature"] == temperature}
         for label, fields in candidates:
             divergence = fields["divergence"]
-            cell = by[f"recipe_{label.replace('+', '_')}_{divergence}"]
+            cell = by[_recipe_draft(label, divergence)]
             rows.append(
                 {
                     "source": label,

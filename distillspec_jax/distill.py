@@ -47,6 +47,13 @@ OBJECTIVES = (*divergences.DIVERGENCES, HARD_LABELS)
 # Branch order of the per-batch switch.
 _BRANCHES = ("fixed", "teacher", "student")
 
+
+def has_teacher_batches(source: str, mixture_other: str = "fixed") -> bool:
+    """Whether a data source draws batches from the target: the sources whose target
+    answers may be sampled ahead of the step (`DistillConfig.presampled`)."""
+    return source == "teacher" or (source == "mixture" and mixture_other == "teacher")
+
+
 RECIPES: dict[str, dict[str, Any]] = {
     "supervised_kd": dict(divergence="fkl", source="fixed"),
     "seq_kd": dict(divergence="fkl", source="teacher"),
@@ -100,10 +107,7 @@ class DistillConfig:
             )
         if self.sample_temperature < 0 or self.loss_temperature <= 0:
             raise ValueError("sample_temperature must be >= 0 and loss_temperature > 0")
-        with_teacher = self.source == "teacher" or (
-            self.source == "mixture" and self.mixture_other == "teacher"
-        )
-        if self.presampled and not with_teacher:
+        if self.presampled and not has_teacher_batches(self.source, self.mixture_other):
             raise ValueError(
                 f"Teacher data sampled ahead (distill.ahead_steps > 0) needs "
                 f"source='teacher' (or a mixture with mixture_other='teacher'), got "

@@ -4,10 +4,10 @@ With `distill.ahead_steps = K` (source 'teacher', or a mixture of the teacher an
 student, whose student batches are sampled in the step from the same prompts) the target
 answers the prompts of K steps' batches in one call before those steps run, and each
 step's batch arrives with the target's answers as its targets; the objective reads them
-as given (`DistillConfig.presampled`). The target is frozen, so when a prompt is answered does not
-change what it answers: the samples have the distribution the steps would have drawn
-themselves, though not the same draws (other random keys). This is response regeneration
-done up front, as draft-training frameworks do it.
+as given (`DistillConfig.presampled`). The target is frozen, so when a prompt is
+answered does not change what it answers: the samples have the distribution the steps
+would have drawn themselves, though not the same draws (other random keys). This is
+response regeneration done up front, as draft-training frameworks do it.
 
 Chunk i (steps iK .. iK + K - 1) is sampled with a key of (seed, i) and written to
 `ahead_dir/chunk_{i}_p{process}.npz` with a fingerprint of everything that decides it

@@ -357,7 +357,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if int(ahead) != ahead or ahead < 0:
             raise ValueError(f"distill.ahead_steps must be an integer >= 0, got {ahead}")
         source, other = config.distill.source, config.distill.get("mixture_other", "fixed")
-        if ahead and not (source == "teacher" or (source, other) == ("mixture", "teacher")):
+        if ahead and not distill.has_teacher_batches(source, other):
             raise ValueError(
                 f"distill.ahead_steps needs distill.source='teacher' (or 'mixture' with "
                 f"mixture_other='teacher'), got {source!r}"
