@@ -13,6 +13,12 @@ decoder_input_tokens = sequence[:-1], decoder_target_tokens = sequence[1:],
 decoder_loss_weights, so a row's prompt is its decoder input up to the first
 weighted target (distill.decoder_only_prompt_lengths), as with seqio's.
 
+A conversation is tokenized whole, as the model's tokenizer tokenizes a rendered
+chat, and each assistant turn's prompt must tokenize to a prefix of it (a turn
+whose answer's first token spans the prompt's end is left out and counted). A
+template that rewrites earlier turns once later ones follow (Qwen3's drops their
+reasoning) gives one row per assistant turn.
+
 Chat JSONL: one conversation a line, OpenAI `{"messages": [{"role", "content"}]}`
 or ShareGPT `{"conversations": [{"from", "value"}]}` (data.jsonl_input_key names
 the field). Evaluation prompts (and the prompts the distillation sources
@@ -161,28 +167,65 @@ def plain_row(tok: Tokenizer, inputs: str, targets: str) -> Row:
     return Row(prompt + target, [0] * len(prompt) + [1] * len(target), targets)
 
 
+class HistoryRewritten(TokenizerError):
+    """A chat template that renders earlier turns differently once later ones follow
+    (Qwen3's drops an answer's reasoning from the history): a conversation cannot be
+    one row with loss on every assistant turn."""
+
+
+class AcrossBoundary(TokenizerError):
+    """A token spans the end of a turn's prompt and the start of its answer (an answer
+    that starts with the whitespace a prompt ends in), so the answer has no ids of its
+    own."""
+
+
+def _prefix_length(tok: Tokenizer, ids: list[int], text: str, turn: int) -> int:
+    """len(ids of `text`), checked to be a prefix of `ids` (the whole conversation's)."""
+    prefix = tok.encode(text)
+    if ids[: len(prefix)] != prefix:
+        at = next(
+            (k for k, (a, b) in enumerate(zip(prefix, ids, strict=False)) if a != b),
+            min(len(prefix), len(ids)),
+        )
+        raise AcrossBoundary(
+            f"chat template of {tok.path}: the ids of turn {turn}'s prompt are not a prefix "
+            f"of the conversation's (they differ at token {at}: a token spans the turn's "
+            f"boundary), so its answer has no ids of its own"
+        )
+    return len(prefix)
+
+
 def chat_row(tok: Tokenizer, messages: Sequence[Message], last_turn_only: bool) -> Row:
-    """The rendered conversation through its last assistant turn; loss on every
-    assistant turn (or only the last). Each turn is tokenized on its own, so a
-    prompt's ids are exactly a prefix of the conversation's."""
-    tokens: list[int] = []
-    weights: list[int] = []
-    rendered = ""
+    """The conversation through its last assistant turn, tokenized whole as the
+    model's tokenizer tokenizes a rendered chat; loss on every assistant turn (or only
+    the last). Each turn's prompt (its history plus the generation prompt) must
+    tokenize to a prefix of the conversation's ids, so the ids a prompt gets at
+    generation are the ids that precede the answer in training.
+
+    Raises:
+      HistoryRewritten: loss on every turn, and the template rewrites earlier turns.
+      AcrossBoundary: a prompt's ids are not a prefix (a token spans the boundary).
+    """
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    for i in turns:
+    full = tok.render_chat(messages[: turns[-1] + 1], add_generation_prompt=False)
+    ids = tok.encode(full)
+    weights = [0] * len(ids)
+    for i in turns[-1:] if last_turn_only else turns:
         prompt = tok.render_chat(messages[:i], add_generation_prompt=True)
-        full = tok.render_chat(messages[: i + 1], add_generation_prompt=False)
-        if not (prompt.startswith(rendered) and full.startswith(prompt)):
-            raise TokenizerError(
-                f"chat template of {tok.path}: a conversation's rendering does not extend "
-                f"its prefix's (turn {i}); loss masks need it to"
+        through = tok.render_chat(messages[: i + 1], add_generation_prompt=False)
+        if not full.startswith(through):
+            raise HistoryRewritten(
+                f"chat template of {tok.path}: turn {i} renders differently once later turns follow"
             )
-        context = tok.encode(prompt[len(rendered) :])
-        answer = tok.encode(full[len(prompt) :])
-        tokens += context + answer
-        weights += [0] * len(context) + [int(i == turns[-1] or not last_turn_only)] * len(answer)
-        rendered = full
-    return Row(tokens, weights, messages[turns[-1]]["content"])
+        if not through.startswith(prompt):
+            raise TokenizerError(
+                f"chat template of {tok.path}: turn {i}'s rendering does not extend its "
+                f"prompt's (history plus generation prompt); loss masks need it to"
+            )
+        start = _prefix_length(tok, ids, prompt, i)
+        stop = _prefix_length(tok, ids, through, i)
+        weights[start:stop] = [1] * (stop - start)
+    return Row(ids, weights, messages[turns[-1]]["content"])
 
 
 def _fitting_chat_row(tok, messages, last_turn_only, prompt_limit, total_limit):
@@ -225,7 +268,7 @@ def rows(
       what: names the split in the printed counts.
     """
     total_limit = max_input_length + max_target_length
-    out, cut, dropped, trimmed = [], 0, 0, 0
+    out, cut, dropped, trimmed, rewritten, straddled = [], 0, 0, 0, 0, []
     for example in examples:
         if "messages" not in example:
             row = plain_row(tok, example["inputs"], example["targets"])
@@ -250,11 +293,25 @@ def rows(
             continue
         messages = example["messages"]
         ends = [i + 1 for i, m in enumerate(messages) if m["role"] == "assistant"]
-        conversations = [messages[:end] for end in ends] if per_turn else [messages]
-        for conversation in conversations:
-            row, was_cut = _fitting_chat_row(
-                tok, conversation, per_turn, max_input_length, total_limit
-            )
+        each_turn = [(messages[:end], True) for end in ends]
+        try:
+            fitted = [
+                _fitting_chat_row(tok, conversation, last_only, max_input_length, total_limit)
+                for conversation, last_only in (each_turn if per_turn else [(messages, False)])
+            ]
+        except (HistoryRewritten, AcrossBoundary) as error:
+            # One row per assistant turn, each with its own history; the turns whose
+            # answer has no ids of its own are left out.
+            rewritten += isinstance(error, HistoryRewritten)
+            fitted = []
+            for conversation, _ in each_turn:
+                try:
+                    fitted.append(
+                        _fitting_chat_row(tok, conversation, True, max_input_length, total_limit)
+                    )
+                except AcrossBoundary as turn_error:
+                    straddled.append(str(turn_error))
+        for row, was_cut in fitted:
             if row is None:
                 dropped += 1
             else:
@@ -268,6 +325,20 @@ def rows(
             + (f", {trimmed} targets trimmed to max_target_length" if trimmed else ""),
             file=sys.stderr,
         )
+    if rewritten:
+        print(
+            f"data {what}: {rewritten} conversations give one row per assistant turn (the "
+            f"chat template renders earlier turns differently once later ones follow)",
+            file=sys.stderr,
+        )
+    if straddled:
+        print(
+            f"data {what}: {len(straddled)} assistant turns left out, a token spanning the "
+            f"end of their prompt (first: {straddled[0]})",
+            file=sys.stderr,
+        )
+    if not out and straddled:
+        raise AcrossBoundary(f"data {what}: no assistant turn has ids of its own ({straddled[0]})")
     if not out:
         raise ValueError(f"data {what}: no example fits the length limits")
     return out

@@ -3,7 +3,8 @@
 Two kinds of file:
 
   sentencepiece  a SentencePiece model (`spm.model` of this project, a Llama-2
-                 style `tokenizer.model`);
+                 style `tokenizer.model`: plain data only, conversations need the
+                 model's tokenizer.json);
   hf             a Hugging Face `tokenizer.json` (byte-level BPE as Llama 3, Qwen,
                  GPT-2 ship, or any other model the `tokenizers` library reads),
                  with its `tokenizer_config.json` (special tokens, chat template).
@@ -168,6 +169,14 @@ class Tokenizer:
         where: str = "chat data",
     ) -> str:
         """The chat template applied to `messages` (OpenAI role/content dicts)."""
+        if self.kind == "sentencepiece":
+            # Its encode would read the template's special tokens (<s>, </s>) as text.
+            raise TokenizerError(
+                f"{where}: conversations need the model's tokenizer.json; {self.path} is a "
+                f"SentencePiece model, which does not say how the chat template's special "
+                f"tokens are split (transformers writes one: "
+                f"AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR))"
+            )
         if not self.chat_template:
             raise TokenizerError(
                 f"{where}: the tokenizer {self.path} has no chat template "

@@ -106,29 +106,138 @@ def test_missing_template_and_ids_outside_the_vocabulary(hf_dir, tmp_path):
         tokenizer.load("/nonexistent.model", what="--vocab")
 
 
-def test_llama2_sentencepiece_layout_is_read_not_assumed(tmp_path):
-    """unk 0, bos 1, eos 2 (Llama 2's tokenizer.model): BOS 1 and EOS 2, never 0 / 1."""
+def _sentencepiece_chat_model(tmp_path, with_tokenizer_json):
+    """A Llama-2 style model directory: tokenizer.model (unk 0, <s> 1, </s> 2) and an
+    [INST] template; with_tokenizer_json adds the tokenizer.json transformers writes
+    for it (Metaspace pieces, as Llama 2 and Mistral ship)."""
     import sentencepiece as spm
 
-    texts = [m["content"] for m in CHAT] * 50
-    prefix = str(tmp_path / "tokenizer")
+    texts = [m["content"] for m in CHAT] * 50 + ["[INST] [/INST] answer question"] * 10
+    prefix = str(tmp_path / "sp")
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=40, unk_id=0, bos_id=1,
+        sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=60, unk_id=0, bos_id=1,
         eos_id=2, pad_id=-1, hard_vocab_limit=False, minloglevel=2,
     )  # fmt: skip
-    hf = tmp_path / "hf"
+    hf = tmp_path / "llama2"
     hf.mkdir()
     os.rename(prefix + ".model", hf / "tokenizer.model")
     (hf / "config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
-    tok = tokenizer.load(str(hf))
-    assert not tok.legacy and (tok.special.bos_id, tok.special.eos_ids) == (1, (2,))
+    (hf / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>",
+        "chat_template": SP_TEMPLATE.replace("SEP", " ")}))  # fmt: skip
+    if with_tokenizer_json:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(str(hf)).save_pretrained(str(hf))
+        (hf / "tokenizer.model").unlink()
+    return str(hf)
+
+
+SP_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{{ '[INST] ' + m['content'] + ' [/INST]' }}{% elif m['role'] == 'assistant' %}"
+    "{{ 'SEP' + m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def test_llama2_sentencepiece_layout_is_read_not_assumed(tmp_path):
+    """unk 0, bos 1, eos 2 (Llama 2's tokenizer.model): BOS 1 and EOS 2, never 0 / 1."""
+    tok = tokenizer.load(_sentencepiece_chat_model(tmp_path, with_tokenizer_json=False))
+    assert tok.kind == "sentencepiece" and not tok.legacy and tok.chat_template
+    assert (tok.special.bos_id, tok.special.eos_ids) == (1, (2,))
     row = textdata.plain_row(tok, "What is 2 + 2?", "4")
     assert row.tokens[0] == 1 and row.tokens[-1] == 2 and row.weights[-1] == 1
+    # SentencePiece would read the template's <s> as text: conversations need tokenizer.json.
+    with pytest.raises(
+        tokenizer.TokenizerError, match="conversations need the model's tokenizer.json"
+    ):
+        textdata.rows(tok, [{"messages": CHAT}], False, 200, 40, "train")
     # This project's own layout stays the seqio path.
     from distillspec_jax import tasks
 
+    texts = [m["content"] for m in CHAT] * 50
     own = tasks.train_sentencepiece(texts, str(tmp_path / "spm.model"), 400)
     assert tokenizer.load(own).legacy
+
+
+@pytest.mark.parametrize("sep", [" ", ""])
+def test_chat_ids_are_the_tokenizers_own_for_the_whole_conversation(tmp_path, sep):
+    """A Metaspace (Llama 2 / Mistral) tokenizer prefixes a piece at the start of a
+    text, not inside one: an answer tokenized on its own would get ids the model
+    never saw after its prompt. The row is transformers' apply_chat_template."""
+    transformers = pytest.importorskip("transformers")
+    path = _sentencepiece_chat_model(tmp_path, with_tokenizer_json=True)
+    tok = tokenizer.load(path)
+    tok.chat_template = SP_TEMPLATE.replace("SEP", sep)
+    reference = transformers.AutoTokenizer.from_pretrained(path)
+    chat = [m for m in CHAT if m["role"] != "system"]
+    expected = reference.apply_chat_template(
+        chat, chat_template=tok.chat_template, tokenize=True, return_dict=True
+    )["input_ids"]
+    row = textdata.chat_row(tok, chat, last_turn_only=False)
+    assert row.tokens == list(expected) and row.tokens[0] == 1
+    weighted = [t for t, w in zip(row.tokens, row.weights, strict=True) if w]
+    assert weighted.count(2) == 2 and tok.decode(weighted).replace(" ", "") == (
+        "2+2=4####43+3=6####6"
+    )
+    # Each turn's prompt, as generation gets it, is the ids before its answer.
+    for end, turn in ((1, 0), (3, 1)):
+        prompt = reference.apply_chat_template(
+            chat[:end], chat_template=tok.chat_template, tokenize=True, return_dict=True
+        )["input_ids"]
+        [start] = [
+            k for k in range(1, len(row.weights)) if row.weights[k] and not row.weights[k - 1]
+        ][turn : turn + 1]
+        assert row.tokens[:start] == list(prompt)
+
+
+# Drops the reasoning of answers that precede the last user message and writes an
+# empty reasoning block into the ones after it, as Qwen3's template does.
+REASONING_TEMPLATE = (
+    "{% set ns = namespace(last=0) %}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{% if m['role'] == 'assistant' %}{% set answer = m['content'].split('</think>')[-1] %}"
+    "{% if loop.index0 > ns.last %}<think>\n\n</think>\n\n{% endif %}{{ answer }}"
+    "{% else %}{{ m['content'] }}{% endif %}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def test_templates_that_rewrite_the_history_give_a_row_per_turn(hf_dir, capsys):
+    tok = tokenizer.load(hf_dir)
+    tok.chat_template = REASONING_TEMPLATE
+    with pytest.raises(textdata.HistoryRewritten, match="turn 2 renders differently"):
+        textdata.chat_row(tok, CHAT, last_turn_only=False)
+    rows = textdata.rows(tok, [{"messages": CHAT}], False, 200, 40, "train")
+    assert "1 conversations give one row per assistant turn" in capsys.readouterr().err
+    assert len(rows) == 2
+    for row, end in zip(rows, (3, 5), strict=True):
+        weighted = tok.decode([t for t, w in zip(row.tokens, row.weights, strict=True) if w])
+        assert weighted == "<think>\n\n</think>\n\n" + CHAT[end - 1]["content"]
+        assert row.tokens[: row.prompt_length] == tok.encode(tok.render_chat(CHAT[: end - 1], True))
+    # The second row's history holds the first answer without its reasoning block.
+    assert tok.decode(rows[1].tokens).count("<think>") == 1
+    assert (
+        textdata.rows(tok, [{"messages": CHAT}], True, 200, 40, "test")[1].tokens == rows[1].tokens
+    )
+
+
+def test_a_token_across_a_turns_boundary_is_left_out_and_counted(hf_dir, capsys):
+    tok = tokenizer.load(hf_dir)
+    # The generation prompt ends in a space that the answer's first word takes.
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    chat = [{"role": "user", "content": "What?"}, {"role": "assistant", "content": "is brief"}]
+    with pytest.raises(textdata.AcrossBoundary, match="turn 1's prompt are not a prefix"):
+        textdata.chat_row(tok, chat, last_turn_only=True)
+    # Such turns are left out and counted; a split with nothing else is one line.
+    fine = chat[:1] + [{"role": "assistant", "content": "\n4"}]  # The space stays alone.
+    kept = textdata.rows(tok, [{"messages": chat}, {"messages": fine}], True, 99, 99, "test")
+    assert len(kept) == 1 and "1 assistant turns left out" in capsys.readouterr().err
+    with pytest.raises(textdata.AcrossBoundary, match="data test: no assistant turn has ids"):
+        textdata.rows(tok, [{"messages": chat}], False, 99, 99, "test")
 
 
 def test_target_and_draft_tokenizers_differ_in_one_line(hf_dir, tmp_path):
