@@ -101,6 +101,9 @@ def gsm_symbolic_data(**overrides: Any) -> ml_collections.ConfigDict:
     data.jsonl_input_key = "input"
     data.jsonl_target_key = "target"
     data.jsonl_metric = "exact_match"
+    # Variables the chat template reads besides the conversation, a JSON object:
+    # '{"enable_thinking": false}' renders Qwen3's prompts without reasoning.
+    data.chat_template_kwargs = ""
     data.update(overrides)
     return data
 

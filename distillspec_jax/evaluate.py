@@ -323,6 +323,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise EvaluationError(f"timed_prompts must be >= 0, got {config.timed_prompts}")
     lenience_settings(config)
     evaluation_mesh(config)
+    from distillspec_jax import textdata
+
+    try:
+        textdata.template_kwargs(config.data)
+    except ValueError as error:
+        raise EvaluationError(str(error)) from None
     if config.param_dtype not in checkpoints.PARAM_DTYPES:
         raise EvaluationError(
             f"param_dtype must be one of {checkpoints.PARAM_DTYPES}, got {config.param_dtype!r}"

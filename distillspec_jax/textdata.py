@@ -195,24 +195,35 @@ def _prefix_length(tok: Tokenizer, ids: list[int], text: str, turn: int) -> int:
     return len(prefix)
 
 
-def chat_row(tok: Tokenizer, messages: Sequence[Message], last_turn_only: bool) -> Row:
+def chat_row(
+    tok: Tokenizer,
+    messages: Sequence[Message],
+    last_turn_only: bool,
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> Row:
     """The conversation through its last assistant turn, tokenized whole as the
     model's tokenizer tokenizes a rendered chat; loss on every assistant turn (or only
     the last). Each turn's prompt (its history plus the generation prompt) must
     tokenize to a prefix of the conversation's ids, so the ids a prompt gets at
     generation are the ids that precede the answer in training.
 
+    `template_kwargs` are variables the chat template reads (data.chat_template_kwargs).
+
     Raises:
       HistoryRewritten: loss on every turn, and the template rewrites earlier turns.
       AcrossBoundary: a prompt's ids are not a prefix (a token spans the boundary).
     """
+
+    def render(history, add_generation_prompt):
+        return tok.render_chat(history, add_generation_prompt, variables=template_kwargs)
+
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    full = tok.render_chat(messages[: turns[-1] + 1], add_generation_prompt=False)
+    full = render(messages[: turns[-1] + 1], False)
     ids = tok.encode(full)
     weights = [0] * len(ids)
     for i in turns[-1:] if last_turn_only else turns:
-        prompt = tok.render_chat(messages[:i], add_generation_prompt=True)
-        through = tok.render_chat(messages[: i + 1], add_generation_prompt=False)
+        prompt = render(messages[:i], True)
+        through = render(messages[: i + 1], False)
         if not full.startswith(through):
             raise HistoryRewritten(
                 f"chat template of {tok.path}: turn {i} renders differently once later turns follow"
@@ -228,7 +239,7 @@ def chat_row(tok: Tokenizer, messages: Sequence[Message], last_turn_only: bool) 
     return Row(ids, weights, messages[turns[-1]]["content"])
 
 
-def _fitting_chat_row(tok, messages, last_turn_only, prompt_limit, total_limit):
+def _fitting_chat_row(tok, messages, last_turn_only, prompt_limit, total_limit, template_kwargs):
     """(row, cut) with whole turns dropped from the left of the history until it fits
     (the system message stays), or (None, False) when nothing fits."""
     system = [m for m in messages[:1] if m["role"] == "system"]
@@ -240,7 +251,7 @@ def _fitting_chat_row(tok, messages, last_turn_only, prompt_limit, total_limit):
         kept = system + list(rest[start:])
         if not any(m["role"] == "assistant" for m in kept):
             break
-        row = chat_row(tok, kept, last_turn_only)
+        row = chat_row(tok, kept, last_turn_only, template_kwargs)
         if row.prompt_length <= prompt_limit and len(row.tokens) <= total_limit:
             return row, start > 0
     return None, False
@@ -253,6 +264,7 @@ def rows(
     max_input_length: int,
     max_target_length: int,
     what: str,
+    template_kwargs: Mapping[str, Any] | None = None,
 ) -> list[Row]:
     """Rows of `examples` within the limits; prints how many were cut or dropped.
 
@@ -266,8 +278,15 @@ def rows(
         target).
       max_target_length: with max_input_length, the most tokens of a row.
       what: names the split in the printed counts.
+      template_kwargs: variables the chat template reads (data.chat_template_kwargs).
     """
     total_limit = max_input_length + max_target_length
+
+    def fit(conversation, last_turn_only):
+        return _fitting_chat_row(
+            tok, conversation, last_turn_only, max_input_length, total_limit, template_kwargs
+        )
+
     out, cut, dropped, trimmed, rewritten, straddled = [], 0, 0, 0, 0, []
     for example in examples:
         if "messages" not in example:
@@ -296,7 +315,7 @@ def rows(
         each_turn = [(messages[:end], True) for end in ends]
         try:
             fitted = [
-                _fitting_chat_row(tok, conversation, last_only, max_input_length, total_limit)
+                fit(conversation, last_only)
                 for conversation, last_only in (each_turn if per_turn else [(messages, False)])
             ]
         except (HistoryRewritten, AcrossBoundary) as error:
@@ -306,9 +325,7 @@ def rows(
             fitted = []
             for conversation, _ in each_turn:
                 try:
-                    fitted.append(
-                        _fitting_chat_row(tok, conversation, True, max_input_length, total_limit)
-                    )
+                    fitted.append(fit(conversation, True))
                 except AcrossBoundary as turn_error:
                     straddled.append(str(turn_error))
         for row, was_cut in fitted:
@@ -362,25 +379,54 @@ def features(row_list: Sequence[Row], length: int) -> dict[str, np.ndarray]:
     }
 
 
-def split_features(data: Any, tok: Tokenizer, split: str, per_turn: bool) -> dict[str, np.ndarray]:
-    """A data config's split as decoder-only features of max_input + max_target tokens."""
-    row_list = rows(
+# Variables every chat template is given by render_chat itself.
+_RENDER_NAMES = ("messages", "add_generation_prompt", "bos_token", "eos_token")
+
+
+def template_kwargs(data: Any) -> dict[str, Any]:
+    """data.chat_template_kwargs (a JSON object, '' for none) as a dict.
+
+    Raises:
+      ValueError: not a JSON object, or one naming a variable render_chat sets.
+    """
+    text = data.get("chat_template_kwargs", "") or ""
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"data.chat_template_kwargs is not JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"data.chat_template_kwargs must be a JSON object such as "
+            f"'{{\"enable_thinking\": false}}', got {text!r}"
+        )
+    taken = sorted(set(value) & set(_RENDER_NAMES))
+    if taken:
+        raise ValueError(f"data.chat_template_kwargs may not set {taken}: the data sets them")
+    return value
+
+
+def _split_rows(data: Any, tok: Tokenizer, split: str, per_turn: bool) -> list[Row]:
+    return rows(
         tok,
         split_examples(data, split),
         per_turn,
         data.max_input_length,
         data.max_target_length,
         split,
+        template_kwargs(data),
     )
+
+
+def split_features(data: Any, tok: Tokenizer, split: str, per_turn: bool) -> dict[str, np.ndarray]:
+    """A data config's split as decoder-only features of max_input + max_target tokens."""
+    row_list = _split_rows(data, tok, split, per_turn)
     return features(row_list, data.max_input_length + data.max_target_length)
 
 
 def prompts(data: Any, tok: Tokenizer, split: str, num: int):
     """(prompts [N, P], prompt_lengths [N], reference texts) of the first `num` rows
     (one per assistant turn for chat)."""
-    row_list = rows(
-        tok, split_examples(data, split), True, data.max_input_length, data.max_target_length, split
-    )[:num]
+    row_list = _split_rows(data, tok, split, True)[:num]
     lengths = np.array([r.prompt_length for r in row_list], np.int32)
     out = np.zeros((len(row_list), int(lengths.max())), np.int32)
     for i, r in enumerate(row_list):

@@ -167,8 +167,10 @@ class Tokenizer:
         messages: Sequence[Mapping[str, str]],
         add_generation_prompt: bool,
         where: str = "chat data",
+        variables: Mapping[str, Any] | None = None,
     ) -> str:
-        """The chat template applied to `messages` (OpenAI role/content dicts)."""
+        """The chat template applied to `messages` (OpenAI role/content dicts), with
+        `variables` the template reads besides them (Qwen3's enable_thinking)."""
         if self.kind == "sentencepiece":
             # Its encode would read the template's special tokens (<s>, </s>) as text.
             raise TokenizerError(
@@ -183,6 +185,7 @@ class Tokenizer:
                 f"(tokenizer_config.json chat_template)"
             )
         return _jinja_template(self.chat_template).render(
+            **dict(variables or {}),
             messages=list(messages),
             add_generation_prompt=add_generation_prompt,
             bos_token=self._tokens.get("bos_token", ""),

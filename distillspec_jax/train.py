@@ -373,6 +373,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if path and (config.mode == "distill" or field == "init_checkpoint"):
             if not fs.exists(path):
                 raise checkpoints.CheckpointError(f"{field}={path!r} does not exist")
+    from distillspec_jax import textdata
+
+    textdata.template_kwargs(config.data)
     if config.data.get("tokenized_path") and config.data.pack:
         raise ValueError("data.tokenized_path does not pack: set data.pack=False")
     for field in ("batch_size", "num_train_steps", "checkpoint_every", "log_every"):

@@ -100,7 +100,7 @@ def test_hf_pair_configs(pair):
         hf_pair.get_config("pair=gemma")
 
 
-def test_target_param_dtype_is_checked_before_any_work():
+def test_target_param_dtype_and_template_variables_are_checked_before_any_work():
     from distillspec_jax import train
 
     config = tiny_config.get_config()
@@ -109,3 +109,10 @@ def test_target_param_dtype_is_checked_before_any_work():
         train.check_config(config)
     config.target_param_dtype = "bfloat16"
     train.check_config(config)
+    for value, match in (
+        ("[1]", "must be a JSON object such as"),
+        ('{"messages": []}', r"may not set \['messages'\]"),
+    ):
+        config.data.chat_template_kwargs = value
+        with pytest.raises(ValueError, match=match):
+            train.check_config(config)

@@ -256,6 +256,10 @@ def test_bad_input_fails_before_decoding(setup, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="Unknown task 'no_such_task'"):
         evaluate.load(config)
     config = _config(setup)
+    config.data.chat_template_kwargs = "enable_thinking=False"
+    with pytest.raises(evaluate.EvaluationError, match="chat_template_kwargs is not JSON"):
+        evaluate.load(config)
+    config = _config(setup)
     config.drafts["small"] = common.model_source(small_dir)
     with pytest.raises(evaluate.EvaluationError, match="drafts.small has vocabulary size 64"):
         evaluate.load(config)

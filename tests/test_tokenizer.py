@@ -199,7 +199,9 @@ REASONING_TEMPLATE = (
     "{% if m['role'] == 'assistant' %}{% set answer = m['content'].split('</think>')[-1] %}"
     "{% if loop.index0 > ns.last %}<think>\n\n</think>\n\n{% endif %}{{ answer }}"
     "{% else %}{{ m['content'] }}{% endif %}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}"
 )
 
 
@@ -220,6 +222,30 @@ def test_templates_that_rewrite_the_history_give_a_row_per_turn(hf_dir, capsys):
     assert (
         textdata.rows(tok, [{"messages": CHAT}], True, 200, 40, "test")[1].tokens == rows[1].tokens
     )
+
+
+def test_template_variables_reach_every_rendering(hf_dir, tmp_path):
+    """data.chat_template_kwargs: Qwen3's enable_thinking=false puts the empty
+    reasoning block in the prompt, so the draft learns and is measured on answers."""
+    tok = tokenizer.load(hf_dir)
+    tok.chat_template = REASONING_TEMPLATE
+    path = tmp_path / "test.jsonl"
+    path.write_text(json.dumps({"messages": CHAT}) + "\n")
+    data = ml_collections.ConfigDict(dict(task="jsonl", jsonl_files={"test": str(path)},
+        jsonl_input_key="messages", jsonl_target_key="", max_input_length=200,
+        max_target_length=40, chat_template_kwargs='{"enable_thinking": false}'))  # fmt: skip
+    prompts, lengths, _ = textdata.prompts(data, tok, "test", 8)
+    assert tok.decode(prompts[1][: lengths[1]]).endswith("<think>\n\n</think>\n\n")
+    features = textdata.split_features(data, tok, "test", per_turn=False)
+    targets = features["decoder_target_tokens"][1]
+    weighted = tok.decode(targets[features["decoder_loss_weights"][1] == 1])
+    assert weighted == CHAT[4]["content"]
+    data.chat_template_kwargs = ""  # The template's default: the model writes the block.
+    features = textdata.split_features(data, tok, "test", per_turn=False)
+    weighted = tok.decode(
+        features["decoder_target_tokens"][1][features["decoder_loss_weights"][1] == 1]
+    )
+    assert weighted.startswith("<think>")
 
 
 def test_a_token_across_a_turns_boundary_is_left_out_and_counted(hf_dir, capsys):
