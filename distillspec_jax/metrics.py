@@ -139,7 +139,14 @@ def tau_gain_interval(
 # --------------------------------------------------------------------------
 
 
-def token_acceptance(
+def token_acceptance(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of acceptance probabilities [B], number of generated tokens [B]):
+    `token_acceptance_by_position` (same arguments) summed over each row."""
+    accept, mask = token_acceptance_by_position(*args, **kwargs)
+    return accept.sum(axis=1), mask.sum(axis=1).astype(np.int64)
+
+
+def token_acceptance_by_position(
     target_model: Any,
     target_params: Any,
     draft_model: Any,
@@ -171,13 +178,14 @@ def token_acceptance(
       encoder_inputs: [B, Le] for encoder-decoder models.
 
     Returns:
-      (sum of acceptance probabilities [B], number of generated tokens [B]).
+      (acceptance probability [B, M], 1 where it counts [B, M]): entry i is the
+      acceptance of token sequences[:, i + 1] (0 where it does not count).
     """
     if lenience not in sampling.LENIENCE_KINDS:
         raise ValueError(f"Unknown lenience {lenience!r}; valid: {sampling.LENIENCE_KINDS}")
     if target_model.vocab_size != draft_model.vocab_size:  # The ids both have.
         target_model, draft_model = models.paired(target_model, draft_model)
-    total, count = _token_acceptance_jit(
+    accept, mask = _token_acceptance_jit(
         target_model,
         draft_model,
         target_params,
@@ -191,7 +199,7 @@ def token_acceptance(
         greedy=float(temperature) == 0.0,
         lenience=lenience,
     )
-    return np.asarray(total, np.float64), np.asarray(count, np.int64)
+    return np.asarray(accept, np.float64), np.asarray(mask, np.float64)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("greedy", "lenience"))
@@ -230,7 +238,7 @@ def _token_acceptance_jit(
     # [prompt_length, length) are predicted at i in [prompt_length - 1, length - 1).
     idx = jnp.arange(length)[None, :]
     mask = (idx >= prompt_lengths[:, None] - 1) & (idx < lengths[:, None] - 1)
-    return (accept * mask).sum(axis=1), mask.sum(axis=1)
+    return accept * mask, mask
 
 
 # --------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from benchmarks import ab_sampler, plot_speculative, speculative
+from benchmarks import ab_sampler, acceptance_by_token, plot_speculative, speculative
 
 
 @pytest.mark.parametrize(
@@ -20,6 +20,39 @@ from benchmarks import ab_sampler, plot_speculative, speculative
 def test_bad_arguments_fail_before_any_model_is_built(argv, message, capsys):
     with pytest.raises(SystemExit):
         speculative.main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_token_classes_numbers_and_the_split_of_a_gap():
+    pieces = ["<pad>", "</s>", "\u2581Mia", "\u2581had", "\u25816", "7", "0", "\u2581x"]
+    pieces += ["\u2581", "1", "2", "=", "<0x0A>", "\u2581box"]
+    classes = np.array([acceptance_by_token.token_class(p) for p in pieces])
+    assert list(classes) == ["other", "other", "word", "word", "number", "number", "number",
+        "operator", "other", "number", "number", "operator", "other", "word"]  # fmt: skip
+    texts = [p.replace("\u2581", " ") for p in pieces]
+    runs = acceptance_by_token.number_runs(np.array([4, 5, 6, 7, 9, 10, 11, 4]), texts, classes)
+    assert runs == ["670", "670", "670", "", "12", "12", "", "6"]
+    accept = {"low": np.array([0.0, 0.5, 1.0, 1.0]), "high": np.array([1.0, 0.5, 1.0, 1.0])}
+    kinds = np.array(["number_in_prompt", "word", "word", "other"])
+    out = acceptance_by_token.by_class(accept, kinds, [("low", "high")])
+    assert out["word"] == {"share": 0.5, "low": 0.75, "high": 0.75}
+    assert out["all"]["high"] - out["all"]["low"] == pytest.approx(0.25)
+    gap = out["high_minus_low"]
+    assert gap["all"] == pytest.approx(0.25) and gap["number_in_prompt"] == 1.0
+    assert gap["word"] == 0.0 and out["number_new"]["low"] is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--study", "/nonexistent"], "not a study workdir"),
+        (["--study", ".", "--gaps", "control"], "--gaps is a comma list of LOW:HIGH"),
+        (["--study", ".", "--num_prompts", "0"], "--num_prompts must be >= 1"),
+    ],
+)
+def test_acceptance_by_token_refuses_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        acceptance_by_token.main(argv)
     assert message in capsys.readouterr().err
 
 

@@ -273,6 +273,31 @@ def test_ablation_grid_and_lossy_sweep(study):
 
 
 @pytest.mark.slow
+def test_acceptance_by_token_splits_each_drafts_alpha_by_class(study, tmp_path, capsys):
+    from benchmarks import acceptance_by_token
+
+    workdir, _ = study
+    out = tmp_path / "by_token.json"
+    argv = ["--study", workdir, "--quick", "--num_prompts", "4", "--out", str(out)]
+    with pytest.raises(SystemExit):
+        acceptance_by_token.main([*argv, "--gaps", "control:nope"])
+    assert "the study's drafts are ['control', 'distilled'," in capsys.readouterr().err
+    acceptance_by_token.main(argv)
+    result = json.loads(out.read_text())
+    for temperature in ("T=0", "T=1"):
+        row = result[temperature]
+        assert row["tokens"] > 0
+        shares = [row[c]["share"] for c in acceptance_by_token.CLASSES]
+        assert sum(shares) == pytest.approx(1.0)
+        for name in ("control", "distilled", "matched", "regenerated"):
+            mean = sum(row[c]["share"] * (row[c][name] or 0) for c in acceptance_by_token.CLASSES)
+            assert mean == pytest.approx(row["all"][name]) and 0 <= mean <= 1
+        gap = row["matched_minus_distilled"]
+        assert gap["all"] == pytest.approx(row["all"]["matched"] - row["all"]["distilled"])
+    assert "matched - distilled" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_evaluate_reproduces_the_study_table_from_its_workdir(study, tmp_path):
     """`evaluate --config configs/evaluate.py:study=WORKDIR,quick` into a new workdir gives
     the study's tau, alpha and accuracy cell for cell (untimed here)."""
