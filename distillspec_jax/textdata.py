@@ -234,7 +234,7 @@ def chat_row(
                 f"prompt's (history plus generation prompt); loss masks need it to"
             )
         start = _prefix_length(tok, ids, prompt, i)
-        stop = _prefix_length(tok, ids, through, i)
+        stop = len(ids) if through == full else _prefix_length(tok, ids, through, i)
         weights[start:stop] = [1] * (stop - start)
     return Row(ids, weights, messages[turns[-1]]["content"])
 
